@@ -1,0 +1,1 @@
+"""The `sgdlab` command (typer)."""

@@ -1,0 +1,167 @@
+"""sgdlab sweep | status | ui: the command line. Bad input exits 2 with one line, before anything runs.
+
+Ray and torch are imported only by the commands that run trials, so `sgdlab status` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sgdlab.config.schema import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Sweeps over SGD noise and curvature: Hydra configs, Ray scheduling, MLflow records.")
+out = Console()
+err = Console(stderr=True)
+
+
+def fail_input(message: str) -> typer.Exit:
+    """One line on stderr, exit code 2 (bad input)."""
+    err.print(f"sgdlab: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def load_trials(name: str, overrides: list[str]):
+    from sgdlab.sweep import expand, spec
+
+    sweep = spec.load(name)
+    trials = expand.expand(sweep.override_strings() + list(overrides))
+    return sweep, trials
+
+
+def trial_table(trials, title: str) -> Table:
+    keys = list(trials[0].swept) if trials else []
+    table = Table(title=title)
+    table.add_column("trial_id", style="cyan")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for trial in trials:
+        table.add_row(trial.trial_id, *(trial.swept[k] for k in keys))
+    return table
+
+
+@app.command()
+def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
+          overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, e.g. data.n_train=512 seed=0,1"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="print the trial table and run nothing")):
+    """Expand a sweep and run every trial that has no FINISHED run yet."""
+    try:
+        spec, trials = load_trials(name, overrides or [])
+    except ConfigError as exc:
+        raise fail_input(str(exc))
+    if dry_run:
+        out.print(trial_table(trials, f"{name}: {len(trials)} trials"))
+        if spec.description:
+            out.print(spec.description)
+        return
+
+    from sgdlab.orchestration.plan import make_plan
+    from sgdlab.tracking.query import by_trial, sweep_runs
+    from sgdlab.tracking.store import open_sweep, resolve_uri
+
+    first = trials[0].config
+    uri = resolve_uri(first["tracking"]["uri"])
+    plan = make_plan(trials, by_trial(sweep_runs(uri, name)), first["tracking"]["stale_after_s"], time.time())
+    err.print(f"[bold]{name}[/]: {len(trials)} trials; {len(plan.skipped_finished)} already finished (skipped), "
+              f"{len(plan.skipped_running)} running elsewhere, {len(plan.to_run)} to run "
+              f"({len(plan.rerun)} failed or stale before). Store: {uri}")
+    if not plan.to_run:
+        err.print("nothing to run.")
+        return
+
+    from sgdlab.orchestration.runtime import connect, shutdown
+    from sgdlab.orchestration.scheduler import run_trials
+
+    handle = open_sweep(uri, name, spec.description)  # the database exists before any worker starts
+    resources = connect(first["cluster"])
+    max_in_flight = first["resources"]["max_in_flight"] or max(1, int(2 * resources.get("CPU", 1)))
+    try:
+        results = run_trials(plan.to_run, handle, max_in_flight, console=err)
+    finally:
+        shutdown()
+    failed = [r for r in results if r["status"] == "failed"]
+    outcomes = {}
+    for r in results:
+        if r["status"] == "finished":
+            outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+    err.print(f"{len(results) - len(failed)} finished ({', '.join(f'{v} {k}' for k, v in outcomes.items()) or '-'}), "
+              f"{len(failed)} failed.")
+    if failed:
+        for r in failed[:10]:
+            err.print(f"  [red]{r['trial_id']}[/]: {r['error']}", highlight=False)
+        err.print(f"Rerun the failed trials with: make resubmit EXP={name}")
+        raise typer.Exit(1)
+
+
+def sweep_status(name: str, overrides: list[str]) -> dict:
+    """The status object of `sgdlab status --json` (reads the store, never creates it)."""
+    from sgdlab.tracking.query import STATES, by_trial, sweep_runs, trial_state
+    from sgdlab.tracking.store import resolve_uri
+
+    _, trials = load_trials(name, overrides)
+    first = trials[0].config
+    runs = by_trial(sweep_runs(resolve_uri(first["tracking"]["uri"]), name))
+    counts = dict.fromkeys(STATES, 0)
+    outcomes = {"converged": 0, "diverged": 0, "max_steps": 0}
+    failed, now = [], time.time()
+    for trial in trials:
+        trial_runs = runs.get(trial.trial_id, [])
+        state = trial_state(trial_runs, first["tracking"]["stale_after_s"], now)
+        counts[state] += 1
+        if state == "finished":
+            outcome = next(r.outcome for r in trial_runs if r.status == "FINISHED")
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        elif state == "failed":
+            newest = max(trial_runs, key=lambda r: (r.attempt, r.start_time))
+            failed.append({"trial_id": trial.trial_id, "error": newest.error or newest.status})
+    return {"sweep": name, "trials": len(trials), "counts": counts, "outcomes": outcomes, "failed": failed}
+
+
+@app.command()
+def status(name: str = typer.Argument(..., help="sweep name"),
+           overrides: Optional[List[str]] = typer.Argument(None, help="the overrides the sweep was run with"),
+           as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Finished / failed / running / stale / pending trials of a sweep, and the errors of failed ones."""
+    try:
+        report = sweep_status(name, overrides or [])
+    except ConfigError as exc:
+        raise fail_input(str(exc))
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table(title=f"{name}: {report['trials']} trials")
+    for key in (*report["counts"], *report["outcomes"]):
+        table.add_column(key, justify="right")
+    table.add_row(*(str(v) for v in (*report["counts"].values(), *report["outcomes"].values())))
+    out.print(table)
+    if report["failed"]:
+        failed = Table(title="failed trials")
+        failed.add_column("trial_id", style="red")
+        failed.add_column("error")
+        for f in report["failed"]:
+            failed.add_row(f["trial_id"], f["error"])
+        out.print(failed)
+        out.print(f"Rerun them with: make resubmit EXP={name}")
+
+
+@app.command()
+def ui(host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1: this machine only)"),
+       port: int = typer.Option(5000, help="port")):
+    """Serve the MLflow dashboard for this directory's store (or MLFLOW_TRACKING_URI)."""
+    from sgdlab.tracking.store import resolve_uri
+
+    uri = resolve_uri()
+    if uri.startswith("http"):
+        raise fail_input(f"MLFLOW_TRACKING_URI={uri} is a server already; open it in a browser")
+    err.print(f"MLflow dashboard for {uri} on http://{host}:{port}")
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+            "--port", str(port), "--workers", "1"]
+    os.execv(sys.executable, argv)  # an argument vector, never a shell

@@ -1,0 +1,99 @@
+"""Hydra composition of trial configs: `conf/` + override strings -> validated plain dict.
+
+`Composer` initializes Hydra once and composes many trials (a sweep of thousands composes in seconds).
+This module is sgdlab's one wrapper of Hydra's API.
+Hydra's own errors (unknown key, unknown group option, grammar) become one-line `ConfigError`s.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from pathlib import Path
+from typing import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl  # the override step of compose (hydra-core pinned)
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sgdlab import paths
+from sgdlab.config.schema import OPTIONS, SINGLE, ConfigError, validate
+
+
+def one_line(exc: BaseException) -> str:
+    """A Hydra/OmegaConf error (several lines, with hints and search paths) as one line naming the key."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    unknown = re.match(r"Could not override '([^']+)'", lines[0])
+    if unknown:
+        key = unknown.group(1)
+        return f"{key}: unknown config key; allowed in '{key.split('.')[0]}': {', '.join(allowed_keys(key))}"
+    missing = re.match(r"In '[^']+': Could not find '([^/']+)/([^']+)'", lines[0])
+    if missing:
+        group, option = missing.groups()
+        options = sorted(p.stem for p in (paths.conf_dir() / group).glob("*.yaml"))
+        return f"{group}={option}: unknown option; allowed: {', '.join(options)}"
+    return lines[0]
+
+
+def allowed_keys(key: str) -> list[str]:
+    """Keys of the group of a dotted key, from the schema (all options of the group together)."""
+    group = key.split(".")[0]
+    schemas = list(OPTIONS.get(group, {}).values()) or ([SINGLE[group]] if group in SINGLE else [])
+    return sorted({f.name for s in schemas for f in dataclasses.fields(s)}) or sorted([*OPTIONS, *SINGLE, "seed"])
+
+
+class Composer:
+    """Compose trial configs from a Hydra config directory (default: the repository's conf/)."""
+
+    def __init__(self, config_dir: Path | None = None):
+        self.config_dir = Path(config_dir or paths.conf_dir())
+        if not (self.config_dir / "config.yaml").is_file():
+            raise ConfigError(f"config directory {self.config_dir} has no config.yaml")
+
+    def is_group_override(self, override: Override) -> bool:
+        """`model=perceptron` picks a config group option; `model.alpha=4` sets a value."""
+        key = override.get_key_element().lstrip("+~")
+        return "." not in key and "@" not in key and (self.config_dir / key).is_dir()
+
+    def raw_many(self, override_lists: Sequence[Sequence[str]]) -> list[dict]:
+        """Hydra-composed configs (interpolations resolved, before validation), one per override list.
+
+        Hydra composes once per distinct set of group choices; value overrides are then applied to a copy with
+        Hydra's own override step (the one compose runs last, in struct mode), so the result is what compose
+        gives, at about 1 ms instead of 80 ms a trial.
+        """
+        parser = OverridesParser.create()
+        composed: dict[tuple[str, ...], DictConfig] = {}
+        out = []
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(self.config_dir), version_base="1.3"):
+                for overrides in override_lists:
+                    parsed = parser.parse_overrides(list(overrides))
+                    groups = tuple(o.input_line for o in parsed if self.is_group_override(o))
+                    if groups not in composed:
+                        composed[groups] = compose(config_name="config", overrides=list(groups))
+                    cfg = copy.deepcopy(composed[groups])
+                    ConfigLoaderImpl._apply_overrides_to_config(
+                        [o for o in parsed if not self.is_group_override(o)], cfg)
+                    out.append(OmegaConf.to_container(cfg, resolve=True))
+            return out
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise ConfigError(one_line(exc)) from None
+        finally:
+            GlobalHydra.instance().clear()
+
+    def many(self, override_lists: Sequence[Sequence[str]]) -> list[dict]:
+        """Validated, resolved trial configs (see sgdlab.config.schema.validate)."""
+        return [validate(raw) for raw in self.raw_many(override_lists)]
+
+    def __call__(self, overrides: Sequence[str]) -> dict:
+        return self.many([overrides])[0]

@@ -1,0 +1,1 @@
+"""Orchestration (the only package that imports ray): connect, plan, tasks, scheduler."""

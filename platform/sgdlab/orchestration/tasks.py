@@ -1,0 +1,26 @@
+"""Ray tasks around the jobs. Resources and retries come from each trial's `resources` group.
+
+Ray retries a task whose worker process died (max_retries = resources.max_retries); an exception inside a
+trial is not retried: the job records it and returns a failed summary.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from sgdlab.jobs.train import run_train
+from sgdlab.sweep.expand import Trial
+from sgdlab.tracking.store import SweepHandle
+from sgdlab.tracking.tags import run_name
+
+
+@ray.remote
+def _train_task(config: dict, handle: SweepHandle, trial_id: str, attempt: int, name: str) -> dict:
+    return run_train(config, handle, trial_id=trial_id, attempt=attempt, run_name=name)
+
+
+def submit_train(trial: Trial, attempt: int, handle: SweepHandle) -> ray.ObjectRef:
+    res = trial.config["resources"]
+    task = _train_task.options(num_cpus=res["cpus"], num_gpus=res["gpu"], max_retries=res["max_retries"],
+                               retry_exceptions=False, name=f"train {trial.trial_id}")
+    return task.remote(trial.config, handle, trial.trial_id, attempt, run_name(trial.swept))

@@ -1,0 +1,68 @@
+"""Expansion of a sweep into trials: Hydra's override grammar, cartesian product, compose, validate, identity.
+
+Every override (sweep file, then command line) is parsed by Hydra's OverridesParser. A later override of the
+same key replaces an earlier one. Sweep overrides (`a,b`, `range(..)`, `choice(..)`) become axes; the trials
+are the cartesian product of the axes in order of first appearance. Derived values (lr from T and B) are
+resolved once here, in the driver, so every worker receives a complete config.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
+from sgdlab.config.compose import Composer, one_line
+from sgdlab.config.schema import ConfigError
+from sgdlab.sweep.identity import trial_id
+
+
+@dataclass(frozen=True)
+class Trial:
+    trial_id: str
+    config: dict
+    overrides: tuple[str, ...]
+    swept: dict[str, str]  # axis key -> this trial's value, for tables and run names
+
+
+def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
+    """key -> list of complete override strings (one for a plain override, several for an axis)."""
+    parser = OverridesParser.create()
+    axes: dict[str, list[str]] = {}
+    for line in overrides:
+        try:
+            (parsed,) = parser.parse_overrides([line])
+        except HydraException as exc:
+            raise ConfigError(f"override {line!r}: {one_line(exc)}") from None
+        key = parsed.get_key_element()
+        name = key.lstrip("+~")  # '+key' and 'key' name the same axis
+        if parsed.is_sweep_override():
+            values = list(parsed.sweep_string_iterator())
+            if not values:
+                raise ConfigError(f"{name}: empty axis in {line!r}")
+            axes[name] = [f"{key}={v}" for v in values]
+        else:
+            axes[name] = [line]
+    return axes
+
+
+def expand(overrides: Sequence[str], composer: Composer | None = None) -> list[Trial]:
+    """All trials of a list of overrides (base, axes and command line, in that order)."""
+    axes = parse_axes(overrides)
+    combos = list(itertools.product(*axes.values()))
+    composer = composer or Composer()
+    configs = composer.many(combos)
+    swept_keys = [k for k, v in axes.items() if len(v) > 1]
+    trials, seen = [], set()
+    for combo, config in zip(combos, configs):
+        by_key = dict(zip(axes, combo))
+        tid = trial_id(config)
+        if tid in seen:  # two spellings of one config (lr vs temperature) are one trial
+            continue
+        seen.add(tid)
+        swept = {k: by_key[k].split("=", 1)[1] for k in swept_keys}
+        trials.append(Trial(trial_id=tid, config=config, overrides=tuple(combo), swept=swept))
+    return trials

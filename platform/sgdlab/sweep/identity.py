@@ -1,0 +1,22 @@
+"""Trial identity: a stable hash of what a trial computes.
+
+trial_id = first 12 hex digits of SHA-256 over the canonical JSON (sorted keys, Python float repr) of the
+resolved config without the non-identity groups (tracking, cluster, resources, fault). The same config gives
+the same id in any process on any machine; running on another cluster or with other resources does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sgdlab.config.schema import NON_IDENTITY_GROUPS
+
+
+def identity_config(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in NON_IDENTITY_GROUPS}
+
+
+def trial_id(config: dict) -> str:
+    canonical = json.dumps(identity_config(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -1,0 +1,106 @@
+"""The MLflow store of a sweep: where it is, the sweep's experiment and its parent run, retried writes.
+
+Default store: SQLite `mlflow.db` plus `mlartifacts/` in the working directory; MLFLOW_TRACKING_URI (or
+tracking.uri) overrides it, for example with http://host:5000 for a shared server. `open_sweep` is what the
+driver calls before any worker starts: it creates the database, the experiment (named after the sweep) and
+the sweep run that every trial run is nested under.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from sgdlab import paths
+from sgdlab.tracking import tags
+
+T = TypeVar("T")
+TRANSIENT = ("database is locked", "database table is locked", "could not obtain lock")
+
+
+def resolve_uri(configured: str | None = None) -> str:
+    """MLFLOW_TRACKING_URI, else tracking.uri, else sqlite:///<cwd>/mlflow.db (absolute: workers share it)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def retried(call: Callable[[], T], attempts: int = 12) -> T:
+    """Run an MLflow call, retrying a transient SQLite lock with jittered exponential backoff (~40 s in all)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # MlflowException or SQLAlchemy OperationalError
+            if attempt == attempts - 1 or not any(s in str(exc).lower() for s in TRANSIENT):
+                raise
+            time.sleep(min(8.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def git_state() -> dict[str, str]:
+    """Commit and dirtiness of the sgdlab checkout (empty strings outside a git work tree)."""
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", "-C", str(paths.REPO_ROOT), *args], capture_output=True, text=True,
+                                 timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    sha = git("rev-parse", "HEAD")
+    return {tags.GIT_SHA: sha, tags.GIT_DIRTY: str(bool(git("status", "--porcelain"))).lower() if sha else ""}
+
+
+@dataclass(frozen=True)
+class SweepHandle:
+    """What a worker needs to write its trial run: store, experiment, parent run."""
+
+    uri: str
+    experiment_id: str
+    sweep_run_id: str
+    sweep: str
+
+
+def client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def find_experiment_id(mlflow: MlflowClient, sweep: str) -> str | None:
+    exp = retried(lambda: mlflow.get_experiment_by_name(sweep))
+    return exp.experiment_id if exp is not None else None
+
+
+def open_sweep(uri: str, sweep: str, description: str = "") -> SweepHandle:
+    """Create (or find) the database, the sweep's experiment and its one run of kind 'sweep'."""
+    path = sqlite_path(uri)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    mlflow = client(uri)
+    exp_id = find_experiment_id(mlflow, sweep)
+    if exp_id is None:
+        artifacts = (path.parent / "mlartifacts" / sweep).as_uri() if path is not None else None
+        exp_id = retried(lambda: mlflow.create_experiment(sweep, artifact_location=artifacts,
+                                                          tags={tags.SWEEP: sweep}))
+    found = retried(lambda: mlflow.search_runs(
+        [exp_id], filter_string=f"tags.`{tags.KIND}` = 'sweep'", run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
+        order_by=["attributes.start_time ASC"]))
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        run = retried(lambda: mlflow.create_run(exp_id, run_name=f"sweep {sweep}", tags={
+            tags.SWEEP: sweep, tags.KIND: "sweep", "mlflow.note.content": description, **git_state()}))
+        run_id = run.info.run_id
+        # The sweep run stays RUNNING only while a driver works on it; it is FINISHED between commands.
+        retried(lambda: mlflow.set_terminated(run_id, "FINISHED"))
+    return SweepHandle(uri=uri, experiment_id=exp_id, sweep_run_id=run_id, sweep=sweep)

@@ -1,0 +1,37 @@
+"""Names of the records contract (DESIGN.md, "Records"); every reader and writer uses these."""
+
+from __future__ import annotations
+
+SWEEP = "sgdlab.sweep"
+TRIAL_ID = "sgdlab.trial_id"
+KIND = "sgdlab.kind"  # sweep | train | probe
+ATTEMPT = "sgdlab.attempt"
+OUTCOME = "sgdlab.outcome"  # converged | diverged | max_steps | error
+ERROR = "sgdlab.error"  # one line
+HEARTBEAT = "sgdlab.heartbeat"  # unix seconds, refreshed while the trial runs
+GIT_SHA = "sgdlab.git_sha"
+GIT_DIRTY = "sgdlab.git_dirty"
+NODE = "sgdlab.node"  # host that ran the trial
+PARENT = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+
+NAME_ABBREVIATIONS = {"model.alpha": "alpha", "optim.temperature": "T", "optim.lr": "lr",
+                      "data.batch_size": "B", "data.n_train": "P"}
+
+
+def run_name(swept: dict[str, str]) -> str:
+    """Readable name from a trial's swept values, e.g. 'alpha=4 T=0.001 P=512 seed=0'."""
+    parts = [f"{NAME_ABBREVIATIONS.get(k, k.rsplit('.', 1)[-1])}={v}" for k, v in swept.items()]
+    return " ".join(parts) or "trial"
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}: the run's params."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,1 @@
+"""Training (torch only): data sets, alpha-scaled models, losses, pure optimizers and the training loop."""

@@ -1,0 +1,198 @@
+"""Binary classification data sets, as tensors, drawn reproducibly from `data.seed`.
+
+Labels are class indices; for the binary tasks class 1 is the label +1 of the hinge loss.
+Inputs are centred with the training mean and each scaled to norm sqrt(d) (the teacher perceptron's inputs are
+left Gaussian so that the density of x_1 near the boundary is exactly the one asked for).
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Images available per pool; schema-independent facts used for clear errors.
+DIGITS_IMAGES = 1797
+
+
+class DataUnavailable(FileNotFoundError):
+    """A data set that must be read from a local folder is not there."""
+
+
+@dataclass
+class Dataset:
+    x_train: torch.Tensor  # (P, *input_shape)
+    y_train: torch.Tensor  # (P,) int64 class index
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Dataset":
+        return Dataset(self.x_train.to(device, dtype), self.y_train.to(device), self.x_test.to(device, dtype),
+                       self.y_test.to(device), self.n_classes)
+
+
+def _normalize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre with the training mean, then put every input on the sphere of radius sqrt(d)."""
+    mean = x_train.mean(axis=0, keepdims=True)
+    d = x_train[0].size
+    out = []
+    for x in (x_train - mean, x_test - mean):
+        flat = x.reshape(len(x), -1)
+        norms = np.linalg.norm(flat, axis=1, keepdims=True)
+        out.append((flat * np.sqrt(d) / np.maximum(norms, 1e-12)).reshape(x.shape))
+    return out[0], out[1]
+
+
+def _split(x: np.ndarray, y: np.ndarray, n_train: int, n_test: int | None, seed: int, what: str):
+    if n_train + (n_test or 1) > len(x):
+        raise ValueError(f"data.n_train: {what} has {len(x)} examples; P = {n_train} plus a test set does not fit")
+    order = np.random.default_rng(seed).permutation(len(x))
+    train, rest = order[:n_train], order[n_train:]
+    test = rest if n_test is None else rest[:n_test]
+    return x[train], y[train], x[test], y[test]
+
+
+def _draw(x_pool: np.ndarray, y_pool: np.ndarray, n: int | None, seed: int, what: str):
+    n = len(x_pool) if n is None else n
+    if n > len(x_pool):
+        raise ValueError(f"{what} has {len(x_pool)} examples; {n} requested")
+    idx = np.random.default_rng(seed).permutation(len(x_pool))[:n]
+    return x_pool[idx], y_pool[idx]
+
+
+def digits_parity(cfg: dict) -> tuple:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = digits.images.astype(np.float64)[:, None]  # (1797, 1, 8, 8)
+    y = (digits.target % 2 == 0).astype(np.int64)
+    return _split(x, y, cfg["n_train"], cfg["n_test"], cfg["seed"], "digits")
+
+
+def mnist1d_parity(cfg: dict) -> tuple:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    n_test = cfg["n_test"] or 1000
+    args.num_samples = cfg["n_train"] + n_test
+    args.train_split = cfg["n_train"] / args.num_samples
+    args.seed = cfg["seed"]
+    d = make_dataset(args)  # generated locally from the package's templates, nothing downloaded
+    to_parity = lambda t: (np.asarray(t) % 2 == 0).astype(np.int64)  # noqa: E731
+    return (np.asarray(d["x"], np.float64)[:, None, None], to_parity(d["y"]),
+            np.asarray(d["x_test"], np.float64)[:, None, None], to_parity(d["y_test"]))
+
+
+def teacher_perceptron(cfg: dict) -> tuple:
+    """x ~ N(0, I_d) except |x_1| ~ density prop. to |x_1|^chi exp(-x_1^2/2): |x_1| = sqrt(2 G), G ~ Gamma((chi+1)/2)."""
+    rng = np.random.default_rng(cfg["seed"])
+    n = cfg["n_train"] + (cfg["n_test"] or 8192)
+    x = rng.standard_normal((n, cfg["dim"]))
+    radius = np.sqrt(2.0 * rng.gamma((cfg["chi"] + 1.0) / 2.0, 1.0, size=n))
+    x[:, 0] = rng.choice([-1.0, 1.0], size=n) * radius
+    y = (x[:, 0] > 0).astype(np.int64)
+    x = x[:, None, None, :]
+    p = cfg["n_train"]
+    return x[:p], y[:p], x[p:], y[p:]
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _find(root: Path, stem: str, dataset: str) -> Path:
+    for candidate in (root / stem, root / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataUnavailable(f"{dataset}: {root / stem}[.gz] not found; put the files in {root} "
+                          f"or set data.root (or SGDLAB_DATA_DIR)")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST format): magic 0x0000 + type byte 0x08 (uint8) + ndim, big-endian dims, data."""
+    with _open(path) as f:
+        zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError(f"{path}: not an unsigned-byte IDX file")
+        shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: expected {int(np.prod(shape))} values, found {data.size}")
+    return data.reshape(shape)
+
+
+def mnist_parity(cfg: dict) -> tuple:
+    root = Path(cfg["root"])
+    pools = []
+    for prefix in ("train", "t10k"):
+        images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte", "MNIST")).astype(np.float64)[:, None]
+        labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte", "MNIST"))
+        pools.append((images, (labels % 2 == 0).astype(np.int64)))
+    x_tr, y_tr = _draw(*pools[0], cfg["n_train"], cfg["seed"], "MNIST train")
+    x_te, y_te = _draw(*pools[1], cfg["n_test"], cfg["seed"], "MNIST test")
+    return x_tr, y_tr, x_te, y_te
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """CIFAR-10 batches are pickles; allow only what plain numpy arrays need, never arbitrary code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        batch = _ArrayOnlyUnpickler(f, encoding="bytes").load()
+    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return images, np.asarray(batch[b"labels"], dtype=np.int64)
+
+
+CIFAR_ANIMALS = (2, 3, 4, 5, 6, 7)  # bird cat deer dog frog horse; vehicles: airplane automobile ship truck
+
+
+def cifar10_animals(cfg: dict) -> tuple:
+    root = Path(cfg["root"])
+    missing = [n for n in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"] if not (root / n).is_file()]
+    if missing:
+        raise DataUnavailable(f"CIFAR-10: {root / missing[0]} not found; put the python batches in {root} "
+                              f"or set data.root (or SGDLAB_DATA_DIR)")
+    train = [read_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
+    x_pool, y_pool = np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train])
+    x_test, y_test = read_cifar_batch(root / "test_batch")
+    animal = lambda y: np.isin(y, CIFAR_ANIMALS).astype(np.int64)  # noqa: E731
+    x_tr, y_tr = _draw(x_pool.astype(np.float64), animal(y_pool), cfg["n_train"], cfg["seed"], "CIFAR-10 train")
+    x_te, y_te = _draw(x_test.astype(np.float64), animal(y_test), cfg["n_test"], cfg["seed"], "CIFAR-10 test")
+    return x_tr, y_tr, x_te, y_te
+
+
+LOADERS = {
+    "digits_parity": digits_parity,
+    "mnist1d_parity": mnist1d_parity,
+    "teacher_perceptron": teacher_perceptron,
+    "mnist_parity": mnist_parity,
+    "cifar10_animals": cifar10_animals,
+}
+
+
+def load(cfg: dict) -> Dataset:
+    """The data set of a `data` config group, in float64 on the CPU (the loop casts and moves it)."""
+    x_tr, y_tr, x_te, y_te = LOADERS[cfg["name"]](cfg)
+    if cfg["name"] != "teacher_perceptron":
+        x_tr, x_te = _normalize(x_tr, x_te)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return Dataset(t(x_tr).double(), t(y_tr), t(x_te).double(), t(y_te), n_classes=2)

@@ -1,0 +1,123 @@
+"""The training loop: plain SGD/Adam on F = alpha (f(w) - f(w0)), one short function read top to bottom.
+
+Each step draws a fresh batch of B distinct training points (torch.randperm with a generator seeded by `seed`),
+takes the gradient of the batch-mean loss and applies the pure optimizer update. Training time is
+t = sum of lr over the steps taken.
+
+Stopping, checked in this order:
+  diverged   the batch loss or a logged full loss is non-finite or above train.divergence_loss;
+  converged  every training point is fitted (train.stop_when_fitted; for the hinge loss this is checked exactly:
+             whenever a batch has zero loss, which is necessary for a fitted training set and the only case in
+             which the update is zero) or the full training loss is <= train.loss_threshold (at log steps);
+  max_steps  train.max_steps updates, or train.max_time_s of wall time.
+Metrics on the full train and test sets are passed to `on_log` every train.log_every steps and at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.func import grad_and_value
+
+from sgdlab.training import data as datasets
+from sgdlab.training import models, optim
+from sgdlab.training.losses import Loss
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+EVAL_CHUNK = 4096
+
+
+@dataclass
+class Result:
+    outcome: str  # converged | diverged | max_steps
+    steps: int
+    metrics: dict[str, float]
+    params: dict[str, torch.Tensor]
+
+
+def evaluate(f, params, params0, f0, x, y, loss: Loss) -> dict[str, torch.Tensor]:
+    """Loss, error, fitted count and margins of F = alpha (f(w) - f0) on a whole set, in chunks."""
+    F = torch.cat([loss.alpha * (f(params, x[i:i + EVAL_CHUNK]) - f0[i:i + EVAL_CHUNK])
+                   for i in range(0, len(x), EVAL_CHUNK)])
+    return {"loss": loss.mean(F, y), "error": loss.error(F, y).double().mean(),
+            "unfitted": (~loss.fitted(F, y)).sum(), "min_margin": loss.margin(F, y).min()}
+
+
+def weight_change(params, params0) -> float:
+    """||w - w0|| / ||w0|| over all parameters."""
+    num = sum(((params[k] - params0[k]) ** 2).sum() for k in params)
+    den = sum((p**2).sum() for p in params0.values())
+    return float(torch.sqrt(num / den))
+
+
+def train(cfg: dict, on_log: Callable[[int, dict], None] = lambda step, m: None,
+          on_step: Callable[[int], None] = lambda step: None, device: str = "cpu") -> Result:
+    tcfg, dtype = cfg["train"], DTYPES[cfg["train"]["dtype"]]
+    data = datasets.load(cfg["data"]).to(device, dtype)
+    loss = Loss(cfg["loss"]["name"], cfg["model"]["alpha"])
+    module = models.build(cfg["model"], data.input_shape, loss.n_outputs(data.n_classes))
+    f = models.network(module)
+    params0 = models.init_params(module, cfg["seed"], dtype, device)
+    with torch.no_grad():  # F is centred: f(w0, x) is fixed data, computed once
+        center = cfg["model"]["center"]
+        f0_train = f(params0, data.x_train) if center else torch.zeros(len(data.x_train), 1, dtype=dtype)
+        f0_test = f(params0, data.x_test) if center else torch.zeros(len(data.x_test), 1, dtype=dtype)
+    optimizer = optim.build(cfg["optim"])
+    lr, batch_size, n_train = cfg["optim"]["lr"], cfg["data"]["batch_size"], len(data.x_train)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+
+    def batch_loss(params, idx):
+        F = loss.alpha * (f(params, data.x_train[idx]) - f0_train[idx])
+        return loss.mean(F, data.y_train[idx])
+
+    def metrics(params, steps, t):
+        with torch.no_grad():
+            tr = evaluate(f, params, params0, f0_train, data.x_train, data.y_train, loss)
+            te = evaluate(f, params, params0, f0_test, data.x_test, data.y_test, loss)
+        return {"train_loss": float(tr["loss"]), "train_error": float(tr["error"]), "test_loss": float(te["loss"]),
+                "test_error": float(te["error"]), "n_unfitted": float(tr["unfitted"]),
+                "min_margin": float(tr["min_margin"]), "weight_change": weight_change(params, params0),
+                "train_time": t, "steps": float(steps)}
+
+    def bad(value: float) -> bool:
+        return not math.isfinite(value) or value > tcfg["divergence_loss"]
+
+    params, state = dict(params0), optimizer.init(params0)
+    steps, t, outcome, started = 0, 0.0, "max_steps", time.monotonic()
+    while steps < tcfg["max_steps"]:
+        on_step(steps + 1)
+        idx = torch.randperm(n_train, generator=gen)[:batch_size].to(device)
+        grads, value = grad_and_value(batch_loss)(params, idx)
+        if bad(float(value)):
+            outcome = "diverged"
+            break
+        if tcfg["stop_when_fitted"] and loss.name == "hinge" and float(value) == 0.0:
+            with torch.no_grad():
+                if evaluate(f, params, params0, f0_train, data.x_train, data.y_train, loss)["unfitted"] == 0:
+                    outcome = "converged"
+                    break
+        params, state = optimizer.update(params, grads, state)
+        steps, t = steps + 1, t + lr
+        if steps % tcfg["log_every"] == 0:
+            logged = metrics(params, steps, t)
+            on_log(steps, logged)
+            if bad(logged["train_loss"]):
+                outcome = "diverged"
+                break
+            if (tcfg["stop_when_fitted"] and logged["n_unfitted"] == 0) or (
+                    tcfg["loss_threshold"] is not None and logged["train_loss"] <= tcfg["loss_threshold"]):
+                outcome = "converged"
+                break
+        if tcfg["max_time_s"] is not None and time.monotonic() - started > tcfg["max_time_s"]:
+            break
+
+    final = metrics(params, steps, t)
+    if outcome != "diverged" and bad(final["train_loss"]):
+        outcome = "diverged"
+    if steps == 0 or steps % tcfg["log_every"] != 0:  # otherwise these metrics were just logged
+        on_log(steps, final)
+    return Result(outcome=outcome, steps=steps, metrics=final, params=params)

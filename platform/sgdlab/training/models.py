@@ -1,0 +1,101 @@
+"""Networks in the mean-field / alpha parametrization of Sclocchi, Geiger & Wyart (ICML 2023).
+
+All weights are N(0, 1) and there are no biases. A hidden layer computes act(W h / sqrt(fan_in)) / c_act with
+c_act = sqrt(E[act(z)^2]), z ~ N(0, 1), so that every pre-activation has unit variance at initialization.
+The readout is mean-field: f(w, x) = v . h / width. The perceptron is f(w, x) = w . x / sqrt(d).
+The predictor trained is F(x) = alpha * (f(w, x) - f(w0, x)) (alpha * f(w, x) when model.center is false);
+`predictor` applies it from the parameter dict with torch.func.functional_call.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+ACTIVATIONS = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "gelu": nn.functional.gelu,
+    "softplus": nn.functional.softplus,
+}
+
+
+@cache
+def activation_scale(name: str) -> float:
+    """c = sqrt(E[act(z)^2]) for z ~ N(0, 1), by 200-point Gauss-Hermite quadrature (exact to ~1e-12)."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(200)
+    values = ACTIVATIONS[name](torch.from_numpy(nodes)).numpy()
+    return float(math.sqrt(np.sum(weights * values**2) / math.sqrt(2 * math.pi)))
+
+
+class MeanFieldMLP(nn.Module):
+    def __init__(self, d_in: int, depth: int, width: int, activation: str, n_out: int):
+        super().__init__()
+        sizes = [d_in] + [width] * depth
+        self.hidden = nn.ParameterList(nn.Parameter(torch.empty(b, a)) for a, b in zip(sizes, sizes[1:]))
+        self.readout = nn.Parameter(torch.empty(n_out, width))
+        self.act, self.c = ACTIVATIONS[activation], activation_scale(activation)
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(1)
+        for w in self.hidden:
+            h = self.act(h @ w.T / math.sqrt(w.shape[1])) / self.c
+        return h @ self.readout.T / self.width
+
+
+class Perceptron(nn.Module):
+    def __init__(self, d_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_out, d_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight.T / math.sqrt(self.weight.shape[1])
+
+
+class MeanFieldCNN(nn.Module):
+    """3x3 convolutions (padding 1) in the same scaling, global average pool, mean-field readout."""
+
+    def __init__(self, in_channels: int, depth: int, channels: int, activation: str, n_out: int):
+        super().__init__()
+        sizes = [in_channels] + [channels] * depth
+        self.convs = nn.ParameterList(nn.Parameter(torch.empty(b, a, 3, 3)) for a, b in zip(sizes, sizes[1:]))
+        self.readout = nn.Parameter(torch.empty(n_out, channels))
+        self.act, self.c = ACTIVATIONS[activation], activation_scale(activation)
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for w in self.convs:
+            fan_in = w.shape[1] * 9
+            h = self.act(nn.functional.conv2d(h, w / math.sqrt(fan_in), padding=1)) / self.c
+        return h.mean(dim=(2, 3)) @ self.readout.T / self.channels
+
+
+def build(cfg: dict, input_shape: tuple[int, ...], n_out: int) -> nn.Module:
+    """The network of a `model` config group for inputs of shape (C, H, W)."""
+    d_in = int(np.prod(input_shape))
+    if cfg["name"] == "mlp":
+        return MeanFieldMLP(d_in, cfg["depth"], cfg["width"], cfg["activation"], n_out)
+    if cfg["name"] == "perceptron":
+        return Perceptron(d_in, n_out)
+    if cfg["name"] == "cnn":
+        return MeanFieldCNN(input_shape[0], cfg["depth"], cfg["channels"], cfg["activation"], n_out)
+    raise ValueError(f"model.name: unknown model {cfg['name']!r}")
+
+
+def init_params(module: nn.Module, seed: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> dict:
+    """Parameter dict with every weight N(0, 1), drawn from a generator seeded by `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(p.shape, generator=gen, dtype=torch.float64).to(device, dtype)
+            for name, p in module.named_parameters()}
+
+
+def network(module: nn.Module):
+    """f(params, x): the module as a pure function of its parameter dict."""
+    return lambda params, x: functional_call(module, params, (x,))
