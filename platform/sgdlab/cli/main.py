@@ -65,7 +65,8 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
 
     from sgdlab.orchestration.plan import make_plan
     from sgdlab.tracking.query import by_trial, sweep_runs
-    from sgdlab.tracking.store import open_sweep, resolve_uri
+    from sgdlab.tracking.location import resolve_uri
+    from sgdlab.tracking.store import open_sweep
 
     first = trials[0].config
     uri = resolve_uri(first["tracking"]["uri"])
@@ -104,7 +105,7 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
 def sweep_status(name: str, overrides: list[str]) -> dict:
     """The status object of `sgdlab status --json` (reads the store, never creates it)."""
     from sgdlab.tracking.query import STATES, by_trial, sweep_runs, trial_state
-    from sgdlab.tracking.store import resolve_uri
+    from sgdlab.tracking.location import resolve_uri
 
     _, trials = load_trials(name, overrides)
     first = trials[0].config
@@ -156,7 +157,7 @@ def status(name: str = typer.Argument(..., help="sweep name"),
 def ui(host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1: this machine only)"),
        port: int = typer.Option(5000, help="port")):
     """Serve the MLflow dashboard for this directory's store (or MLFLOW_TRACKING_URI)."""
-    from sgdlab.tracking.store import resolve_uri
+    from sgdlab.tracking.location import resolve_uri
 
     uri = resolve_uri()
     if uri.startswith("http"):

@@ -13,6 +13,7 @@ speed grows with the width.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -224,10 +225,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
 
 
+@functools.cache
+def _type_hints(schema: type) -> dict[str, Any]:
+    return typing.get_type_hints(schema)
+
+
 def _check_group(prefix: str, values: Any, schema: type) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix}: expected a config group, got {values!r}")
-    hints = typing.get_type_hints(schema)
+    hints = _type_hints(schema)
     names = [f.name for f in dataclasses.fields(schema)]
     unknown = sorted(set(values) - set(names))
     if unknown:

@@ -1,51 +1,19 @@
-"""The MLflow store of a sweep: where it is, the sweep's experiment and its parent run, retried writes.
-
-Default store: SQLite `mlflow.db` plus `mlartifacts/` in the working directory; MLFLOW_TRACKING_URI (or
-tracking.uri) overrides it, for example with http://host:5000 for a shared server. `open_sweep` is what the
+"""The MLflow store of a sweep: the sweep's experiment and its parent run. `open_sweep` is what the
 driver calls before any worker starts: it creates the database, the experiment (named after the sweep) and
 the sweep run that every trial run is nested under.
 """
 
 from __future__ import annotations
 
-import os
-import random
 import subprocess
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, TypeVar
+from dataclasses import dataclass, field
 
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from sgdlab import paths
 from sgdlab.tracking import tags
-
-T = TypeVar("T")
-TRANSIENT = ("database is locked", "database table is locked", "could not obtain lock")
-
-
-def resolve_uri(configured: str | None = None) -> str:
-    """MLFLOW_TRACKING_URI, else tracking.uri, else sqlite:///<cwd>/mlflow.db (absolute: workers share it)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
-def retried(call: Callable[[], T], attempts: int = 12) -> T:
-    """Run an MLflow call, retrying a transient SQLite lock with jittered exponential backoff (~40 s in all)."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except Exception as exc:  # MlflowException or SQLAlchemy OperationalError
-            if attempt == attempts - 1 or not any(s in str(exc).lower() for s in TRANSIENT):
-                raise
-            time.sleep(min(8.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+from sgdlab.tracking.location import retried, sqlite_path
 
 
 def git_state() -> dict[str, str]:
@@ -70,6 +38,7 @@ class SweepHandle:
     experiment_id: str
     sweep_run_id: str
     sweep: str
+    run_tags: dict[str, str] = field(default_factory=dict)  # added to every trial run (git state)
 
 
 def client(uri: str) -> MlflowClient:
@@ -92,6 +61,7 @@ def open_sweep(uri: str, sweep: str, description: str = "") -> SweepHandle:
         artifacts = (path.parent / "mlartifacts" / sweep).as_uri() if path is not None else None
         exp_id = retried(lambda: mlflow.create_experiment(sweep, artifact_location=artifacts,
                                                           tags={tags.SWEEP: sweep}))
+    git = git_state()
     found = retried(lambda: mlflow.search_runs(
         [exp_id], filter_string=f"tags.`{tags.KIND}` = 'sweep'", run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
         order_by=["attributes.start_time ASC"]))
@@ -99,8 +69,8 @@ def open_sweep(uri: str, sweep: str, description: str = "") -> SweepHandle:
         run_id = found[0].info.run_id
     else:
         run = retried(lambda: mlflow.create_run(exp_id, run_name=f"sweep {sweep}", tags={
-            tags.SWEEP: sweep, tags.KIND: "sweep", "mlflow.note.content": description, **git_state()}))
+            tags.SWEEP: sweep, tags.KIND: "sweep", "mlflow.note.content": description, **git}))
         run_id = run.info.run_id
         # The sweep run stays RUNNING only while a driver works on it; it is FINISHED between commands.
         retried(lambda: mlflow.set_terminated(run_id, "FINISHED"))
-    return SweepHandle(uri=uri, experiment_id=exp_id, sweep_run_id=run_id, sweep=sweep)
+    return SweepHandle(uri=uri, experiment_id=exp_id, sweep_run_id=run_id, sweep=sweep, run_tags=git)

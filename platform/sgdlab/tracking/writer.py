@@ -16,7 +16,8 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 
 from sgdlab.tracking import tags
-from sgdlab.tracking.store import SweepHandle, client, retried
+from sgdlab.tracking.location import retried
+from sgdlab.tracking.store import SweepHandle, client
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 MAX_PARAM_CHARS = 6000
@@ -34,7 +35,7 @@ class TrialRun:
         self.buffer: list[Metric] = []
         run_tags = {tags.SWEEP: handle.sweep, tags.TRIAL_ID: trial_id, tags.KIND: kind, tags.ATTEMPT: str(attempt),
                     tags.PARENT: handle.sweep_run_id, tags.NODE: socket.gethostname(),
-                    tags.HEARTBEAT: f"{time.time():.3f}", **(extra_tags or {})}
+                    tags.HEARTBEAT: f"{time.time():.3f}", **handle.run_tags, **(extra_tags or {})}
         run = retried(lambda: self.mlflow.create_run(handle.experiment_id, run_name=run_name, tags=run_tags))
         self.run_id = run.info.run_id
         self.last_write = time.monotonic()

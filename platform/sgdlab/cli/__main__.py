@@ -1,0 +1,3 @@
+from sgdlab.cli.main import app
+
+app(prog_name="sgdlab")
