@@ -25,6 +25,9 @@ sweep: install
 status: install
 	$(BIN)/sgdlab status $(EXP) $(ARGS)
 
+resubmit: install
+	$(BIN)/sgdlab resubmit $(EXP) $(ARGS)
+
 ui: install
 	$(BIN)/sgdlab ui
 

@@ -48,6 +48,36 @@ def trial_table(trials, title: str) -> Table:
     return table
 
 
+def execute(name: str, jobs: list, config: dict, uri: str, description: str = "") -> None:
+    """Open the sweep's store, run the jobs on Ray, print the summary; exit 1 if any trial failed."""
+    from sgdlab.orchestration.runtime import connect, shutdown
+    from sgdlab.orchestration.scheduler import run_trials
+    from sgdlab.tracking.store import open_sweep
+
+    handle = open_sweep(uri, name, description)  # the database exists before any worker starts
+    resources = connect(config["cluster"])
+    max_in_flight = config["resources"]["max_in_flight"] or max(1, int(2 * resources.get("CPU", 1)))
+    try:
+        results = run_trials(jobs, handle, max_in_flight, console=err)
+    except KeyboardInterrupt:
+        err.print(f"Stopped. Rerun the sweep (or make resubmit EXP={name}) to run what is left.")
+        raise typer.Exit(130)
+    finally:
+        shutdown()
+    failed = [r for r in results if r["status"] == "failed"]
+    outcomes: dict[str, int] = {}
+    for r in results:
+        if r["status"] == "finished":
+            outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+    err.print(f"{len(results) - len(failed)} finished ({', '.join(f'{v} {k}' for k, v in outcomes.items()) or '-'}), "
+              f"{len(failed)} failed.")
+    if failed:
+        for r in failed[:10]:
+            err.print(f"  [red]{r['trial_id']}[/]: {r['error']}", highlight=False)
+        err.print(f"Rerun the failed trials with: make resubmit EXP={name}")
+        raise typer.Exit(1)
+
+
 @app.command()
 def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
           overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, e.g. data.n_train=512 seed=0,1"),
@@ -64,9 +94,10 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
         return
 
     from sgdlab.orchestration.plan import make_plan
-    from sgdlab.tracking.query import by_trial, sweep_runs
+    from sgdlab.orchestration.tasks import TrialJob
     from sgdlab.tracking.location import resolve_uri
-    from sgdlab.tracking.store import open_sweep
+    from sgdlab.tracking.query import by_trial, sweep_runs
+    from sgdlab.tracking.tags import run_name
 
     first = trials[0].config
     uri = resolve_uri(first["tracking"]["uri"])
@@ -77,29 +108,57 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
     if not plan.to_run:
         err.print("nothing to run.")
         return
+    jobs = [TrialJob(t.trial_id, t.config, attempt, run_name(t.swept)) for t, attempt in plan.to_run]
+    execute(name, jobs, first, uri, spec.description)
 
-    from sgdlab.orchestration.runtime import connect, shutdown
-    from sgdlab.orchestration.scheduler import run_trials
 
-    handle = open_sweep(uri, name, spec.description)  # the database exists before any worker starts
-    resources = connect(first["cluster"])
-    max_in_flight = first["resources"]["max_in_flight"] or max(1, int(2 * resources.get("CPU", 1)))
+def resubmit_jobs(name: str, overrides: list[str], only: list[str]) -> tuple[list, dict, str]:
+    """Jobs that rerun the failed and stale trials of a sweep from their recorded configs."""
+    from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides
+    from sgdlab.sweep.identity import trial_id
+    from sgdlab.sweep.spec import check_name
+    from sgdlab.tracking.location import resolve_uri
+    from sgdlab.tracking.query import by_trial, sweep_runs, trial_state
+
+    check_name(name)
+    changes = parse_runtime_overrides(overrides)
+    uri = resolve_uri(changes.get(("tracking", "uri")))
+    runs = by_trial(sweep_runs(uri, name))
+    if not runs:
+        raise ConfigError(f"no runs of sweep {name!r} in {uri}; run `make sweep EXP={name}` first")
+    unknown = sorted(set(only) - set(runs))
+    if unknown:
+        raise ConfigError(f"--trial {unknown[0]}: no such trial in sweep {name!r}")
+    jobs, config = [], {}
+    from sgdlab.orchestration.tasks import TrialJob
+    from sgdlab.tracking.artifacts import recorded_config
+
+    for tid, trial_runs in runs.items():
+        newest = max(trial_runs, key=lambda r: (r.attempt, r.start_time))
+        stale_after = float(newest.params.get("tracking.stale_after_s", 120))
+        if (only and tid not in only) or trial_state(trial_runs, stale_after) not in ("failed", "stale"):
+            continue
+        config = apply_runtime_overrides(recorded_config(uri, newest.run_id), changes)
+        if trial_id(config) != tid:
+            raise ConfigError(f"trial {tid}: its recorded config no longer hashes to its id; not resubmitting")
+        jobs.append(TrialJob(tid, config, max(r.attempt for r in trial_runs) + 1,
+                             newest.tags.get("mlflow.runName", tid)))
+    return jobs, config, uri
+
+
+@app.command()
+def resubmit(name: str = typer.Argument(..., help="sweep name"),
+             overrides: Optional[List[str]] = typer.Argument(
+                 None, help="non-identity overrides only: fault.*, resources.*, cluster.*, tracking.*"),
+             trial: Optional[List[str]] = typer.Option(None, "--trial", help="only these trial ids (repeatable)")):
+    """Rerun exactly the failed and stale trials, from their recorded configs, as new attempts."""
     try:
-        results = run_trials(plan.to_run, handle, max_in_flight, console=err)
-    finally:
-        shutdown()
-    failed = [r for r in results if r["status"] == "failed"]
-    outcomes = {}
-    for r in results:
-        if r["status"] == "finished":
-            outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-    err.print(f"{len(results) - len(failed)} finished ({', '.join(f'{v} {k}' for k, v in outcomes.items()) or '-'}), "
-              f"{len(failed)} failed.")
-    if failed:
-        for r in failed[:10]:
-            err.print(f"  [red]{r['trial_id']}[/]: {r['error']}", highlight=False)
-        err.print(f"Rerun the failed trials with: make resubmit EXP={name}")
-        raise typer.Exit(1)
+        jobs, config, uri = resubmit_jobs(name, overrides or [], trial or [])
+    except ConfigError as exc:
+        raise fail_input(str(exc))
+    err.print(f"[bold]{name}[/]: {len(jobs)} failed or stale trials to rerun. Store: {uri}")
+    if jobs:
+        execute(name, jobs, config, uri)
 
 
 def sweep_status(name: str, overrides: list[str]) -> dict:

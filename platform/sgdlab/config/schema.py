@@ -121,6 +121,7 @@ class Train:
     divergence_loss: float
     log_every: int
     dtype: Literal["float32", "float64"]
+    checkpoint_every: Optional[int] = None
 
 
 @dataclass
@@ -135,6 +136,7 @@ class Resources:
 class Cluster:
     address: Optional[str]
     num_cpus: Optional[int]
+    dashboard: bool = False
 
 
 @dataclass
@@ -174,6 +176,7 @@ TOP_LEVEL = {"seed"}
 
 # Keys that do not change what a trial computes: excluded from trial identity, overridable on resubmit.
 NON_IDENTITY_GROUPS = ("tracking", "cluster", "resources", "fault")
+NON_IDENTITY_KEYS = (("train", "checkpoint_every"),)  # how often a trial saves itself, not what it computes
 
 
 # ---------------------------------------------------------------- generic type checking
@@ -230,7 +233,7 @@ def _type_hints(schema: type) -> dict[str, Any]:
     return typing.get_type_hints(schema)
 
 
-def _check_group(prefix: str, values: Any, schema: type) -> dict:
+def check_group(prefix: str, values: Any, schema: type) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix}: expected a config group, got {values!r}")
     hints = _type_hints(schema)
@@ -280,16 +283,16 @@ def validate(raw: dict) -> dict:
         name = values.get("name") if isinstance(values, dict) else None
         if name not in options:
             raise ConfigError(f"{group}.name: unknown option {name!r}; allowed: {', '.join(options)}")
-        cfg[group] = _check_group(group, values, options[name])
+        cfg[group] = check_group(group, values, options[name])
     for group, schema in SINGLE.items():
-        cfg[group] = _check_group(group, raw.get(group), schema)
+        cfg[group] = check_group(group, raw.get(group), schema)
     cfg["seed"] = _coerce(raw.get("seed"), int, "seed")
 
     data, model, optim, train = cfg["data"], cfg["model"], cfg["optim"], cfg["train"]
     for key in ("data.n_train", "data.batch_size", "model.alpha", "train.max_steps", "train.log_every",
                 "train.divergence_loss", "tracking.heartbeat_s", "tracking.stale_after_s"):
         _positive(cfg, key)
-    for key in ("data.n_test", "train.max_time_s"):
+    for key in ("data.n_test", "train.max_time_s", "train.checkpoint_every"):
         _positive(cfg, key, allow_none=True)
     _positive(cfg, "resources.cpus", allow_zero=True)
     _positive(cfg, "resources.gpu", allow_zero=True)

@@ -2,6 +2,11 @@
 
 An exception inside the trial ends its run FAILED (one-line error, traceback artifact) and is returned as a
 failed summary, so that the other trials go on. Divergence is a result: FINISHED with outcome 'diverged'.
+
+Resuming: a trial's RUNNING runs at the start of this job belong to workers that died (Ray retries a task only
+after its worker is lost, and the planner never starts a trial that runs elsewhere). They are ended FAILED
+('worker lost'), this run becomes the next attempt, and training continues from the newest of their
+`checkpoint/last.pt` snapshots: the numbers equal those of an uninterrupted run on CPU.
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ import signal
 
 import torch
 
+from sgdlab.tracking import tags
 from sgdlab.tracking.store import SweepHandle
-from sgdlab.tracking.writer import TrialRun
+from sgdlab.tracking.artifacts import download_bytes
+from sgdlab.tracking.writer import TrialRun, end_runs, trial_runs
+from sgdlab.training import checkpoint
 from sgdlab.training.loop import train
 
 
@@ -35,21 +43,47 @@ def fault_hook(config: dict):
     return hook
 
 
-def run_train(config: dict, handle: SweepHandle, *, trial_id: str, attempt: int, run_name: str,
-              extra_tags: dict[str, str] | None = None) -> dict:
+def take_over(handle: SweepHandle, trial_id: str, attempt: int) -> tuple[int, dict | None, str | None]:
+    """End the trial's orphaned RUNNING runs; return (attempt to use, newest snapshot or None, its run id)."""
+    runs = trial_runs(handle, trial_id)
+    attempt = max([attempt] + [int(r.data.tags.get(tags.ATTEMPT, "1")) + 1 for r in runs])
+    orphans = [r for r in runs if r.info.status == "RUNNING"]
+    if not orphans:
+        return attempt, None, None
+    end_runs(handle, [r.info.run_id for r in orphans], "FAILED",
+             f"worker lost (process died or heartbeat stopped); continued by attempt {attempt}")
+    for run in reversed(orphans):
+        data = download_bytes(handle.uri, run.info.run_id, checkpoint.LAST)
+        if data is not None:
+            return attempt, checkpoint.from_bytes(data)["state"], run.info.run_id
+    return attempt, None, None
+
+
+def run_train(config: dict, handle: SweepHandle, *, trial_id: str, attempt: int, run_name: str) -> dict:
     torch.set_num_threads(max(1, int(config["resources"]["cpus"])))
+    given_attempt = attempt
+    attempt, snapshot, resumed_from = take_over(handle, trial_id, attempt)
+    extra = {tags.RESUMED_FROM: f"{resumed_from}@{snapshot['steps']}"} if snapshot else None
     run = TrialRun(handle, trial_id, config, attempt=attempt, run_name=run_name, kind="train",
-                   extra_tags=extra_tags, heartbeat_s=config["tracking"]["heartbeat_s"])
-    fault = fault_hook(config)
+                   extra_tags=extra, heartbeat_s=config["tracking"]["heartbeat_s"])
+    # A fault acts once: not again in the retry of a task it killed, nor in a rerun of a lost trial.
+    fault = fault_hook(config) if attempt == given_attempt else (lambda step: None)
 
     def on_step(step: int) -> None:
         fault(step)
         run.beat()
 
+    def on_checkpoint(state: dict) -> None:
+        run.log_bytes(checkpoint.to_bytes(state, config), checkpoint.LAST)
+
     try:
-        result = train(config, on_log=run.log_metrics, on_step=on_step)
+        result = train(config, on_log=run.log_metrics, on_step=on_step, on_checkpoint=on_checkpoint,
+                       resume=snapshot)
+        run.log_bytes(checkpoint.to_bytes({"params": result.params, "steps": result.steps}, config),
+                      checkpoint.FINAL)
     except Exception as exc:  # recorded on the run; the sweep goes on
         return {"trial_id": trial_id, "run_id": run.run_id, "status": "failed", "error": run.fail(exc)}
-    run.finish(result.outcome)
-    return {"trial_id": trial_id, "run_id": run.run_id, "status": "finished", "outcome": result.outcome,
-            "metrics": result.metrics}
+    status = run.finish(result.outcome)
+    return {"trial_id": trial_id, "run_id": run.run_id, "status": "finished" if status == "FINISHED" else "failed",
+            "outcome": result.outcome, "metrics": result.metrics,
+            "error": "" if status == "FINISHED" else "duplicate of a finished run"}

@@ -6,12 +6,22 @@ trial is not retried: the job records it and returns a failed summary.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import ray
 
 from sgdlab.jobs.train import run_train
-from sgdlab.sweep.expand import Trial
 from sgdlab.tracking.store import SweepHandle
-from sgdlab.tracking.tags import run_name
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial attempt to run: what the scheduler submits."""
+
+    trial_id: str
+    config: dict
+    attempt: int
+    run_name: str
 
 
 @ray.remote
@@ -19,8 +29,8 @@ def _train_task(config: dict, handle: SweepHandle, trial_id: str, attempt: int, 
     return run_train(config, handle, trial_id=trial_id, attempt=attempt, run_name=name)
 
 
-def submit_train(trial: Trial, attempt: int, handle: SweepHandle) -> ray.ObjectRef:
-    res = trial.config["resources"]
+def submit_train(job: TrialJob, handle: SweepHandle) -> ray.ObjectRef:
+    res = job.config["resources"]
     task = _train_task.options(num_cpus=res["cpus"], num_gpus=res["gpu"], max_retries=res["max_retries"],
-                               retry_exceptions=False, name=f"train {trial.trial_id}")
-    return task.remote(trial.config, handle, trial.trial_id, attempt, run_name(trial.swept))
+                               retry_exceptions=False, name=f"train {job.trial_id}")
+    return task.remote(job.config, handle, job.trial_id, job.attempt, job.run_name)

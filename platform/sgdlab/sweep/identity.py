@@ -1,7 +1,8 @@
 """Trial identity: a stable hash of what a trial computes.
 
 trial_id = first 12 hex digits of SHA-256 over the canonical JSON (sorted keys, Python float repr) of the
-resolved config without the non-identity groups (tracking, cluster, resources, fault). The same config gives
+resolved config without the non-identity groups (tracking, cluster, resources, fault) and keys
+(train.checkpoint_every). The same config gives
 the same id in any process on any machine; running on another cluster or with other resources does not.
 """
 
@@ -10,11 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sgdlab.config.schema import NON_IDENTITY_GROUPS
+from sgdlab.config.schema import NON_IDENTITY_GROUPS, NON_IDENTITY_KEYS
 
 
 def identity_config(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in NON_IDENTITY_GROUPS}
+    out = {k: v for k, v in config.items() if k not in NON_IDENTITY_GROUPS}
+    for group, key in NON_IDENTITY_KEYS:
+        if key in out.get(group, {}):
+            out[group] = {k: v for k, v in out[group].items() if k != key}
+    return out
 
 
 def trial_id(config: dict) -> str:

@@ -12,6 +12,7 @@ HEARTBEAT = "sgdlab.heartbeat"  # unix seconds, refreshed while the trial runs
 GIT_SHA = "sgdlab.git_sha"
 GIT_DIRTY = "sgdlab.git_dirty"
 NODE = "sgdlab.node"  # host that ran the trial
+RESUMED_FROM = "sgdlab.resumed_from"  # run_id@step of the checkpoint a resumed attempt started from
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 

@@ -9,8 +9,10 @@ outcome, or FAILED with a one-line `sgdlab.error` and a `traceback.txt` artifact
 from __future__ import annotations
 
 import socket
+import tempfile
 import time
 import traceback
+from pathlib import Path
 
 import yaml
 from mlflow.entities import Metric, Param, RunTag
@@ -31,6 +33,7 @@ class TrialRun:
     def __init__(self, handle: SweepHandle, trial_id: str, config: dict, *, attempt: int, run_name: str,
                  kind: str = "train", extra_tags: dict[str, str] | None = None, heartbeat_s: float = 15.0):
         self.mlflow = client(handle.uri)
+        self.handle, self.trial_id, self.kind = handle, trial_id, kind
         self.heartbeat_s = heartbeat_s
         self.buffer: list[Metric] = []
         run_tags = {tags.SWEEP: handle.sweep, tags.TRIAL_ID: trial_id, tags.KIND: kind, tags.ATTEMPT: str(attempt),
@@ -68,9 +71,29 @@ class TrialRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         retried(lambda: self.mlflow.log_text(self.run_id, text, artifact_file))
 
-    def finish(self, outcome: str) -> None:
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """Write bytes as an artifact (for example a checkpoint), replacing an earlier one of the same name."""
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            retried(lambda: self.mlflow.log_artifact(self.run_id, str(path), folder or None))
+
+    def finish(self, outcome: str) -> str:
+        """End FINISHED with an outcome; returns the status written.
+
+        A trial never has two FINISHED runs: if another run of it finished meanwhile (a run thought lost came
+        back), this one ends KILLED with the reason instead."""
+        others = [r for r in trial_runs(self.handle, self.trial_id, self.kind)
+                  if r.info.status == "FINISHED" and r.info.run_id != self.run_id]
+        if others:
+            error = f"duplicate: trial already finished by run {others[0].info.run_id}"
+            self.flush({tags.OUTCOME: outcome, tags.ERROR: error})
+            retried(lambda: self.mlflow.set_terminated(self.run_id, "KILLED"))
+            return "KILLED"
         self.flush({tags.OUTCOME: outcome})
         retried(lambda: self.mlflow.set_terminated(self.run_id, "FINISHED"))
+        return "FINISHED"
 
     def fail(self, exc: BaseException) -> str:
         """Record an exception: FAILED, one-line error tag, traceback artifact. Returns the one-line error."""
@@ -84,14 +107,24 @@ class TrialRun:
         return line
 
 
-def fail_orphans(handle: SweepHandle, trial_id: str, error: str) -> int:
-    """Mark RUNNING runs of a trial FAILED with `error` (their worker died without recording it)."""
+def trial_runs(handle: SweepHandle, trial_id: str, kind: str = "train") -> list:
+    """MLflow runs of one trial (all attempts), oldest first."""
     mlflow = client(handle.uri)
-    runs = retried(lambda: mlflow.search_runs(
-        [handle.experiment_id],
-        filter_string=f"tags.`{tags.TRIAL_ID}` = '{trial_id}' and attributes.status = 'RUNNING'"))
-    for run in runs:
-        retried(lambda: mlflow.log_batch(run.info.run_id, tags=[RunTag(tags.OUTCOME, "error"),
-                                                                RunTag(tags.ERROR, error[:500])]))
-        retried(lambda: mlflow.set_terminated(run.info.run_id, "FAILED"))
-    return len(runs)
+    flt = f"tags.`{tags.TRIAL_ID}` = '{trial_id}' and tags.`{tags.KIND}` = '{kind}'"
+    return list(retried(lambda: mlflow.search_runs([handle.experiment_id], filter_string=flt,
+                                                   order_by=["attributes.start_time ASC"])))
+
+
+def end_runs(handle: SweepHandle, run_ids: list[str], status: str, error: str) -> None:
+    """End runs whose worker cannot end them (it died, or the driver was interrupted) with a one-line reason."""
+    mlflow = client(handle.uri)
+    for run_id in run_ids:
+        retried(lambda: mlflow.log_batch(run_id, tags=[RunTag(tags.OUTCOME, "error"), RunTag(tags.ERROR, error[:500])]))
+        retried(lambda: mlflow.set_terminated(run_id, status))
+
+
+def end_running(handle: SweepHandle, trial_id: str, status: str, error: str) -> list[str]:
+    """End the RUNNING runs of a trial; returns their ids."""
+    ids = [r.info.run_id for r in trial_runs(handle, trial_id) if r.info.status == "RUNNING"]
+    end_runs(handle, ids, status, error)
+    return ids

@@ -11,6 +11,8 @@ Stopping, checked in this order:
              which the update is zero) or the full training loss is <= train.loss_threshold (at log steps);
   max_steps  train.max_steps updates, or train.max_time_s of wall time.
 Metrics on the full train and test sets are passed to `on_log` every train.log_every steps and at the end.
+A snapshot of everything that determines the rest of the run is passed to `on_checkpoint` every
+train.checkpoint_every steps; `resume` continues from one bit for bit (CPU).
 """
 
 from __future__ import annotations
@@ -55,7 +57,12 @@ def weight_change(params, params0) -> float:
 
 
 def train(cfg: dict, on_log: Callable[[int, dict], None] = lambda step, m: None,
-          on_step: Callable[[int], None] = lambda step: None, device: str = "cpu") -> Result:
+          on_step: Callable[[int], None] = lambda step: None,
+          on_checkpoint: Callable[[dict], None] = lambda snapshot: None, resume: dict | None = None,
+          device: str = "cpu") -> Result:
+    """Train one trial. Every train.checkpoint_every updates `on_checkpoint` receives a snapshot (steps, t,
+    params, optimizer state, batch-sampler RNG state); `resume=snapshot` continues from it with the same
+    numbers as an uninterrupted run."""
     tcfg, dtype = cfg["train"], DTYPES[cfg["train"]["dtype"]]
     data = datasets.load(cfg["data"]).to(device, dtype)
     loss = Loss(cfg["loss"]["name"], cfg["model"]["alpha"])
@@ -86,8 +93,11 @@ def train(cfg: dict, on_log: Callable[[int, dict], None] = lambda step, m: None,
     def bad(value: float) -> bool:
         return not math.isfinite(value) or value > tcfg["divergence_loss"]
 
-    params, state = dict(params0), optimizer.init(params0)
-    steps, t, outcome, started = 0, 0.0, "max_steps", time.monotonic()
+    params, state, steps, t = dict(params0), optimizer.init(params0), 0, 0.0
+    if resume is not None:
+        params, state, steps, t = resume["params"], resume["opt_state"], resume["steps"], resume["t"]
+        gen.set_state(resume["rng"])
+    outcome, started, every = "max_steps", time.monotonic(), tcfg["checkpoint_every"]
     while steps < tcfg["max_steps"]:
         on_step(steps + 1)
         idx = torch.randperm(n_train, generator=gen)[:batch_size].to(device)
@@ -102,6 +112,8 @@ def train(cfg: dict, on_log: Callable[[int, dict], None] = lambda step, m: None,
                     break
         params, state = optimizer.update(params, grads, state)
         steps, t = steps + 1, t + lr
+        if every and steps % every == 0:
+            on_checkpoint({"steps": steps, "t": t, "params": params, "opt_state": state, "rng": gen.get_state()})
         if steps % tcfg["log_every"] == 0:
             logged = metrics(params, steps, t)
             on_log(steps, logged)

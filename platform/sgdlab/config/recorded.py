@@ -1,0 +1,45 @@
+"""Recorded configs rerun with runtime changes: what `sgdlab resubmit` may and may not override.
+
+Only the non-identity groups (fault, resources, cluster, tracking) may change: anything else would make the
+rerun a different trial. The fault group is reset to its defaults first: fault settings act only in the
+command that names them, never in a later resubmit.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
+from sgdlab.config.compose import Composer, one_line
+from sgdlab.config.schema import NON_IDENTITY_GROUPS, SINGLE, ConfigError, check_group
+
+
+def parse_runtime_overrides(overrides: list[str]) -> dict[tuple[str, str], object]:
+    """{(group, key): value} from `group.key=value` strings; identity keys are refused."""
+    parser = OverridesParser.create()
+    changes = {}
+    for line in overrides:
+        try:
+            (override,) = parser.parse_overrides([line])
+        except HydraException as exc:
+            raise ConfigError(f"override {line!r}: {one_line(exc)}") from None
+        key = override.get_key_element()
+        group, _, name = key.partition(".")
+        if group not in NON_IDENTITY_GROUPS or not name or "." in name or override.is_sweep_override():
+            raise ConfigError(f"{key}: resubmit reruns trials exactly as recorded; only single values of "
+                              f"{', '.join(f'{g}.*' for g in NON_IDENTITY_GROUPS)} may be overridden")
+        changes[(group, name)] = override.value()
+    return changes
+
+
+def apply_runtime_overrides(config: dict, changes: dict[tuple[str, str], object]) -> dict:
+    """A copy of a recorded config with the fault group reset and the changes applied and validated."""
+    out = copy.deepcopy(config)
+    out["fault"] = Composer().raw_many([[]])[0]["fault"]
+    for (group, name), value in changes.items():
+        out[group][name] = value
+    for group in NON_IDENTITY_GROUPS:
+        out[group] = check_group(group, out[group], SINGLE[group])
+    return out
