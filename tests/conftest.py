@@ -27,3 +27,30 @@ def run_sgdlab(*args: str, cwd: Path, timeout: float = 600, env: dict | None = N
     """The real command line in a subprocess (cwd decides where the default store goes)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([*SGDLAB, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+TINY = """
+description: four tiny trials
+overrides: [model.depth=1, model.width=8, data.n_train=64, data.batch_size=8, optim.temperature=0.01,
+            train.max_steps=200, train.log_every=20]
+axes:
+  model.alpha: [1, 16]
+  seed: [0, 1]
+"""
+
+
+def mlflow_runs(store: Path, sweep: str, kind: str = "train"):
+    """(client, runs of one kind) from a SQLite store, read with MLflow's own client."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store}")
+    exp = client.get_experiment_by_name(sweep)
+    return client, client.search_runs([exp.experiment_id], f"tags.`sgdlab.kind` = '{kind}'")
+
+
+def status_json(cwd: Path, sweep: str, *overrides: str) -> dict:
+    import json
+
+    out = run_sgdlab("status", sweep, "--json", *overrides, cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

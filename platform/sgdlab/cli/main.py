@@ -20,7 +20,7 @@ from sgdlab.config.schema import ConfigError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweeps over SGD noise and curvature: Hydra configs, Ray scheduling, MLflow records.")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail_input(message: str) -> typer.Exit:

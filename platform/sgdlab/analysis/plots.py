@@ -1,0 +1,121 @@
+"""Figure helpers shared by the analysis: one style, axis labels, grid-value ticks, PNG output, generic plots.
+
+Figures use matplotlib's object API on the Agg canvas (no pyplot, no global figure state): the analysis runs
+headless and leaves no figure open. PNGs are written at DPI = 120.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter, NullLocator
+
+from sgdlab.analysis.fits import PowerLaw
+
+DPI = 120
+PANEL = (3.8, 3.2)  # inches per panel
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+         "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.frameon": False, "hatch.linewidth": 0.8,
+         "lines.markersize": 4, "errorbar.capsize": 2}
+LABELS = {"alpha": "alpha (init scale)", "T": "T = lr/(B*width)", "lr": "learning rate lr", "B": "batch size B",
+          "P": "training points P", "seed": "seed", "test_error": "test error", "train_error": "train error",
+          "weight_change": "||w - w0|| / ||w0||", "train_time": "training time t* = sum of lr", "steps": "steps",
+          "sharpness": "sharpness lambda_max(H)", "T_c": "T_c (noise starts to matter)"}
+MAX_TICK_LABELS = 8
+
+
+def label(name: str) -> str:
+    """Readable axis label of a column name (the name itself when there is none)."""
+    return LABELS.get(name, name)
+
+
+def number(value) -> str:
+    """Short text of a grid value: 0.001, 1024, 3e-07, sgd."""
+    return f"{value:g}" if isinstance(value, (int, float, np.number)) else str(value)
+
+
+@contextmanager
+def styled():
+    """Apply STYLE while a figure is built and saved."""
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def new_figure(ncols: int = 1, sharey: bool = False, extra_width: float = 0.0) -> tuple[Figure, list[Axes]]:
+    """A row of `ncols` panels on an Agg canvas, with constrained layout."""
+    fig = Figure(figsize=(PANEL[0] * ncols + extra_width, PANEL[1]), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, list(fig.subplots(1, ncols, sharey=sharey, squeeze=False)[0])
+
+
+def save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def tick_text(value: float, base: int) -> str:
+    """'1', '$2^{10}$', '$10^{-3}$' for integer powers of `base`, else the number."""
+    k = math.log(value, base)
+    if abs(k - round(k)) > 1e-9:
+        return number(value)
+    return "1" if round(k) == 0 else f"${base}^{{{round(k)}}}$"
+
+
+def grid_ticks(axis: Axis, values, base: int) -> None:
+    """Major ticks at the grid values (at most MAX_TICK_LABELS labelled), no minor ticks."""
+    values = sorted(values)
+    every = math.ceil(len(values) / MAX_TICK_LABELS)
+    axis.set_major_locator(FixedLocator(values))
+    axis.set_major_formatter(FixedFormatter([tick_text(v, base) if i % every == 0 else ""
+                                             for i, v in enumerate(values)]))
+    axis.set_minor_locator(NullLocator())
+
+
+def power_law_plot(x, y, fit: PowerLaw, path: Path, *, xlabel: str, ylabel: str, title: str = "") -> Path:
+    """Points y(x) and the fitted power law on log-log axes, the exponent ± its error in the legend; x ticks at
+    the measured x (labelled as powers of 2 where they are)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    with styled():
+        fig, (ax,) = new_figure()
+        ax.plot(x, y, "o", color="C0", label="measured")
+        line = np.geomspace(np.nanmin(x), np.nanmax(x), 50)
+        ax.plot(line, fit(line), "--", color="C1", label=f"fit: {fit.exponent_text()}")
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+        grid_ticks(ax.xaxis, x[np.isfinite(x)], 2)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.legend()
+        return save(fig, path)
+
+
+def lines_plot(table: pd.DataFrame, x: str, y: str, path: Path, *, group: str | None = None,
+               yerr: str | None = None, fits: dict | None = None, logx: bool = True, logy: bool = True,
+               ylabel: str | None = None, title: str = "") -> Path:
+    """Column y against column x, one line per value of `group`, error bars from column `yerr`.
+
+    A PowerLaw in fits[group value] (fits[None] without groups) is drawn dashed, its exponent in the legend.
+    """
+    fits = fits or {}
+    groups = table.groupby(group, sort=True) if group else [(None, table)]
+    with styled():
+        fig, (ax,) = new_figure()
+        for i, (value, part) in enumerate(groups):
+            part = part.sort_values(x)
+            name = f"{group} = {number(value)}" if group else y
+            ax.errorbar(part[x], part[y], yerr=part[yerr] if yerr else None, fmt="o-", color=f"C{i}", label=name)
+            if value in fits:
+                line = np.geomspace(part[x].min(), part[x].max(), 50)
+                ax.plot(line, fits[value](line), "--", color=f"C{i}", label=f"fit: {fits[value].exponent_text()}")
+        ax.set(xscale="log" if logx else "linear", yscale="log" if logy else "linear", xlabel=label(x),
+               ylabel=ylabel or label(y), title=title)
+        ax.legend()
+        return save(fig, path)

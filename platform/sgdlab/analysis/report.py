@@ -1,0 +1,178 @@
+"""The report of a sweep: figures, summary.csv and summary.md, drawn from what the sweep varied.
+
+- Phase diagrams of test_error, weight_change and train_time over (alpha, T), one panel per P, when alpha
+  and T both vary.
+- T_c(P) when T and P vary with at least 2 values of P and N_PLATEAU + 1 values of T: T_c at the largest alpha
+  (fits.critical_temperatures), the power law T_c ~ P^b, and the weight-change curves it comes from.
+Params that still vary within those cells (B, optimizer, ...) split the figures, one per value.
+summary.csv is frames.aggregate over seeds, grouped by every swept param. summary.md counts the trials, gives
+the fitted numbers, lists what is failed, unfinished or missing (grid points of the recorded axis values with no
+run; an axis value that no run reached cannot be seen from the records) and names the figures.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sgdlab.analysis import plots
+from sgdlab.analysis.fits import FACTOR, N_PLATEAU, critical_temperatures, fit_power_law
+from sgdlab.analysis.frames import (aggregate, grid_axes, key_columns, missing_trials, param_columns, swept_columns,
+                                    trial_frame)
+from sgdlab.analysis.phase import phase_diagram
+from sgdlab.tracking.query import RunRecord
+
+PHASE_METRICS = ("test_error", "weight_change", "train_time")
+OUTCOMES = ("converged", "diverged", "max_steps")
+MAX_LISTED = 20
+
+Figures = list[tuple[Path, str]]  # path, caption
+
+
+@dataclass
+class Report:
+    figures: list[Path]
+    summary: pd.DataFrame
+    markdown: str
+
+
+def _values(values) -> str:
+    return ", ".join(plots.number(v) for v in values)
+
+
+def _point(row: pd.Series, columns: list[str]) -> str:
+    return " ".join(f"{c}={plots.number(row[c])}" for c in columns)
+
+
+def _splits(frame: pd.DataFrame, cell: list[str], swept: list[str]) -> list[tuple[str, str, pd.DataFrame]]:
+    """(file suffix, title, part) for each value of the swept params that vary within the cells `cell`: of
+    those, the key columns (B rather than an lr derived from T and B)."""
+    by_cell = frame.groupby([*cell, "seed"], dropna=False)
+    within = [c for c in swept if c not in cell and by_cell[c].nunique(dropna=False).max() > 1]
+    split = key_columns(frame, within, given=[*cell, "seed"])
+    if not split:
+        return [("", "", frame)]
+    out = []
+    for values, part in frame.groupby(split, dropna=False, sort=True):
+        pairs = [f"{c}={plots.number(v)}" for c, v in zip(split, values)]
+        out.append(("_" + re.sub(r"[^\w.=-]", "_", "_".join(pairs)), ", ".join(pairs), part))
+    return out
+
+
+def _overview(frame: pd.DataFrame, swept: list[str], missing: pd.DataFrame) -> list[str]:
+    if len(frame) == 0:
+        return ["No train run is recorded for this sweep."]
+    status = frame["status"].value_counts()
+    outcomes = frame.loc[frame["status"] == "finished", "outcome"].value_counts()
+    kinds = [*OUTCOMES, *sorted(set(outcomes.index) - set(OUTCOMES))]
+    grid = grid_axes(frame)
+    n_grid = len(frame) + len(missing)
+    by_outcome = ", ".join(f"{outcomes.get(k, 0)} {k or 'without outcome'}" for k in kinds)
+    lines = [f"{len(frame)} trials recorded: {status.get('finished', 0)} finished ({by_outcome}), "
+             f"{status.get('failed', 0)} failed, {status.get('unfinished', 0)} unfinished"
+             + (f"; {len(missing)} of the {n_grid} grid points ({' x '.join(grid)}) have no run." if grid else ".")]
+    if status.get("finished", 0) < n_grid:
+        lines += ["", f"**Partial report**: {status.get('finished', 0)} of {n_grid} trials have a finished run; "
+                      "the others are listed under 'Not finished' and marked in the figures."]
+    lines += ["", "Swept: " + ("; ".join(f"{c} = {_values(sorted(frame[c].dropna().unique()))}"
+                                          for c in [*swept, "seed"] if c in frame) or "nothing") + "."]
+    fixed = [c for c in param_columns(frame) if c not in swept and c != "seed" and frame[c].nunique() == 1]
+    if fixed:
+        lines.append("Fixed: " + "; ".join(f"{c} = {plots.number(frame[c].dropna().iloc[0])}" for c in fixed) + ".")
+    return lines
+
+
+def _not_finished(frame: pd.DataFrame, missing: pd.DataFrame) -> list[str]:
+    columns = grid_axes(frame) or ["seed"]
+    lines = []
+    for status, heading in (("failed", "Failed"), ("unfinished", "Unfinished (running or stale)")):
+        rows = frame[frame["status"] == status]
+        if len(rows):
+            lines += ["", f"{heading} ({len(rows)}):"]
+            lines += [f"- {_point(r, columns)} (trial {r['trial_id']}, attempt {r['attempt']})"
+                      + (f": {r['error']}" if r["error"] else "") for _, r in rows.head(MAX_LISTED).iterrows()]
+            lines += [f"- ... and {len(rows) - MAX_LISTED} more"] if len(rows) > MAX_LISTED else []
+    if len(missing):
+        lines += ["", f"Missing, no run at all ({len(missing)}):"]
+        lines += [f"- {_point(r, list(missing.columns))}" for _, r in missing.head(MAX_LISTED).iterrows()]
+        lines += [f"- ... and {len(missing) - MAX_LISTED} more"] if len(missing) > MAX_LISTED else []
+    return ["", "## Not finished", *lines] if lines else []
+
+
+def _phase_diagrams(frame: pd.DataFrame, swept: list[str], out_dir: Path) -> tuple[list[str], Figures]:
+    if not {"alpha", "T"} <= set(swept):
+        return ["- Phase diagrams: not drawn (alpha and T do not both vary)."], []
+    lines, figures = [], []
+    for suffix, where, part in _splits(frame, ["P", "alpha", "T"], swept):
+        if not (part["status"] == "finished").any():
+            lines.append(f"- Phase diagrams{' at ' + where if where else ''}: not drawn (no finished trial).")
+            continue
+        for metric in (m for m in PHASE_METRICS if m in part):
+            path = phase_diagram(part, out_dir / f"phase_{metric}{suffix}.png", metric=metric, title=where)
+            figures.append((path, f"{plots.label(metric)} over (alpha, T), one panel per P"
+                                  + (f" ({where})" if where else "")))
+    return lines, figures
+
+
+def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path) -> tuple[list[str], Figures]:
+    n_P, n_T = frame["P"].nunique(), frame["T"].nunique()
+    if not ({"T", "P"} <= set(swept) and n_P >= 2 and n_T > N_PLATEAU and "weight_change" in frame):
+        return [f"- T_c(P): not computed (needs T and P swept, at least 2 values of P and {N_PLATEAU + 1} of T, "
+                f"and the weight change; here {n_P} P and {n_T} T)."], []
+    lines, figures = [], []
+    for suffix, where, part in _splits(frame, ["P", "alpha", "T"], swept):
+        table = critical_temperatures(part)
+        alpha = plots.number(table["alpha"].iloc[0])
+        lines += ["", f"T_c at alpha = {alpha}{' (' + where + ')' if where else ''}: the first T where the "
+                      f"seed-averaged weight change crosses {FACTOR:g} x its plateau (mean over the {N_PLATEAU} "
+                      "smallest T), log-interpolated.", "",
+                  "| P | T_c | plateau | temperatures |", "| --- | --- | --- | --- |"]
+        lines += [f"| {plots.number(r.P)} | {r.T_c:.3g} | {r.plateau:.3g} | {r.n_T} |" for r in table.itertuples()]
+        found = table[np.isfinite(table["T_c"])]
+        curves = aggregate(part[part["alpha"] == table["alpha"].iloc[0]], by=["P", "T"], metrics=["weight_change"])
+        path = plots.lines_plot(curves, "T", "weight_change_mean", out_dir / f"weight_change_vs_T{suffix}.png",
+                                group="P", yerr="weight_change_se", ylabel=plots.label("weight_change"),
+                                title=f"alpha = {alpha}" + (f", {where}" if where else ""))
+        figures.append((path, f"weight change against T at alpha = {alpha}, one line per P"))
+        if found["P"].nunique() < 2:
+            lines += ["", f"- T_c ~ P^b: not fitted ({len(found)} P with a T_c inside the T grid)."]
+            continue
+        fit = fit_power_law(found["P"], found["T_c"])
+        lines += ["", f"- {fit.describe('T_c', 'P')}, prefactor {fit.prefactor:.3g}."]
+        path = plots.power_law_plot(found["P"], found["T_c"], fit, out_dir / f"tc_vs_P{suffix}.png",
+                                    xlabel=plots.label("P"), ylabel=plots.label("T_c"),
+                                    title=f"alpha = {alpha}" + (f", {where}" if where else ""))
+        figures.append((path, f"T_c against P with the fitted power law (alpha = {alpha})"))
+    return lines, figures
+
+
+def build_report(records: list[RunRecord], sweep: str, out_dir: Path) -> Report:
+    """Write out_dir/summary.csv, out_dir/summary.md and the figures of the sweep's train runs."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = trial_frame(records)
+    swept = swept_columns(frame)
+    summary = aggregate(frame, by=swept or ["P"])
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    missing = missing_trials(frame)
+    figures: Figures = []
+    findings: list[str] = []
+    if len(frame):
+        for section in (_phase_diagrams, _critical_temperature):
+            lines, drawn = section(frame, swept, out_dir)
+            findings += lines
+            figures += drawn
+    text = [f"# sgdlab report: {sweep}", "", *_overview(frame, swept, missing), *_not_finished(frame, missing)]
+    if findings:
+        text += ["", "## Results", *findings]
+    text += ["", "## Files", "", "- [summary.csv](summary.csv): per swept point, over seeds: trial counts, "
+             "frac_diverged, and each metric's mean, standard error (std/sqrt(n)) and n (finished, "
+             "non-diverged trials)"]
+    text += [f"- [{path.name}]({path.name}): {caption}" for path, caption in figures]
+    markdown = "\n".join(text) + "\n"
+    (out_dir / "summary.md").write_text(markdown)
+    return Report(figures=[path for path, _ in figures], summary=summary, markdown=markdown)

@@ -1,0 +1,69 @@
+"""The driver interrupted: Ctrl-C marks in-flight runs KILLED; a killed driver leaves stale runs that reruns pick up."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from sgdlab.tracking.query import sweep_runs
+
+from conftest import SGDLAB, mlflow_runs, run_sgdlab, status_json
+
+pytestmark = pytest.mark.slow
+
+SLOW = """
+overrides: [model.depth=2, model.width=32, data.n_train=256, data.batch_size=16, optim.temperature=0.001,
+            train.max_steps=6000, train.stop_when_fitted=false, train.log_every=100, tracking.heartbeat_s=0.5]
+axes:
+  seed: [0, 1]
+"""
+
+
+def start_sweep(cwd, *args):
+    return subprocess.Popen([*SGDLAB, "sweep", "slow", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_running(store, n, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if store.exists() and sum(r.status == "RUNNING" for r in sweep_runs(f"sqlite:///{store}", "slow")) >= n:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{n} RUNNING runs never appeared")
+
+
+def test_ctrl_c_marks_in_flight_runs_killed(sweeps_dir, tmp_path):
+    (sweeps_dir / "slow.yaml").write_text(SLOW)
+    driver = start_sweep(tmp_path)
+    wait_for_running(tmp_path / "mlflow.db", 2)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr
+    assert "marking their runs KILLED" in stderr
+    _, runs = mlflow_runs(tmp_path / "mlflow.db", "slow")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"KILLED"}
+    assert all("interrupted" in r.data.tags["sgdlab.error"] for r in runs)
+    assert status_json(tmp_path, "slow")["counts"]["failed"] == 2
+
+
+def test_killed_driver_leaves_stale_runs_that_a_rerun_picks_up(sweeps_dir, tmp_path):
+    (sweeps_dir / "slow.yaml").write_text(SLOW)
+    driver = start_sweep(tmp_path)
+    wait_for_running(tmp_path / "mlflow.db", 2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.communicate(timeout=60)
+    time.sleep(8)  # Ray's reaper stops the workers; their heartbeats age past stale_after_s
+    report = status_json(tmp_path, "slow", "tracking.stale_after_s=4")
+    assert report["counts"]["stale"] == 2, report
+
+    rerun = run_sgdlab("sweep", "slow", "tracking.stale_after_s=4", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "2 failed or stale before" in rerun.stderr
+    _, runs = mlflow_runs(tmp_path / "mlflow.db", "slow")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 2 and len({r.data.tags["sgdlab.trial_id"] for r in finished}) == 2
+    assert all(r.info.status == "FAILED" for r in runs if r not in finished)
+    assert status_json(tmp_path, "slow")["counts"]["finished"] == 2
