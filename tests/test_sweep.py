@@ -92,14 +92,3 @@ def test_dry_run_prints_table_and_creates_nothing(sweeps_dir, tmp_path):
     for trial in expand(spec.load("tiny").override_strings()):
         assert trial.trial_id in out.stdout
     assert not (tmp_path / "mlflow.db").exists()
-
-
-@pytest.mark.parametrize("args", [("sweep", "no_such_sweep"), ("sweep", "tiny", "optim.lrr=0.1"),
-                                  ("sweep", "tiny", "data.batch_size=65"), ("sweep", "tiny", "model.alpha=0"),
-                                  ("status", "tiny", "model.alpha=-1")])
-def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, args):
-    (sweeps_dir / "tiny.yaml").write_text(TINY)
-    out = run_sgdlab(*args, cwd=tmp_path)
-    assert out.returncode == 2
-    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("sgdlab: error: ")
-    assert list(tmp_path.iterdir()) == [sweeps_dir]

@@ -1,0 +1,43 @@
+"""Bad input: one clear line, exit code 2, before anything runs; the MLflow store is not even created."""
+
+import pytest
+
+from conftest import TINY, run_sgdlab
+
+
+@pytest.mark.parametrize("args, message", [
+    (("sweep", "no_such_sweep"), "unknown sweep 'no_such_sweep'; available: empty, tiny"),
+    (("sweep", "../tiny"), "no paths"),
+    (("sweep", "sub/tiny"), "no paths"),
+    (("sweep", "tiny", "optim.lrr=0.1"), "optim.lrr: unknown config key; allowed in 'optim': "),
+    (("sweep", "tiny", "modle.alpha=2"), "modle.alpha: unknown config key"),
+    (("sweep", "tiny", "data.batch_size=abc"), "data.batch_size: expected an integer, got 'abc'"),
+    (("sweep", "tiny", "optim.temperature=0"), "optim.temperature: must be > 0"),
+    (("sweep", "tiny", "optim.temperature=-1e-3"), "optim.temperature: must be > 0"),
+    (("sweep", "tiny", "data.batch_size=65"), "data.batch_size: B = 65 exceeds data.n_train = 64"),
+    (("sweep", "tiny", "model.alpha=0"), "model.alpha: must be > 0"),
+    (("sweep", "tiny", "model.alpha=choice()"), "model.alpha"),
+    (("sweep", "tiny", "model=resnet"), "model=resnet: unknown option; allowed: cnn, mlp, perceptron"),
+    (("sweep", "tiny", "seed=[1"), "override 'seed=[1'"),
+    (("status", "tiny", "train.max_steps=0"), "train.max_steps: must be > 0"),
+    (("resubmit", "tiny"), "no runs of sweep 'tiny'"),
+    (("resubmit", "../tiny"), "no paths"),
+    (("resubmit", "tiny", "data.n_train=32"), "only single values of"),
+])
+def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, args, message):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    (sweeps_dir / "empty.yaml").write_text("axes:\n  seed: []\n")
+    work = tmp_path / "empty_folder"
+    work.mkdir()
+    out = run_sgdlab(*args, cwd=work)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("sgdlab: error: ")
+    assert message in out.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_empty_axis_in_a_sweep_file(sweeps_dir, tmp_path):
+    (sweeps_dir / "empty.yaml").write_text("axes:\n  seed: []\n")
+    out = run_sgdlab("sweep", "empty", cwd=tmp_path)
+    assert out.returncode == 2 and "axes.seed: empty axis" in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
