@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import torch
 
@@ -43,26 +44,28 @@ def fault_hook(config: dict):
     return hook
 
 
-def take_over(handle: SweepHandle, trial_id: str, attempt: int) -> tuple[int, dict | None, str | None]:
-    """End the trial's orphaned RUNNING runs; return (attempt to use, newest snapshot or None, its run id)."""
+def take_over(handle: SweepHandle, trial_id: str, attempt: int) -> tuple[int, dict | None, str | None, int]:
+    """End the trial's orphaned RUNNING runs.
+
+    Returns (attempt to use, newest snapshot or None, its run id, number of earlier runs of the trial)."""
     runs = trial_runs(handle, trial_id)
     attempt = max([attempt] + [int(r.data.tags.get(tags.ATTEMPT, "1")) + 1 for r in runs])
     orphans = [r for r in runs if r.info.status == "RUNNING"]
     if not orphans:
-        return attempt, None, None
+        return attempt, None, None, len(runs)
     end_runs(handle, [r.info.run_id for r in orphans], "FAILED",
              f"worker lost (process died or heartbeat stopped); continued by attempt {attempt}")
     for run in reversed(orphans):
         data = download_bytes(handle.uri, run.info.run_id, checkpoint.LAST)
         if data is not None:
-            return attempt, checkpoint.from_bytes(data)["state"], run.info.run_id
-    return attempt, None, None
+            return attempt, checkpoint.from_bytes(data)["state"], run.info.run_id, len(runs)
+    return attempt, None, None, len(runs)
 
 
 def run_train(config: dict, handle: SweepHandle, *, trial_id: str, attempt: int, run_name: str) -> dict:
     torch.set_num_threads(max(1, int(config["resources"]["cpus"])))
     given_attempt = attempt
-    attempt, snapshot, resumed_from = take_over(handle, trial_id, attempt)
+    attempt, snapshot, resumed_from, earlier_runs = take_over(handle, trial_id, attempt)
     extra = {tags.RESUMED_FROM: f"{resumed_from}@{snapshot['steps']}"} if snapshot else None
     run = TrialRun(handle, trial_id, config, attempt=attempt, run_name=run_name, kind="train",
                    extra_tags=extra, heartbeat_s=config["tracking"]["heartbeat_s"])
@@ -76,14 +79,16 @@ def run_train(config: dict, handle: SweepHandle, *, trial_id: str, attempt: int,
     def on_checkpoint(state: dict) -> None:
         run.log_bytes(checkpoint.to_bytes(state, config), checkpoint.LAST)
 
+    started = time.perf_counter()
     try:
         result = train(config, on_log=run.log_metrics, on_step=on_step, on_checkpoint=on_checkpoint,
                        resume=snapshot)
+        run.log_metrics(result.steps, {"wall_time": time.perf_counter() - started})
         run.log_bytes(checkpoint.to_bytes({"params": result.params, "steps": result.steps}, config),
                       checkpoint.FINAL)
     except Exception as exc:  # recorded on the run; the sweep goes on
         return {"trial_id": trial_id, "run_id": run.run_id, "status": "failed", "error": run.fail(exc)}
-    status = run.finish(result.outcome)
+    status = run.finish(result.outcome, check_duplicates=earlier_runs > 0)
     return {"trial_id": trial_id, "run_id": run.run_id, "status": "finished" if status == "FINISHED" else "failed",
             "outcome": result.outcome, "metrics": result.metrics,
             "error": "" if status == "FINISHED" else "duplicate of a finished run"}

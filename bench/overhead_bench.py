@@ -1,0 +1,138 @@
+"""Cost of the platform around the training, measured side by side in one run.
+
+1. A sweep of 32 trials of about 2 s of compute each, and one of 200 tiny trials, through the real scheduler
+   (Ray tasks, MLflow on SQLite): wall time against the trials' own time (the `wall_time` metric each job
+   records) divided by the workers, with Ray's start-up timed apart.
+2. MLflow metric values written per second: sgdlab's batched writer vs one log_metric call per value.
+3. The share of a trial's time spent logging (train.log_every=10, every value written through TrialRun).
+
+Goals: sweep wall <= 1.2 x compute / workers (+ Ray start-up); >= 5,000 values/s; logging < 5% of a trial.
+Run: .venv/bin/python bench/overhead_bench.py [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from sgdlab.config.compose import Composer
+from sgdlab.orchestration import runtime
+from sgdlab.orchestration.scheduler import run_trials
+from sgdlab.orchestration.tasks import TrialJob
+from sgdlab.sweep.expand import expand
+from sgdlab.tracking.query import sweep_runs
+from sgdlab.tracking.store import client, open_sweep
+from sgdlab.tracking.writer import TrialRun
+from sgdlab.training.loop import train
+
+BASE = ["model.depth=2", "model.width=64", "data.n_train=512", "data.batch_size=16", "optim.temperature=1e-3",
+        "train.stop_when_fitted=false", "train.log_every=100", "train.checkpoint_every=null"]
+TINY = ["model.depth=1", "model.width=4", "data.n_train=32", "data.batch_size=8", "optim.temperature=0.01",
+        "train.max_steps=20", "train.log_every=10", "train.checkpoint_every=null"]
+
+
+def calibrate_steps(target_s: float) -> int:
+    """max_steps for which one trial takes about target_s here (one thread, as a worker): the time per step
+    is the difference of a 600-step and a 200-step run, so that set-up (data, model) is counted once."""
+    import torch
+
+    torch.set_num_threads(1)
+    composer, times = Composer(), {}
+    for steps in (200, 600):
+        started = time.perf_counter()
+        train(composer(BASE + [f"train.max_steps={steps}"]))
+        times[steps] = time.perf_counter() - started
+    per_step = (times[600] - times[200]) / 400
+    return max(100, int((target_s - times[200] + 200 * per_step) / per_step))
+
+
+def sweep_overhead(uri: str, name: str, overrides: list[str], workers: int) -> dict:
+    trials = expand(overrides)
+    handle = open_sweep(uri, name)
+    jobs = [TrialJob(t.trial_id, t.config, 1, t.trial_id) for t in trials]
+    started = time.perf_counter()
+    run_trials(jobs, handle, max_in_flight=2 * workers)
+    wall = time.perf_counter() - started
+    compute = sum(r.metrics["wall_time"] for r in sweep_runs(uri, name))
+    return {"sweep": name, "trials": len(trials), "wall_s": wall, "compute_s": compute,
+            "ideal_s": compute / workers, "ratio": wall / (compute / workers)}
+
+
+def metric_throughput(uri: str) -> dict:
+    handle = open_sweep(uri, "throughput")
+    run = TrialRun(handle, "bench", {"seed": 0}, attempt=1, run_name="batched", heartbeat_s=3600)
+    n = 20_000
+    started = time.perf_counter()
+    for step in range(n // 10):
+        run.log_metrics(step, {f"m{i}": float(step + i) for i in range(10)})
+    run.finish("converged")
+    batched = n / (time.perf_counter() - started)
+    mlflow, single = client(uri), TrialRun(handle, "bench1", {"seed": 0}, attempt=1, run_name="one by one")
+    started = time.perf_counter()
+    for step in range(300):
+        mlflow.log_metric(single.run_id, "m", float(step), step=step)
+    one_by_one = 300 / (time.perf_counter() - started)
+    single.finish("converged")
+    return {"batched_values_per_s": batched, "one_by_one_values_per_s": one_by_one}
+
+
+def logging_share(uri: str, steps: int) -> dict:
+    cfg = Composer()(BASE + [f"train.max_steps={steps}", "train.log_every=10"])
+    handle = open_sweep(uri, "logging")
+    run = TrialRun(handle, "log", cfg, attempt=1, run_name="logging share")
+    spent = [0.0]
+
+    def timed(step, metrics):
+        t0 = time.perf_counter()
+        run.log_metrics(step, metrics)
+        spent[0] += time.perf_counter() - t0
+
+    started = time.perf_counter()
+    train(cfg, on_log=timed)
+    t0 = time.perf_counter()
+    run.finish("max_steps")
+    spent[0] += time.perf_counter() - t0
+    total = time.perf_counter() - started
+    return {"trial_s": total, "logging_s": spent[0], "share": spent[0] / total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--trial-seconds", type=float, default=2.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        steps = calibrate_steps(args.trial_seconds)
+        t0 = time.perf_counter()
+        runtime.connect({"address": None, "num_cpus": args.workers, "dashboard": False})
+        startup = time.perf_counter() - t0
+        try:
+            big = sweep_overhead(uri, "two_seconds", BASE + [f"train.max_steps={steps}", "seed=range(32)"],
+                                 args.workers)
+            tiny = sweep_overhead(uri, "tiny", TINY + ["seed=range(200)"], args.workers)
+        finally:
+            runtime.shutdown()
+        throughput = metric_throughput(uri)
+        share = logging_share(uri, steps)
+
+    print(f"\nsgdlab platform overhead ({args.workers} workers, Ray start-up {startup:.1f} s, "
+          f"{steps} steps ~ {args.trial_seconds:.0f} s per trial)\n")
+    print(f"{'sweep':<14}{'trials':>7}{'wall s':>9}{'compute s':>11}{'compute/workers':>17}{'ratio':>8}  goal")
+    for row in (big, tiny):
+        print(f"{row['sweep']:<14}{row['trials']:>7}{row['wall_s']:>9.1f}{row['compute_s']:>11.1f}"
+              f"{row['ideal_s']:>17.1f}{row['ratio']:>8.2f}  <= 1.2")
+    print(f"\nper-trial platform cost in the tiny sweep: "
+          f"{(tiny['wall_s'] - tiny['ideal_s']) / tiny['trials'] * args.workers * 1000:.0f} ms of worker time")
+    print(f"MLflow on SQLite: batched writer {throughput['batched_values_per_s']:,.0f} values/s (goal >= 5,000), "
+          f"one call per value {throughput['one_by_one_values_per_s']:,.0f} values/s "
+          f"(batched / one-by-one = {throughput['batched_values_per_s'] / throughput['one_by_one_values_per_s']:.0f}x)")
+    print(f"logging share of a {share['trial_s']:.1f} s trial logging every 10 steps: "
+          f"{100 * share['share']:.2f}% (goal < 5%)")
+
+
+if __name__ == "__main__":
+    main()
