@@ -28,6 +28,9 @@ status: install
 resubmit: install
 	$(BIN)/sgdlab resubmit $(EXP) $(ARGS)
 
+report: install
+	$(BIN)/sgdlab report $(EXP) $(ARGS)
+
 ui: install
 	$(BIN)/sgdlab ui
 

@@ -50,3 +50,23 @@ def test_sweep_records_every_trial_and_skips_finished_ones(sweeps_dir, tmp_path)
     again = run_sgdlab("sweep", "tiny", cwd=work)
     assert again.returncode == 0 and "4 already finished" in again.stderr and "nothing to run" in again.stderr
     assert len(mlflow_runs(work / "mlflow.db", "tiny")[1]) == 4
+
+
+def test_report_writes_files_and_attaches_them_to_the_sweep_run(sweeps_dir, tmp_path):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    missing = run_sgdlab("report", "tiny", cwd=tmp_path)
+    assert missing.returncode == 2 and "no runs of sweep 'tiny'" in missing.stderr
+    assert run_sgdlab("sweep", "tiny", "model.alpha=1", cwd=tmp_path).returncode == 0  # a partial sweep
+    out = run_sgdlab("report", "tiny", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "reports" / "tiny"
+    assert (folder / "summary.csv").is_file()
+    summary = (folder / "summary.md").read_text()
+    assert "2 trials recorded: 2 finished" in summary
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    client, runs = mlflow_runs(tmp_path / "mlflow.db", "tiny", kind="sweep")
+    (sweep_run,) = runs
+    attached = sorted(f.path.split("/")[-1] for f in client.list_artifacts(sweep_run.info.run_id, "report"))
+    assert attached == sorted(pngs + ["summary.csv", "summary.md"])
+    for png in folder.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

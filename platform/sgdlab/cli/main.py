@@ -213,6 +213,37 @@ def status(name: str = typer.Argument(..., help="sweep name"),
 
 
 @app.command()
+def report(name: str = typer.Argument(..., help="sweep name"),
+           out_dir: Optional[str] = typer.Option(None, "--out", help="folder for the report (default reports/NAME)")):
+    """Phase diagrams, fits and summaries of a sweep: reports/NAME/ and the sweep's MLflow run."""
+    from pathlib import Path
+
+    from sgdlab.sweep.spec import check_name
+    from sgdlab.tracking.location import resolve_uri
+    from sgdlab.tracking.query import sweep_runs
+
+    try:
+        check_name(name)
+        uri = resolve_uri()
+        records = sweep_runs(uri, name)
+        if not records:
+            raise ConfigError(f"no runs of sweep {name!r} in {uri}; run `make sweep EXP={name}` first")
+    except ConfigError as exc:
+        raise fail_input(str(exc))
+
+    from sgdlab.analysis.report import build_report
+    from sgdlab.tracking.store import log_sweep_files, open_sweep
+
+    folder = Path(out_dir or Path("reports") / name)
+    folder.mkdir(parents=True, exist_ok=True)
+    result = build_report(records, name, folder)
+    files = [*result.figures, folder / "summary.csv", folder / "summary.md"]
+    log_sweep_files(open_sweep(uri, name), files)
+    err.print(f"{name}: report of {len(records)} runs in {folder}/ ({len(result.figures)} figures, summary.csv, "
+              f"summary.md), also attached to the sweep's MLflow run under report/.")
+
+
+@app.command()
 def ui(host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1: this machine only)"),
        port: int = typer.Option(5000, help="port")):
     """Serve the MLflow dashboard for this directory's store (or MLFLOW_TRACKING_URI)."""

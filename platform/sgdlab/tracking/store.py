@@ -74,3 +74,10 @@ def open_sweep(uri: str, sweep: str, description: str = "") -> SweepHandle:
         # The sweep run stays RUNNING only while a driver works on it; it is FINISHED between commands.
         retried(lambda: mlflow.set_terminated(run_id, "FINISHED"))
     return SweepHandle(uri=uri, experiment_id=exp_id, sweep_run_id=run_id, sweep=sweep, run_tags=git)
+
+
+def log_sweep_files(handle: SweepHandle, files: list, artifact_path: str = "report") -> None:
+    """Attach files (report figures, summaries) to the sweep's run, replacing earlier versions."""
+    mlflow = client(handle.uri)
+    for path in files:
+        retried(lambda: mlflow.log_artifact(handle.sweep_run_id, str(path), artifact_path))
