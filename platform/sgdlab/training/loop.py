@@ -25,11 +25,9 @@ from typing import Callable
 import torch
 from torch.func import grad_and_value
 
-from sgdlab.training import data as datasets
-from sgdlab.training import models, optim
-from sgdlab.training.losses import Loss
+from sgdlab.training import optim
+from sgdlab.training.problem import Problem, build_problem
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_CHUNK = 4096
 
 
@@ -41,9 +39,10 @@ class Result:
     params: dict[str, torch.Tensor]
 
 
-def evaluate(f, params, params0, f0, x, y, loss: Loss) -> dict[str, torch.Tensor]:
-    """Loss, error, fitted count and margins of F = alpha (f(w) - f0) on a whole set, in chunks."""
-    F = torch.cat([loss.alpha * (f(params, x[i:i + EVAL_CHUNK]) - f0[i:i + EVAL_CHUNK])
+def evaluate(problem: Problem, params, x, y, f0) -> dict[str, torch.Tensor]:
+    """Loss, error, fitted count and margins of F = alpha (f(w) - f(w0)) on a whole set, in chunks."""
+    loss = problem.loss
+    F = torch.cat([problem.predict(params, (x[i:i + EVAL_CHUNK], None, f0[i:i + EVAL_CHUNK]))
                    for i in range(0, len(x), EVAL_CHUNK)])
     return {"loss": loss.mean(F, y), "error": loss.error(F, y).double().mean(),
             "unfitted": (~loss.fitted(F, y)).sum(), "min_margin": loss.margin(F, y).min()}
@@ -59,32 +58,31 @@ def weight_change(params, params0) -> float:
 def train(cfg: dict, on_log: Callable[[int, dict], None] = lambda step, m: None,
           on_step: Callable[[int], None] = lambda step: None,
           on_checkpoint: Callable[[dict], None] = lambda snapshot: None, resume: dict | None = None,
+          on_params: Callable[[int, dict], None] = lambda step, params: None, params_every: int | None = None,
           device: str = "cpu") -> Result:
     """Train one trial. Every train.checkpoint_every updates `on_checkpoint` receives a snapshot (steps, t,
     params, optimizer state, batch-sampler RNG state); `resume=snapshot` continues from it with the same
-    numbers as an uninterrupted run."""
-    tcfg, dtype = cfg["train"], DTYPES[cfg["train"]["dtype"]]
-    data = datasets.load(cfg["data"]).to(device, dtype)
-    loss = Loss(cfg["loss"]["name"], cfg["model"]["alpha"])
-    module = models.build(cfg["model"], data.input_shape, loss.n_outputs(data.n_classes))
-    f = models.network(module)
-    params0 = models.init_params(module, cfg["seed"], dtype, device)
-    with torch.no_grad():  # F is centred: f(w0, x) is fixed data, computed once
-        center = cfg["model"]["center"]
-        f0_train = f(params0, data.x_train) if center else torch.zeros(len(data.x_train), 1, dtype=dtype)
-        f0_test = f(params0, data.x_test) if center else torch.zeros(len(data.x_test), 1, dtype=dtype)
+    numbers as an uninterrupted run. Every `params_every` updates (and before the first) `on_params` sees the
+    parameters, for measurements along the trajectory such as the sharpness."""
+    tcfg = cfg["train"]
+    problem = build_problem(cfg, device)
+    data, loss, params0 = problem.data, problem.loss, problem.params0
     optimizer = optim.build(cfg["optim"])
     lr, batch_size, n_train = cfg["optim"]["lr"], cfg["data"]["batch_size"], len(data.x_train)
     gen = torch.Generator().manual_seed(cfg["seed"])
 
     def batch_loss(params, idx):
-        F = loss.alpha * (f(params, data.x_train[idx]) - f0_train[idx])
-        return loss.mean(F, data.y_train[idx])
+        batch = problem.train_batch(idx)
+        return problem.batch_loss(problem.predict(params, batch), batch)
+
+    def all_fitted(params) -> bool:
+        with torch.no_grad():
+            return evaluate(problem, params, data.x_train, data.y_train, problem.f0_train)["unfitted"] == 0
 
     def metrics(params, steps, t):
         with torch.no_grad():
-            tr = evaluate(f, params, params0, f0_train, data.x_train, data.y_train, loss)
-            te = evaluate(f, params, params0, f0_test, data.x_test, data.y_test, loss)
+            tr = evaluate(problem, params, data.x_train, data.y_train, problem.f0_train)
+            te = evaluate(problem, params, data.x_test, data.y_test, problem.f0_test)
         return {"train_loss": float(tr["loss"]), "train_error": float(tr["error"]), "test_loss": float(te["loss"]),
                 "test_error": float(te["error"]), "n_unfitted": float(tr["unfitted"]),
                 "min_margin": float(tr["min_margin"]), "weight_change": weight_change(params, params0),
@@ -98,6 +96,8 @@ def train(cfg: dict, on_log: Callable[[int, dict], None] = lambda step, m: None,
         params, state, steps, t = resume["params"], resume["opt_state"], resume["steps"], resume["t"]
         gen.set_state(resume["rng"])
     outcome, started, every = "max_steps", time.monotonic(), tcfg["checkpoint_every"]
+    if params_every and steps == 0:
+        on_params(0, params)
     while steps < tcfg["max_steps"]:
         on_step(steps + 1)
         idx = torch.randperm(n_train, generator=gen)[:batch_size].to(device)
@@ -106,12 +106,13 @@ def train(cfg: dict, on_log: Callable[[int, dict], None] = lambda step, m: None,
             outcome = "diverged"
             break
         if tcfg["stop_when_fitted"] and loss.name == "hinge" and float(value) == 0.0:
-            with torch.no_grad():
-                if evaluate(f, params, params0, f0_train, data.x_train, data.y_train, loss)["unfitted"] == 0:
-                    outcome = "converged"
-                    break
+            if all_fitted(params):
+                outcome = "converged"
+                break
         params, state = optimizer.update(params, grads, state)
         steps, t = steps + 1, t + lr
+        if params_every and steps % params_every == 0:
+            on_params(steps, params)
         if every and steps % every == 0:
             on_checkpoint({"steps": steps, "t": t, "params": params, "opt_state": state, "rng": gen.get_state()})
         if steps % tcfg["log_every"] == 0:
