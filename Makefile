@@ -7,7 +7,7 @@ EXP ?= smoke
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install sweep status resubmit report ui probe test clean-store
+.PHONY: install sweep status resubmit report ui probe test bench-probe bench-overhead
 
 install: $(VENV)/.installed
 
@@ -31,8 +31,19 @@ resubmit: install
 report: install
 	$(BIN)/sgdlab report $(EXP) $(ARGS)
 
+probe: install
+	$(BIN)/sgdlab probe $(RUN) $(ARGS)
+
 ui: install
 	$(BIN)/sgdlab ui
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# PyHessian is a benchmark-only comparison; --no-deps keeps it from replacing the pinned CPU torch.
+bench-probe: install
+	$(BIN)/python -m pip install --quiet --no-deps pyhessian==0.1
+	$(BIN)/python bench/probe_bench.py
+
+bench-overhead: install
+	$(BIN)/python bench/overhead_bench.py

@@ -45,6 +45,10 @@ class Problem:
     def operator(self, **kwargs) -> CurvatureOperator:
         return CurvatureOperator(self.predict, self.loss, self.params, self.batches, **kwargs)
 
+    def whole(self) -> CurvatureOperator:
+        """The full-data Hessian as one batch of all 40 examples (cheap products: the gradient graph is kept)."""
+        return CurvatureOperator(self.predict, self.loss, self.params, [self.data])
+
     def dense(self, matrix="full", batch_index=0, batches=None) -> torch.Tensor:
         if batches is not None:
             return dense_curvature(self.predict, self.loss, self.params, batches, matrix, batch_index)
@@ -80,6 +84,15 @@ def batchnorm_mlp() -> Problem:
 
 
 PROBLEMS = {"mlp": mlp, "cnn": cnn, "batchnorm": batchnorm_mlp}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny products run fastest on one thread, and do not fight a busy machine for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=list(PROBLEMS))
@@ -146,6 +159,16 @@ def test_full_hessian_is_size_weighted_mean_of_batch_hessians(problem):
     assert not torch.allclose(problem.dense("batch", batch_index=0), whole, atol=1e-3)  # the test can fail
 
 
+def test_torch_mse_loss_everywhere():
+    # Forward-over-reverse through F.mse_loss(reduction="mean") raises in torch 2.13 (pytorch#123996):
+    # "auto" must fall back to double backward, and the Gauss-Newton product must not depend on it.
+    problem = cnn()
+    problem.loss = lambda F, batch: nn.functional.mse_loss(F, nn.functional.one_hot(batch[1], F.shape[1]).double())
+    for matrix in ("full", "ggn"):
+        op = problem.operator(matrix=matrix)
+        assert_matvec_matches(op, problem.dense(matrix))
+
+
 def test_ggn_differs_from_hessian_and_is_psd(mlp_problem, mlp_hessian):
     ggn = mlp_problem.dense("ggn")
     assert torch.linalg.eigvalsh(ggn).min() > -1e-12
@@ -153,11 +176,10 @@ def test_ggn_differs_from_hessian_and_is_psd(mlp_problem, mlp_hessian):
 
 
 def test_float32_operator_agrees_with_float64(mlp_problem, mlp_hessian):
+    # functional_call replaces every tensor of the (buffer-free) module: float32 params and data give float32
     params = {name: p.float() for name, p in mlp_problem.params.items()}
-    model32 = mlp()  # same seed: same architecture; the float32 copy of its parameters is passed explicitly
-    model32.model.float()
     batches = [tuple(t.float() if t.is_floating_point() else t for t in b) for b in mlp_problem.batches]
-    op = CurvatureOperator(model32.predict, model32.loss, params, batches)
+    op = CurvatureOperator(mlp_problem.predict, mlp_problem.loss, params, batches)
     v = torch.randn(op.dim)
     assert op.dtype == torch.float32 and op.matvec(v).dtype == torch.float32
     assert torch.allclose(op.matvec(v).double(), mlp_hessian @ v, rtol=0, atol=1e-5 * float(mlp_hessian.norm()))
@@ -238,7 +260,7 @@ def z_scores(estimator, op, exact, n, seeds=range(8)) -> np.ndarray:
 @pytest.mark.parametrize("estimator", [hutchinson, hutch_plus_plus])
 def test_trace_estimates_within_their_standard_errors(mlp_problem, mlp_hessian, estimator):
     exact = float(torch.trace(mlp_hessian))
-    z = z_scores(estimator, mlp_problem.operator(), exact, 60)
+    z = z_scores(estimator, mlp_problem.whole(), exact, 60)
     assert np.all(np.abs(z) < 3)
     assert 0.3 < np.sqrt(np.mean(z**2)) < 2.0  # the standard error is the size of the error, not far off
 
@@ -246,7 +268,7 @@ def test_trace_estimates_within_their_standard_errors(mlp_problem, mlp_hessian, 
 def test_hutchinson_stderr_matches_the_rademacher_variance(mlp_problem, mlp_hessian):
     h = mlp_hessian
     predicted = math.sqrt(2 * (float((h**2).sum()) - float((torch.diagonal(h) ** 2).sum())) / 200)
-    estimate = hutchinson(mlp_problem.operator(), 200, seed=3)
+    estimate = hutchinson(mlp_problem.whole(), 200, seed=3)
     assert 0.7 * predicted < estimate.stderr < 1.4 * predicted
 
 
@@ -270,7 +292,7 @@ def test_estimates_are_seeded(mlp_problem):
 
 def test_slq_moments_within_start_sampling_error(mlp_problem, mlp_hessian):
     n_starts, dim = 30, mlp_hessian.shape[0]
-    quadrature = slq(mlp_problem.operator(), n_starts=n_starts, n_steps=20, seed=0)
+    quadrature = slq(mlp_problem.whole(), n_starts=n_starts, n_steps=20, seed=0)
     assert quadrature.n_products == n_starts * 20
     estimates, stderrs = moments(quadrature, [1, 2])
     for p, estimate, stderr in zip([1, 2], estimates, stderrs):
@@ -284,7 +306,7 @@ def test_slq_moments_within_start_sampling_error(mlp_problem, mlp_hessian):
 
 def test_slq_nodes_and_weights(mlp_problem, mlp_hessian):
     exact = np.linalg.eigvalsh(mlp_hessian.numpy())
-    quadrature = slq(mlp_problem.operator(), n_starts=3, n_steps=15, seed=1)
+    quadrature = slq(mlp_problem.whole(), n_starts=3, n_steps=15, seed=1)
     for nodes, weights in zip(quadrature.nodes, quadrature.weights):
         assert len(nodes) == len(weights) == 15
         assert abs(weights.sum() - 1) < 1e-12 and np.all(weights >= 0)
@@ -301,7 +323,7 @@ def test_slq_is_exact_on_an_invariant_krylov_space():
 
 
 def test_density_integrates_to_one(mlp_problem):
-    quadrature = slq(mlp_problem.operator(), n_starts=4, n_steps=20, seed=0)
+    quadrature = slq(mlp_problem.whole(), n_starts=4, n_steps=20, seed=0)
     sigma = 0.01
     low = min(n.min() for n in quadrature.nodes) - 12 * sigma
     high = max(n.max() for n in quadrature.nodes) + 12 * sigma
@@ -315,7 +337,7 @@ def test_density_integrates_to_one(mlp_problem):
 
 
 def test_block_probes_match_diagonal_blocks(mlp_problem, mlp_hessian):
-    op = mlp_problem.operator()
+    op = mlp_problem.whole()
     probes = block_probes(op, n_samples=40, tol=1e-10, seed=0)
     slices = op.layout.slices
     assert list(probes) == list(slices)
@@ -332,7 +354,7 @@ def test_block_probes_match_diagonal_blocks(mlp_problem, mlp_hessian):
 
 
 def test_block_groups(mlp_problem, mlp_hessian):
-    op = mlp_problem.operator()
+    op = mlp_problem.whole()
     groups = {"first": ["0.weight", "0.bias"], "rest": ["2.weight", "2.bias", "4.weight", "4.bias"]}
     probes = block_probes(op, groups, n_samples=10, tol=1e-10)
     first = slice(0, op.layout.slices["0.bias"].stop)

@@ -67,14 +67,18 @@ def execute(name: str, jobs: list, config: dict, uri: str, description: str = ""
     failed = [r for r in results if r["status"] == "failed"]
     outcomes: dict[str, int] = {}
     for r in results:
-        if r["status"] == "finished":
+        if r["status"] == "finished" and "outcome" in r:
             outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-    err.print(f"{len(results) - len(failed)} finished ({', '.join(f'{v} {k}' for k, v in outcomes.items()) or '-'}), "
-              f"{len(failed)} failed.")
+    probes = sum(1 for r in results if r.get("probe") and r["status"] == "finished")
+    err.print(f"{len(results) - len(failed)} finished ({', '.join(f'{v} {k}' for k, v in outcomes.items()) or '-'}"
+              f"{f', {probes} end probes' if probes else ''}), {len(failed)} failed.")
     if failed:
         for r in failed[:10]:
             err.print(f"  [red]{r['trial_id']}[/]: {r['error']}", highlight=False)
-        err.print(f"Rerun the failed trials with: make resubmit EXP={name}")
+        if any(r.get("failed_stage") != "probe" for r in failed):
+            err.print(f"Rerun the failed trials with: make resubmit EXP={name}")
+        if any(r.get("failed_stage") == "probe" for r in failed):
+            err.print(f"Failed end probes are retried by running the sweep again: make sweep EXP={name}")
         raise typer.Exit(1)
 
 
@@ -97,18 +101,27 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
     from sgdlab.orchestration.tasks import TrialJob
     from sgdlab.tracking.location import resolve_uri
     from sgdlab.tracking.query import by_trial, sweep_runs
-    from sgdlab.tracking.tags import run_name
+    from sgdlab.sweep.identity import probe_id
+    from sgdlab.tracking.tags import PROBE_ID, run_name
 
     first = trials[0].config
     uri = resolve_uri(first["tracking"]["uri"])
-    plan = make_plan(trials, by_trial(sweep_runs(uri, name)), first["tracking"]["stale_after_s"], time.time())
+    probes = {}
+    for record in sweep_runs(uri, name, kind="probe"):
+        probes.setdefault(record.tags.get(PROBE_ID, ""), []).append(record)
+    plan = make_plan(trials, by_trial(sweep_runs(uri, name)), first["tracking"]["stale_after_s"], time.time(),
+                     probes_by_id=probes, probe_id=lambda t: probe_id(t.config, t.trial_id))
     err.print(f"[bold]{name}[/]: {len(trials)} trials; {len(plan.skipped_finished)} already finished (skipped), "
               f"{len(plan.skipped_running)} running elsewhere, {len(plan.to_run)} to run "
-              f"({len(plan.rerun)} failed or stale before). Store: {uri}")
-    if not plan.to_run:
+              f"({len(plan.rerun)} failed or stale before), {len(plan.probe_only)} end probes of finished trials "
+              f"to run. Store: {uri}")
+    if not plan.to_run and not plan.probe_only:
         err.print("nothing to run.")
         return
-    jobs = [TrialJob(t.trial_id, t.config, attempt, run_name(t.swept)) for t, attempt in plan.to_run]
+    jobs = [TrialJob(t.trial_id, t.config, attempt, run_name(t.swept), probe=t.trial_id in plan.probe_after)
+            for t, attempt in plan.to_run]
+    jobs += [TrialJob(t.trial_id, t.config, 0, run_name(t.swept), train=False, probe=True, train_run_id=run_id,
+                      probe_attempt=attempt) for t, run_id, attempt in plan.probe_only]
     execute(name, jobs, first, uri, spec.description)
 
 
@@ -241,6 +254,46 @@ def report(name: str = typer.Argument(..., help="sweep name"),
     log_sweep_files(open_sweep(uri, name), files)
     err.print(f"{name}: report of {len(records)} runs in {folder}/ ({len(result.figures)} figures, summary.csv, "
               f"summary.md), also attached to the sweep's MLflow run under report/.")
+
+
+@app.command()
+def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED train run"),
+          overrides: Optional[List[str]] = typer.Argument(
+              None, help="probe.* (what to measure) and resources.*, e.g. probe.top_k=5 probe.slq_starts=4")):
+    """Measure the curvature of an existing finished trial (its checkpoint/final.pt) as a new probe run."""
+    from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides
+    from sgdlab.tracking.artifacts import recorded_config, run_summary
+    from sgdlab.tracking.location import resolve_uri
+
+    try:
+        changes = parse_runtime_overrides(overrides or [])
+        uri = resolve_uri(changes.get(("tracking", "uri")))
+        info = run_summary(uri, run_id)
+        if info is None or info["kind"] != "train" or info["status"] != "FINISHED":
+            raise ConfigError(f"run {run_id}: not a FINISHED train run in {uri}")
+        config = apply_runtime_overrides(recorded_config(uri, run_id), changes)
+    except ConfigError as exc:
+        raise fail_input(str(exc))
+
+    from sgdlab.jobs.probe import run_probe
+    from sgdlab.sweep.identity import probe_id
+    from sgdlab.tracking.query import sweep_runs
+    from sgdlab.tracking.store import open_sweep
+
+    pid = probe_id(config, info["trial_id"])
+    attempt = 1 + sum(r.tags.get("sgdlab.probe_id") == pid for r in sweep_runs(uri, info["sweep"], kind="probe"))
+    err.print(f"probing {info['run_name']} (trial {info['trial_id']}, sweep {info['sweep']})")
+    result = run_probe(config, open_sweep(uri, info["sweep"]), trial_id=info["trial_id"], train_run_id=run_id,
+                       attempt=attempt, run_name=info["run_name"])
+    if result["status"] != "finished":
+        err.print(f"probe failed: {result['error']}", highlight=False)
+        raise typer.Exit(1)
+    table = Table(title=f"probe run {result['run_id']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result["metrics"].items():
+        table.add_row(key, f"{value:.6g}")
+    out.print(table)
 
 
 @app.command()

@@ -147,6 +147,26 @@ class Tracking:
 
 
 @dataclass
+class Probe:
+    at_end: bool
+    every: Optional[int]
+    matrix: Literal["full", "ggn"]
+    n_examples: Optional[int]
+    chunk_size: int
+    top_k: int
+    tol: float
+    trace_samples: int
+    trace_every: bool
+    slq_starts: int
+    slq_steps: int
+    batch_sizes: list[int]
+    n_batches: int
+    per_layer: bool
+    dtype: Literal["float32", "float64"]
+    seed: int
+
+
+@dataclass
 class Fault:
     raise_at_step: Optional[int]
     kill_at_step: Optional[int]
@@ -171,11 +191,12 @@ SINGLE: dict[str, type] = {
     "cluster": Cluster,
     "tracking": Tracking,
     "fault": Fault,
+    "probe": Probe,
 }
 TOP_LEVEL = {"seed"}
 
 # Keys that do not change what a trial computes: excluded from trial identity, overridable on resubmit.
-NON_IDENTITY_GROUPS = ("tracking", "cluster", "resources", "fault")
+NON_IDENTITY_GROUPS = ("tracking", "cluster", "resources", "fault", "probe")
 NON_IDENTITY_KEYS = (("train", "checkpoint_every"),)  # how often a trial saves itself, not what it computes
 
 
@@ -310,6 +331,21 @@ def validate(raw: dict) -> dict:
             raise ConfigError(f"model.{key}: must be >= 1, got {model[key]}")
     if cfg["loss"]["name"] == "hinge" and train["loss_threshold"] is not None and train["loss_threshold"] < 0:
         raise ConfigError(f"train.loss_threshold: must be >= 0, got {train['loss_threshold']}")
+    probe = cfg["probe"]
+    for key in ("chunk_size", "top_k", "n_batches", "slq_steps"):
+        if probe[key] < 1:
+            raise ConfigError(f"probe.{key}: must be >= 1, got {probe[key]}")
+    for key in ("every", "n_examples"):
+        if probe[key] is not None and probe[key] < 1:
+            raise ConfigError(f"probe.{key}: must be >= 1 or null, got {probe[key]}")
+    for key in ("trace_samples", "slq_starts"):
+        if probe[key] < 0:
+            raise ConfigError(f"probe.{key}: must be >= 0, got {probe[key]}")
+    if not 0 < probe["tol"] < 1:
+        raise ConfigError(f"probe.tol: must be in (0, 1), got {probe['tol']}")
+    bad_b = [b for b in probe["batch_sizes"] if not 1 <= b <= data["n_train"]]
+    if bad_b:
+        raise ConfigError(f"probe.batch_sizes: each B must be in 1..data.n_train = {data['n_train']}, got {bad_b[0]}")
     if optim["name"] == "adam":
         for key in ("beta1", "beta2"):
             if not 0 <= optim[key] < 1:

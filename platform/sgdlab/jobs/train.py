@@ -81,8 +81,14 @@ def run_train(config: dict, handle: SweepHandle, *, trial_id: str, attempt: int,
 
     started = time.perf_counter()
     try:
+        on_params, params_every = lambda step, params: None, config["probe"]["every"]
+        if params_every:  # sharpness along training (imported here: probes load only when asked for)
+            from sgdlab.jobs.probe import trajectory_hook
+            from sgdlab.training.problem import build_problem
+
+            on_params = trajectory_hook(build_problem(config), config["probe"], run.log_metrics)
         result = train(config, on_log=run.log_metrics, on_step=on_step, on_checkpoint=on_checkpoint,
-                       resume=snapshot)
+                       resume=snapshot, on_params=on_params, params_every=params_every)
         run.log_metrics(result.steps, {"wall_time": time.perf_counter() - started})
         run.log_bytes(checkpoint.to_bytes({"params": result.params, "steps": result.steps}, config),
                       checkpoint.FINAL)

@@ -14,7 +14,7 @@ from ray.exceptions import RayError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sgdlab.orchestration.tasks import TrialJob, submit_train
+from sgdlab.orchestration.tasks import TrialJob, submit
 from sgdlab.tracking.store import SweepHandle
 from sgdlab.tracking.writer import end_running
 
@@ -43,7 +43,7 @@ def run_trials(jobs: list[TrialJob], handle: SweepHandle, max_in_flight: int,
             while waiting or in_flight:
                 while waiting and len(in_flight) < max_in_flight:
                     job = waiting.popleft()
-                    in_flight[submit_train(job, handle)] = job
+                    in_flight[submit(job, handle)] = job
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
                 for ref in done:
                     job = in_flight.pop(ref)
@@ -52,6 +52,7 @@ def run_trials(jobs: list[TrialJob], handle: SweepHandle, max_in_flight: int,
                     except RayError as exc:  # the worker died more often than max_retries allows
                         summary = {"trial_id": job.trial_id, "status": "failed", "error": one_line(exc)}
                         end_running(handle, job.trial_id, "FAILED", summary["error"])
+                        end_running(handle, job.trial_id, "FAILED", summary["error"], kind="probe")
                     counts[summary["status"]] += 1
                     results.append(summary)
                 bar.update(task, completed=len(results), running=len(in_flight), **counts)
@@ -61,6 +62,7 @@ def run_trials(jobs: list[TrialJob], handle: SweepHandle, max_in_flight: int,
             for ref in in_flight:
                 ray.cancel(ref, force=True)
             for job in in_flight.values():
-                end_running(handle, job.trial_id, "KILLED", "interrupted by the user (Ctrl-C)")
+                for kind in ("train", "probe"):
+                    end_running(handle, job.trial_id, "KILLED", "interrupted by the user (Ctrl-C)", kind=kind)
             raise
     return results

@@ -1,7 +1,9 @@
 """Ray tasks around the jobs. Resources and retries come from each trial's `resources` group.
 
 Ray retries a task whose worker process died (max_retries = resources.max_retries); an exception inside a
-trial is not retried: the job records it and returns a failed summary.
+trial is not retried: the job records it and returns a failed summary. An end probe is a second task that
+takes the training task's result as its argument, so Ray starts it when training is done; it measures the
+checkpoint the training run saved (or, for a trial finished earlier, the recorded run's checkpoint).
 """
 
 from __future__ import annotations
@@ -10,18 +12,24 @@ from dataclasses import dataclass
 
 import ray
 
+from sgdlab.jobs.probe import run_probe
 from sgdlab.jobs.train import run_train
 from sgdlab.tracking.store import SweepHandle
 
 
 @dataclass(frozen=True)
 class TrialJob:
-    """One trial attempt to run: what the scheduler submits."""
+    """One trial attempt to run (train, then the end probe if `probe`), or only the end probe of a trial
+    that finished before (train=False, train_run_id set)."""
 
     trial_id: str
     config: dict
     attempt: int
     run_name: str
+    train: bool = True
+    probe: bool = False
+    train_run_id: str | None = None
+    probe_attempt: int = 1
 
 
 @ray.remote
@@ -29,8 +37,26 @@ def _train_task(config: dict, handle: SweepHandle, trial_id: str, attempt: int, 
     return run_train(config, handle, trial_id=trial_id, attempt=attempt, run_name=name)
 
 
-def submit_train(job: TrialJob, handle: SweepHandle) -> ray.ObjectRef:
+@ray.remote
+def _probe_task(trained: dict, config: dict, handle: SweepHandle, attempt: int, name: str) -> dict:
+    if trained["status"] != "finished" or trained.get("outcome") == "diverged":
+        return {**trained, "probe": "skipped"}
+    probed = run_probe(config, handle, trial_id=trained["trial_id"], train_run_id=trained["run_id"],
+                       attempt=attempt, run_name=name)
+    return {**trained, "status": probed["status"], "error": probed.get("error", ""), "probe": probed["run_id"],
+            "failed_stage": "probe" if probed["status"] == "failed" else None}
+
+
+def submit(job: TrialJob, handle: SweepHandle) -> ray.ObjectRef:
+    """Submit a job's task(s); the returned reference resolves to its summary when all of them are done."""
     res = job.config["resources"]
-    task = _train_task.options(num_cpus=res["cpus"], num_gpus=res["gpu"], max_retries=res["max_retries"],
-                               retry_exceptions=False, name=f"train {job.trial_id}")
-    return task.remote(job.config, handle, job.trial_id, job.attempt, job.run_name)
+    options = dict(num_cpus=res["cpus"], num_gpus=res["gpu"], max_retries=res["max_retries"], retry_exceptions=False)
+    if job.train:
+        result = _train_task.options(name=f"train {job.trial_id}", **options).remote(
+            job.config, handle, job.trial_id, job.attempt, job.run_name)
+    else:
+        result = {"trial_id": job.trial_id, "status": "finished", "run_id": job.train_run_id}
+    if job.probe:
+        result = _probe_task.options(name=f"probe {job.trial_id}", **options).remote(
+            result, job.config, handle, job.probe_attempt, job.run_name)
+    return result

@@ -25,3 +25,14 @@ def identity_config(config: dict) -> dict:
 def trial_id(config: dict) -> str:
     canonical = json.dumps(identity_config(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+PROBE_MEASURE_KEYS = ("matrix", "n_examples", "top_k", "tol", "trace_samples", "slq_starts", "slq_steps",
+                      "batch_sizes", "n_batches", "per_layer", "dtype", "seed")
+
+
+def probe_id(config: dict, trial: str) -> str:
+    """Identity of an end probe: its trial and what it measures (not when or on which resources)."""
+    measured = {k: config["probe"][k] for k in PROBE_MEASURE_KEYS}
+    canonical = json.dumps({"trial": trial, "probe": measured}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -27,3 +27,20 @@ def recorded_config(uri: str, run_id: str) -> dict:
     if data is None:
         raise FileNotFoundError(f"run {run_id} has no config.yaml artifact")
     return yaml.safe_load(data)
+
+
+def run_summary(uri: str, run_id: str) -> dict | None:
+    """Sweep, trial, kind, status and name of a run, or None if the store has no such run."""
+    from sgdlab.tracking import tags
+    from sgdlab.tracking.location import retried
+
+    mlflow = client(uri)
+    try:
+        run = retried(lambda: mlflow.get_run(run_id))
+    except Exception as exc:  # MlflowException RESOURCE_DOES_NOT_EXIST
+        if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+            return None
+        raise
+    t = run.data.tags
+    return {"sweep": t.get(tags.SWEEP, ""), "trial_id": t.get(tags.TRIAL_ID, ""), "kind": t.get(tags.KIND, ""),
+            "status": run.info.status, "run_name": run.info.run_name}

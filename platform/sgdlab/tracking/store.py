@@ -5,15 +5,18 @@ the sweep run that every trial run is nested under.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass, field
 
-from mlflow.entities import ViewType
-from mlflow.tracking import MlflowClient
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in job output
 
-from sgdlab import paths
-from sgdlab.tracking import tags
-from sgdlab.tracking.location import retried, sqlite_path
+from mlflow.entities import ViewType  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from sgdlab import paths  # noqa: E402
+from sgdlab.tracking import tags  # noqa: E402
+from sgdlab.tracking.location import retried, sqlite_path  # noqa: E402
 
 
 def git_state() -> dict[str, str]:

@@ -124,8 +124,8 @@ def end_runs(handle: SweepHandle, run_ids: list[str], status: str, error: str) -
         retried(lambda: mlflow.set_terminated(run_id, status))
 
 
-def end_running(handle: SweepHandle, trial_id: str, status: str, error: str) -> list[str]:
-    """End the RUNNING runs of a trial; returns their ids."""
-    ids = [r.info.run_id for r in trial_runs(handle, trial_id) if r.info.status == "RUNNING"]
+def end_running(handle: SweepHandle, trial_id: str, status: str, error: str, kind: str = "train") -> list[str]:
+    """End the RUNNING runs of a trial (of one kind); returns their ids."""
+    ids = [r.info.run_id for r in trial_runs(handle, trial_id, kind) if r.info.status == "RUNNING"]
     end_runs(handle, ids, status, error)
     return ids

@@ -1,0 +1,126 @@
+"""Probe jobs: curvature of a trained trial's objective, config dict in, summary out, records through tracking/.
+
+What is measured is the Hessian (or Gauss-Newton matrix, probe.matrix) of the training objective
+L(w) = mean over the probe data of loss(alpha (f(w, x) - f(w0, x)), y): the first probe.n_examples training
+points, in batches of probe.chunk_size, size-weighted. Every probe run records that description in its tags.
+
+- run_probe: the end-of-training probe, its own MLflow run (kind probe) under the sweep run, on the parameters
+  in the train run's `checkpoint/final.pt` (loaded with weights_only=True): sharpness and hessian_top_k/i
+  (Lanczos), hessian_trace (Hutchinson, with its standard error), optionally the SLQ spectral density, the
+  mini-batch vs full comparison for probe.batch_sizes and per-layer traces and top eigenvalues.
+- trajectory_hook: the in-training probe (probe.every), logging sharpness (and hessian_trace) along training.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from sgdlab.probes.batch import minibatch_curvature
+from sgdlab.probes.blocks import block_probes
+from sgdlab.probes.density import density_on_grid, slq
+from sgdlab.probes.hvp import CurvatureOperator
+from sgdlab.probes.lanczos import top_eigenpairs
+from sgdlab.probes.trace import hutchinson
+from sgdlab.sweep.identity import probe_id
+from sgdlab.tracking import tags
+from sgdlab.tracking.artifacts import download_bytes
+from sgdlab.tracking.store import SweepHandle
+from sgdlab.tracking.writer import TrialRun
+from sgdlab.training import checkpoint
+from sgdlab.training.problem import DTYPES, Problem, build_problem
+
+def operator(problem: Problem, params: dict, pcfg: dict) -> CurvatureOperator:
+    """The probe's curvature operator at params (cast to probe.dtype)."""
+    dtype = DTYPES[pcfg["dtype"]]
+    cast = lambda batch: tuple(t.to(dtype) if t.is_floating_point() else t for t in batch)  # noqa: E731
+    batches = [cast(b) for b in problem.train_batches(pcfg["n_examples"], pcfg["chunk_size"])]
+    return CurvatureOperator(problem.predict, problem.batch_loss, {k: v.detach().to(dtype) for k, v in params.items()},
+                             batches, matrix=pcfg["matrix"])
+
+
+def description_tags(op: CurvatureOperator) -> dict[str, str]:
+    d = op.description
+    return {"sgdlab.matrix": d["matrix"], "sgdlab.normalization": d["normalization"],
+            "sgdlab.probe_data": f"first {d['n_examples']} training points in {d['n_batches']} batches",
+            "sgdlab.hvp_method": d["method"], "sgdlab.probe_dtype": d["dtype"]}
+
+
+def trajectory_hook(problem: Problem, pcfg: dict, log) -> callable:
+    """on_params callback: sharpness (and optionally hessian_trace) of the current parameters, logged at step."""
+    def hook(step: int, params: dict) -> None:
+        op = operator(problem, params, pcfg)
+        top = top_eigenpairs(op, k=1, tol=pcfg["tol"], seed=pcfg["seed"])
+        metrics = {"sharpness": float(top.eigenvalues[0])}
+        if pcfg["trace_every"] and pcfg["trace_samples"]:
+            metrics["hessian_trace"] = hutchinson(op, pcfg["trace_samples"], seed=pcfg["seed"]).mean
+        log(step, metrics)
+
+    return hook
+
+
+def measure(problem: Problem, params: dict, pcfg: dict, run: TrialRun) -> tuple[dict[str, float], bool]:
+    """All end-of-training measurements; spectra go to run artifacts. Returns (metrics, all converged)."""
+    op = operator(problem, params, pcfg)
+    run.flush(description_tags(op))
+    top = top_eigenpairs(op, k=pcfg["top_k"], tol=pcfg["tol"], seed=pcfg["seed"])
+    metrics = {"sharpness": float(top.eigenvalues[0]), "lanczos_products": float(top.n_products),
+               "lanczos_residual": float(top.residuals[0])}
+    metrics.update({f"hessian_top_k/{i + 1}": float(v) for i, v in enumerate(top.eigenvalues)})
+    converged = top.converged
+    if pcfg["trace_samples"]:
+        trace = hutchinson(op, pcfg["trace_samples"], seed=pcfg["seed"])
+        metrics.update({"hessian_trace": trace.mean, "hessian_trace_se": trace.stderr})
+    if pcfg["slq_starts"]:
+        quad = slq(op, pcfg["slq_starts"], pcfg["slq_steps"], seed=pcfg["seed"])
+        lo = min(float(n.min()) for n in quad.nodes)
+        hi = max(float(n.max()) for n in quad.nodes)
+        sigma = max(hi - lo, 1e-12) / 200
+        grid = np.linspace(lo - 10 * sigma, hi + 10 * sigma, 1000)
+        run.log_text(json.dumps({"nodes": [n.tolist() for n in quad.nodes],
+                                 "weights": [w.tolist() for w in quad.weights], "dim": op.dim}), "spectrum/slq.json")
+        density = density_on_grid(quad.nodes, quad.weights, grid, sigma)
+        run.log_text("eigenvalue,density\n" + "".join(f"{g:.9g},{d:.9g}\n" for g, d in zip(grid, density)),
+                     "spectrum/density.csv")
+    x, y, f0 = problem.train_batches(pcfg["n_examples"], 10**9)[0]
+    data = (x.to(DTYPES[pcfg["dtype"]]), y, f0.to(DTYPES[pcfg["dtype"]]))
+    for b in pcfg["batch_sizes"]:
+        mb = minibatch_curvature(problem.predict, problem.batch_loss, {k: v.to(data[0].dtype) for k, v in params.items()},
+                                 data, b, pcfg["n_batches"], chunk_size=pcfg["chunk_size"], tol=pcfg["tol"],
+                                 seed=pcfg["seed"])
+        metrics.update({f"batch_lambda_max/B{b}": mb.mean, f"batch_lambda_max_se/B{b}": mb.stderr,
+                        f"batch_lambda_max_ratio/B{b}": mb.mean / mb.full_lambda_max,
+                        f"batch_sharpness/B{b}": mb.batch_sharpness_mean,
+                        f"batch_sharpness_se/B{b}": mb.batch_sharpness_stderr})
+    if pcfg["per_layer"]:
+        for name, block in block_probes(op, n_samples=max(pcfg["trace_samples"], 2), tol=pcfg["tol"],
+                                        seed=pcfg["seed"]).items():
+            metrics.update({f"layer_trace/{name}": block.trace.mean, f"layer_trace_se/{name}": block.trace.stderr,
+                            f"layer_lambda_max/{name}": float(block.top.eigenvalues[0])})
+    return metrics, converged
+
+
+def run_probe(config: dict, handle: SweepHandle, *, trial_id: str, train_run_id: str, attempt: int,
+              run_name: str) -> dict:
+    torch.set_num_threads(max(1, int(config["resources"]["cpus"])))
+    pid = probe_id(config, trial_id)
+    run = TrialRun(handle, trial_id, config, attempt=attempt, run_name=f"probe {run_name}", kind="probe",
+                   extra_tags={tags.PROBE_ID: pid, tags.TRAIN_RUN: train_run_id},
+                   heartbeat_s=config["tracking"]["heartbeat_s"])
+    started = time.perf_counter()
+    try:
+        data = download_bytes(handle.uri, train_run_id, checkpoint.FINAL)
+        if data is None:
+            raise FileNotFoundError(f"train run {train_run_id} has no {checkpoint.FINAL}")
+        state = checkpoint.from_bytes(data)["state"]
+        problem = build_problem(config)
+        metrics, converged = measure(problem, state["params"], config["probe"], run)
+        metrics["probe_time"] = time.perf_counter() - started
+        run.log_metrics(int(state["steps"]), metrics)
+    except Exception as exc:
+        return {"trial_id": trial_id, "run_id": run.run_id, "status": "failed", "error": run.fail(exc)}
+    run.finish("converged" if converged else "max_steps", check_duplicates=False)
+    return {"trial_id": trial_id, "run_id": run.run_id, "status": "finished", "metrics": metrics}
