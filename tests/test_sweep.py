@@ -92,3 +92,14 @@ def test_dry_run_prints_table_and_creates_nothing(sweeps_dir, tmp_path):
     for trial in expand(spec.load("tiny").override_strings()):
         assert trial.trial_id in out.stdout
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_scales_select_presets(sweeps_dir):
+    (sweeps_dir / "scaled.yaml").write_text(TINY + "scales:\n  small: []\n  paper: [data.n_train=128, 'seed=range(5)']\n")
+    sweep = spec.load("scaled")
+    assert len(expand(sweep.override_strings())) == 6
+    paper = expand(sweep.override_strings("paper"))
+    assert len(paper) == 10 and {t.config["data"]["n_train"] for t in paper} == {128}
+    with pytest.raises(ConfigError, match="scale=huge: unknown scale"):
+        sweep.override_strings("huge")
+    assert spec.split_scale(["seed=1", "scale=paper"]) == ("paper", ["seed=1"])

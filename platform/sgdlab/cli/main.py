@@ -33,7 +33,8 @@ def load_trials(name: str, overrides: list[str]):
     from sgdlab.sweep import expand, spec
 
     sweep = spec.load(name)
-    trials = expand.expand(sweep.override_strings() + list(overrides))
+    scale, overrides = spec.split_scale(list(overrides))
+    trials = expand.expand(sweep.override_strings(scale) + overrides)
     return sweep, trials
 
 

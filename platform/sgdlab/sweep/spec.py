@@ -7,8 +7,12 @@
     axes:                 # swept keys; the trials are the cartesian product of the axes
       model.alpha: 1, 1024          # Hydra sweep grammar: a,b,c | range(...) | choice(...)
       optim.temperature: [1e-3, 1e-1]   # or a YAML list
+    scales:               # optional presets chosen with scale=NAME on the command line (default: small)
+      small: []
+      paper: [data.n_train=16384, "seed=range(5)"]
 
-Overrides given on the command line come last: a plain value replaces an axis, a sweep value adds one.
+Order of application: overrides, axes, the chosen scale's overrides, then the command line's overrides (a plain
+value replaces an axis, a sweep value adds one).
 """
 
 from __future__ import annotations
@@ -25,16 +29,26 @@ from sgdlab.config.schema import ConfigError
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+DEFAULT_SCALE = "small"
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     name: str
     description: str
     overrides: list[str]
     axes: dict[str, str] = field(default_factory=dict)
+    scales: dict[str, list[str]] = field(default_factory=dict)
 
-    def override_strings(self) -> list[str]:
-        """Base overrides then one `key=a,b,c` sweep override per axis."""
-        return [*self.overrides, *(f"{key}={values}" for key, values in self.axes.items())]
+    def override_strings(self, scale: str = DEFAULT_SCALE) -> list[str]:
+        """Base overrides, one `key=a,b,c` sweep override per axis, then the scale's overrides."""
+        if self.scales and scale not in self.scales:
+            raise ConfigError(f"scale={scale}: unknown scale of sweep {self.name!r}; allowed: "
+                              f"{', '.join(self.scales)}")
+        if not self.scales and scale != DEFAULT_SCALE:
+            raise ConfigError(f"scale={scale}: sweep {self.name!r} defines no scales")
+        return [*self.overrides, *(f"{key}={values}" for key, values in self.axes.items()),
+                *self.scales.get(scale, [])]
 
 
 def available() -> list[str]:
@@ -68,17 +82,28 @@ def load(name: str) -> SweepSpec:
         body = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    allowed = {"description", "overrides", "axes"}
+    allowed = {"description", "overrides", "axes", "scales"}
     if not isinstance(body, dict) or set(body) - allowed:
         extra = sorted(set(body) - allowed) if isinstance(body, dict) else ["<not a mapping>"]
         raise ConfigError(f"{path.name}: unknown key {extra[0]!r}; allowed: {', '.join(sorted(allowed))}")
     overrides = body.get("overrides") or []
     axes = body.get("axes") or {}
-    if not isinstance(overrides, list) or not isinstance(axes, dict):
-        raise ConfigError(f"{path.name}: 'overrides' must be a list and 'axes' a mapping")
+    scales = body.get("scales") or {}
+    if not isinstance(overrides, list) or not isinstance(axes, dict) or not isinstance(scales, dict) or not all(
+            isinstance(v, list) or v is None for v in scales.values()):
+        raise ConfigError(f"{path.name}: 'overrides' must be a list, 'axes' a mapping, 'scales' a mapping of lists")
     return SweepSpec(
         name=name,
         description=str(body.get("description", "")).strip(),
         overrides=[str(o) for o in overrides],
         axes={str(k): _axis_string(str(k), v) for k, v in axes.items()},
+        scales={str(k): [str(o) for o in (v or [])] for k, v in scales.items()},
     )
+
+
+def split_scale(overrides: list[str]) -> tuple[str, list[str]]:
+    """Take `scale=NAME` out of command-line overrides: (scale, the other overrides)."""
+    scales = [o.split("=", 1)[1] for o in overrides if o.startswith("scale=")]
+    if len(scales) > 1:
+        raise ConfigError(f"scale: given {len(scales)} times")
+    return (scales[0] if scales else DEFAULT_SCALE), [o for o in overrides if not o.startswith("scale=")]

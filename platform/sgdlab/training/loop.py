@@ -48,11 +48,10 @@ def evaluate(problem: Problem, params, x, y, f0) -> dict[str, torch.Tensor]:
             "unfitted": (~loss.fitted(F, y)).sum(), "min_margin": loss.margin(F, y).min()}
 
 
-def weight_change(params, params0) -> float:
-    """||w - w0|| / ||w0|| over all parameters."""
-    num = sum(((params[k] - params0[k]) ** 2).sum() for k in params)
-    den = sum((p**2).sum() for p in params0.values())
-    return float(torch.sqrt(num / den))
+def weight_change(params, params0) -> tuple[float, float]:
+    """(||w - w0||, ||w - w0|| / ||w0||) over all parameters."""
+    delta = float(torch.sqrt(sum(((params[k] - params0[k]) ** 2).sum() for k in params)))
+    return delta, delta / float(torch.sqrt(sum((p**2).sum() for p in params0.values())))
 
 
 def train(cfg: dict, on_log: Callable[[int, dict], None] = lambda step, m: None,
@@ -80,12 +79,13 @@ def train(cfg: dict, on_log: Callable[[int, dict], None] = lambda step, m: None,
             return evaluate(problem, params, data.x_train, data.y_train, problem.f0_train)["unfitted"] == 0
 
     def metrics(params, steps, t):
+        delta, relative = weight_change(params, params0)
         with torch.no_grad():
             tr = evaluate(problem, params, data.x_train, data.y_train, problem.f0_train)
             te = evaluate(problem, params, data.x_test, data.y_test, problem.f0_test)
         return {"train_loss": float(tr["loss"]), "train_error": float(tr["error"]), "test_loss": float(te["loss"]),
                 "test_error": float(te["error"]), "n_unfitted": float(tr["unfitted"]),
-                "min_margin": float(tr["min_margin"]), "weight_change": weight_change(params, params0),
+                "min_margin": float(tr["min_margin"]), "weight_delta": delta, "weight_change": relative,
                 "train_time": t, "steps": float(steps)}
 
     def bad(value: float) -> bool:
