@@ -43,6 +43,15 @@ def one_line(exc: BaseException) -> str:
     return lines[0]
 
 
+def parse_override(line: str) -> Override:
+    """One override string in Hydra's grammar; a grammar error becomes a one-line ConfigError."""
+    try:
+        (override,) = OverridesParser.create().parse_overrides([line])
+    except HydraException as exc:
+        raise ConfigError(f"override {line!r}: {one_line(exc)}") from None
+    return override
+
+
 def allowed_keys(key: str) -> list[str]:
     """Keys of the group of a dotted key, from the schema (all options of the group together)."""
     group = key.split(".")[0]

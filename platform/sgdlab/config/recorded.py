@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import copy
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-
-from sgdlab.config.compose import Composer, one_line
+from sgdlab.config.compose import Composer, parse_override
 from sgdlab.config.schema import NON_IDENTITY_GROUPS, SINGLE, ConfigError, check_group
 
 
 def parse_runtime_overrides(overrides: list[str]) -> dict[tuple[str, str], object]:
     """{(group, key): value} from `group.key=value` strings; identity keys are refused."""
-    parser = OverridesParser.create()
     changes = {}
     for line in overrides:
-        try:
-            (override,) = parser.parse_overrides([line])
-        except HydraException as exc:
-            raise ConfigError(f"override {line!r}: {one_line(exc)}") from None
+        override = parse_override(line)
         key = override.get_key_element()
         group, _, name = key.partition(".")
         if group not in NON_IDENTITY_GROUPS or not name or "." in name or override.is_sweep_override():

@@ -12,10 +12,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-
-from sgdlab.config.compose import Composer, one_line
+from sgdlab.config.compose import Composer, parse_override
 from sgdlab.config.schema import ConfigError
 from sgdlab.sweep.identity import trial_id
 
@@ -30,13 +27,9 @@ class Trial:
 
 def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
     """key -> list of complete override strings (one for a plain override, several for an axis)."""
-    parser = OverridesParser.create()
     axes: dict[str, list[str]] = {}
     for line in overrides:
-        try:
-            (parsed,) = parser.parse_overrides([line])
-        except HydraException as exc:
-            raise ConfigError(f"override {line!r}: {one_line(exc)}") from None
+        parsed = parse_override(line)
         key = parsed.get_key_element()
         name = key.lstrip("+~")  # '+key' and 'key' name the same axis
         if parsed.is_sweep_override():
