@@ -82,8 +82,9 @@ def trial_frame(records: list[RunRecord]) -> pd.DataFrame:
 
 
 def param_columns(frame: pd.DataFrame) -> list[str]:
-    """The params among the columns: alpha, T, lr, B, P, seed, optimizer and the dotted extra keys."""
-    return [c for c in frame.columns if c in PARAMS.values() or "." in c]
+    """The params among the columns: alpha, T, lr, B, P, seed, optimizer and the dotted extra keys (a name with a
+    '/' is a metric family member, e.g. layer_trace/hidden.0, even with a dot)."""
+    return [c for c in frame.columns if c in PARAMS.values() or ("." in c and "/" not in c)]
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:

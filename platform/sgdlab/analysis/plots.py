@@ -29,7 +29,9 @@ STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.font
 LABELS = {"alpha": "alpha (init scale)", "T": "T = lr/(B*width)", "lr": "learning rate lr", "B": "batch size B",
           "P": "training points P", "seed": "seed", "test_error": "test error", "train_error": "train error",
           "weight_change": "||w - w0|| / ||w0||", "train_time": "training time t* = sum of lr", "steps": "steps",
-          "sharpness": "sharpness lambda_max(H)", "T_c": "T_c (noise starts to matter)"}
+          "sharpness": "sharpness lambda_max(H)", "T_c": "T_c (noise starts to matter)",
+          "lambda_max": "end-of-training lambda_max(H)", "lr_max": "largest stable lr",
+          "optimizer": "optimizer", "train_loss": "train loss"}
 MAX_TICK_LABELS = 8
 
 
@@ -55,6 +57,16 @@ def new_figure(ncols: int = 1, sharey: bool = False, extra_width: float = 0.0) -
     fig = Figure(figsize=(PANEL[0] * ncols + extra_width, PANEL[1]), layout="constrained")
     FigureCanvasAgg(fig)
     return fig, list(fig.subplots(1, ncols, sharey=sharey, squeeze=False)[0])
+
+
+def new_grid(nrows: int, ncols: int, sharex: bool = False, sharey: bool = False, extra_width: float = 0.0,
+             panel_height: float | None = None) -> tuple[Figure, np.ndarray]:
+    """An nrows x ncols array of panels (each PANEL, or panel_height inches high) on an Agg canvas, with
+    constrained layout."""
+    height = PANEL[1] if panel_height is None else panel_height
+    fig = Figure(figsize=(PANEL[0] * ncols + extra_width, height * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, sharex=sharex, sharey=sharey, squeeze=False)
 
 
 def save(fig: Figure, path: Path) -> Path:

@@ -5,6 +5,10 @@
 - T_c(P) when T and P vary with at least 2 values of P and N_PLATEAU + 1 values of T: T_c at the largest alpha
   (fits.critical_temperatures), the power law T_c ~ P^b, and the weight-change curves it comes from.
 Params that still vary within those cells (B, optimizer, ...) split the figures, one per value.
+- Curvature (analysis.curvature), each only when the records hold what it needs: sharpness trajectories against
+  2/lr, end-of-training lambda_max against B, the mini-batch ratio E[lambda_max(H_B)] / lambda_max(H), the
+  largest stable lr against B per optimizer with fitted slopes, spectral densities, Wu & Su's stability
+  quantity and per-layer sensitivity, with their tables (probes.csv, lr_max.csv, ...).
 summary.csv is frames.aggregate over seeds, grouped by every swept param. summary.md counts the trials, gives
 the fitted numbers, lists what is failed, unfinished or missing (grid points of the recorded axis values with no
 run; an axis value that no run reached cannot be seen from the records) and names the figures.
@@ -13,17 +17,19 @@ run; an axis value that no run reached cannot be seen from the records) and name
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sgdlab.analysis import plots
+from sgdlab.analysis.curvature import curvature_sections
 from sgdlab.analysis.fits import FACTOR, N_PLATEAU, critical_temperatures, fit_power_law
 from sgdlab.analysis.frames import (aggregate, grid_axes, key_columns, missing_trials, param_columns, swept_columns,
                                     trial_frame)
 from sgdlab.analysis.phase import phase_diagram
+from sgdlab.analysis.probes import probe_frame
 from sgdlab.tracking.query import RunRecord
 
 PHASE_METRICS = ("test_error", "weight_change", "train_time")
@@ -38,6 +44,7 @@ class Report:
     figures: list[Path]
     summary: pd.DataFrame
     markdown: str
+    tables: list[Path] = field(default_factory=list)  # CSVs besides summary.csv (probes.csv, lr_max.csv, ...)
 
 
 def _values(values) -> str:
@@ -150,8 +157,14 @@ def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path) 
     return lines, figures
 
 
-def build_report(records: list[RunRecord], sweep: str, out_dir: Path) -> Report:
-    """Write out_dir/summary.csv, out_dir/summary.md and the figures of the sweep's train runs."""
+def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes: list[RunRecord] | None = None,
+                 histories: dict | None = None, densities: dict | None = None) -> Report:
+    """Write out_dir/summary.csv, out_dir/summary.md and the figures of the sweep's runs.
+
+    records: the train runs (other kinds are ignored); probes: the probe runs; histories: {train run_id: {metric:
+    [(step, value), ...]}} (tracking.query.metric_histories of `sharpness`, optionally `train_loss`);
+    densities: {probe run_id: table (eigenvalue, density)} (spectra.read_density of spectrum/density.csv).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = trial_frame(records)
@@ -161,18 +174,25 @@ def build_report(records: list[RunRecord], sweep: str, out_dir: Path) -> Report:
     missing = missing_trials(frame)
     figures: Figures = []
     findings: list[str] = []
+    tables: Figures = []
     if len(frame):
         for section in (_phase_diagrams, _critical_temperature):
             lines, drawn = section(frame, swept, out_dir)
             findings += lines
             figures += drawn
+    measured = probe_frame(list(probes or []), [r for r in records if r.kind == "train"])
+    if len(frame) or len(measured):
+        lines, drawn, tables = curvature_sections(frame, measured, histories or {}, densities or {}, out_dir)
+        findings += lines
+        figures += drawn
     text = [f"# sgdlab report: {sweep}", "", *_overview(frame, swept, missing), *_not_finished(frame, missing)]
     if findings:
         text += ["", "## Results", *findings]
     text += ["", "## Files", "", "- [summary.csv](summary.csv): per swept point, over seeds: trial counts, "
              "frac_diverged, and each metric's mean, standard error (std/sqrt(n)) and n (finished, "
              "non-diverged trials)"]
-    text += [f"- [{path.name}]({path.name}): {caption}" for path, caption in figures]
+    text += [f"- [{path.name}]({path.name}): {caption}" for path, caption in [*tables, *figures]]
     markdown = "\n".join(text) + "\n"
     (out_dir / "summary.md").write_text(markdown)
-    return Report(figures=[path for path, _ in figures], summary=summary, markdown=markdown)
+    return Report(figures=[path for path, _ in figures], summary=summary, markdown=markdown,
+                  tables=[path for path, _ in tables])

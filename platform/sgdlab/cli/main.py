@@ -226,10 +226,34 @@ def status(name: str = typer.Argument(..., help="sweep name"),
         out.print(f"Rerun them with: make resubmit EXP={name}")
 
 
+def report_inputs(uri: str, trains: list, probes: list) -> tuple[dict, dict, list[str]]:
+    """What the curvature figures need beyond the run records: sharpness (and train loss) histories of the train
+    runs that logged a sharpness, and the spectral densities of finished probes that computed one (probe.slq_starts
+    > 0). Returns (histories, densities, warnings about unreadable densities)."""
+    from sgdlab.analysis.spectra import read_density
+    from sgdlab.tracking.artifacts import download_bytes
+    from sgdlab.tracking.query import metric_histories
+
+    with_sharpness = [r.run_id for r in trains if r.status == "FINISHED" and "sharpness" in r.metrics]
+    histories = metric_histories(uri, with_sharpness, ["sharpness", "train_loss"])
+    densities, warnings = {}, []
+    for record in probes:
+        if record.status != "FINISHED" or record.params.get("probe.slq_starts", "1") in ("0", "None", ""):
+            continue
+        data = download_bytes(uri, record.run_id, "spectrum/density.csv")
+        if data is None:
+            continue
+        try:
+            densities[record.run_id] = read_density(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            warnings.append(f"probe run {record.run_id}: spectrum/density.csv not read ({exc})")
+    return histories, densities, warnings
+
+
 @app.command()
 def report(name: str = typer.Argument(..., help="sweep name"),
            out_dir: Optional[str] = typer.Option(None, "--out", help="folder for the report (default reports/NAME)")):
-    """Phase diagrams, fits and summaries of a sweep: reports/NAME/ and the sweep's MLflow run."""
+    """Phase diagrams, curvature figures, fits and summaries of a sweep: reports/NAME/ and the sweep's MLflow run."""
     from pathlib import Path
 
     from sgdlab.sweep.spec import check_name
@@ -239,8 +263,10 @@ def report(name: str = typer.Argument(..., help="sweep name"),
     try:
         check_name(name)
         uri = resolve_uri()
-        records = sweep_runs(uri, name)
-        if not records:
+        records = sweep_runs(uri, name, kind=None)
+        trains = [r for r in records if r.kind == "train"]
+        probes = [r for r in records if r.kind == "probe"]
+        if not trains and not probes:
             raise ConfigError(f"no runs of sweep {name!r} in {uri}; run `make sweep EXP={name}` first")
     except ConfigError as exc:
         raise fail_input(str(exc))
@@ -248,13 +274,18 @@ def report(name: str = typer.Argument(..., help="sweep name"),
     from sgdlab.analysis.report import build_report
     from sgdlab.tracking.store import log_sweep_files, open_sweep
 
+    histories, densities, warnings = report_inputs(uri, trains, probes)
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
     folder = Path(out_dir or Path("reports") / name)
     folder.mkdir(parents=True, exist_ok=True)
-    result = build_report(records, name, folder)
-    files = [*result.figures, folder / "summary.csv", folder / "summary.md"]
+    result = build_report(trains, name, folder, probes=probes, histories=histories, densities=densities)
+    files = [*result.figures, *result.tables, folder / "summary.csv", folder / "summary.md"]
     log_sweep_files(open_sweep(uri, name), files)
-    err.print(f"{name}: report of {len(records)} runs in {folder}/ ({len(result.figures)} figures, summary.csv, "
-              f"summary.md), also attached to the sweep's MLflow run under report/.")
+    err.print(f"{name}: report of {len(trains)} train and {len(probes)} probe runs in {folder}/ "
+              f"({len(result.figures)} figures, summary.csv, summary.md"
+              f"{', ' + ', '.join(p.name for p in result.tables) if result.tables else ''}), also attached to the "
+              "sweep's MLflow run under report/.")
 
 
 @app.command()
