@@ -1,12 +1,21 @@
 """A tiny sweep through the real command, a real local Ray and a real SQLite MLflow store, read back."""
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
 import pytest
 import yaml
 
 from sgdlab.sweep import spec
 from sgdlab.sweep.expand import expand
 
-from conftest import TINY, mlflow_runs, run_sgdlab, status_json
+from conftest import SGDLAB, TINY, mlflow_runs, run_sgdlab, status_json
 
 pytestmark = pytest.mark.slow
 
@@ -70,3 +79,47 @@ def test_report_writes_files_and_attaches_them_to_the_sweep_run(sweeps_dir, tmp_
     assert attached == sorted(pngs + ["summary.csv", "summary.md"])
     for png in folder.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    dashboard_serves_runs_and_report(tmp_path, sweep_run.info.run_id, pngs)
+
+
+def dashboard_serves_runs_and_report(store_dir, sweep_run_id, pngs):
+    """`sgdlab ui` on the store: the REST API lists the trial runs and serves the report files."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    server = subprocess.Popen([*SGDLAB, "ui", "--port", str(port)], cwd=store_dir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(endpoint, **query):
+        url = f"{base}{endpoint}?{urllib.parse.urlencode(query)}"
+        return urllib.request.urlopen(url, timeout=10).read()
+
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                experiment = json.loads(get("/api/2.0/mlflow/experiments/get-by-name", experiment_name="tiny"))
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        exp_id = experiment["experiment"]["experiment_id"]
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"experiment_ids": [exp_id], "filter": "tags.`sgdlab.kind` = 'train'"}).encode())
+        runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
+        assert len(runs) == 2 and all(r["info"]["status"] == "FINISHED" for r in runs)
+        names = sorted(r["info"]["run_name"] for r in runs)
+        assert names == ["seed=0", "seed=1"]  # named by the swept values (alpha is fixed here)
+        summary = get("/get-artifact", path="report/summary.md", run_uuid=sweep_run_id).decode()
+        assert summary.startswith("# sgdlab report: tiny")
+        for png in pngs:
+            assert get("/get-artifact", path=f"report/{png}", run_uuid=sweep_run_id)[:4] == b"\x89PNG"
+        assert b"<html" in get("/").lower()  # the dashboard page itself
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
