@@ -6,8 +6,13 @@ BIN := $(VENV)/bin
 EXP ?= smoke
 ARGS ?=
 PYTEST_ARGS ?=
+# make mlflow-server: a shared MLflow tracking server on PostgreSQL (the database is created if missing)
+SGDLAB_PG_URI ?= postgresql+psycopg://postgres@127.0.0.1:5432/sgdlab
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts/server
 
-.PHONY: install sweep status resubmit report ui probe test bench-probe bench-overhead
+.PHONY: install sweep status resubmit report ui probe test test-cluster mlflow-server bench-probe bench-overhead
 
 install: $(VENV)/.installed
 
@@ -39,6 +44,14 @@ ui: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The cluster tests alone: server, docker/ files, and two Ray nodes against an MLflow server on PostgreSQL.
+test-cluster: install
+	$(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
+
+mlflow-server: install
+	$(BIN)/python -m sgdlab.tracking.server --backend-store-uri '$(or $(SGDLAB_PG_URI),postgresql+psycopg://postgres@127.0.0.1:5432/sgdlab)' \
+		--artifacts-destination '$(MLFLOW_ARTIFACTS)' --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
 # PyHessian is a benchmark-only comparison; --no-deps keeps it from replacing the pinned CPU torch.
 bench-probe: install

@@ -1,17 +1,35 @@
 """Connecting to Ray: a local head on this machine (dashboard and usage stats off) or a running cluster.
 
 cluster.address null starts a local Ray with cluster.num_cpus CPUs (all by default) on a free port (this
-machine's 6379 belongs to Redis); "auto" or "ray://host:10001" joins an existing cluster. The Ray dashboard
-stays off unless cluster.dashboard=true (it then binds to 127.0.0.1).
+machine's 6379 belongs to Redis); "auto", "host:port" (a head's GCS) or "ray://host:10001" (Ray Client) joins an
+existing cluster. The Ray dashboard stays off unless cluster.dashboard=true (it then binds to 127.0.0.1).
+
+Joining a cluster, the driver ships this checkout's `sgdlab` package to the workers with the job's runtime
+environment (py_modules), so that they run the same code as the driver even where the image holds an older
+sgdlab; the workers' image must hold the dependencies (torch, mlflow, ...). SGDLAB_SHIP_PACKAGE=0 turns the
+shipping off, for clusters whose image already has the right sgdlab installed.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
+
+
+SHIP_PACKAGE = "SGDLAB_SHIP_PACKAGE"
+
+
+def runtime_env(cluster: dict) -> dict | None:
+    """The job's runtime environment: when joining a cluster, this sgdlab package as a py_module."""
+    if not cluster["address"] or os.environ.get(SHIP_PACKAGE, "1") == "0":
+        return None
+    import sgdlab
+
+    return {"py_modules": [str(Path(sgdlab.__file__).resolve().parent)], "excludes": ["__pycache__", "*.pyc"]}
 
 
 def connect(cluster: dict) -> dict[str, float]:
@@ -21,7 +39,7 @@ def connect(cluster: dict) -> dict[str, float]:
         if cluster["dashboard"]:
             kwargs["dashboard_host"] = "127.0.0.1"
         if cluster["address"]:
-            ray.init(address=cluster["address"], **kwargs)
+            ray.init(address=cluster["address"], runtime_env=runtime_env(cluster), **kwargs)
         else:
             ray.init(num_cpus=cluster["num_cpus"] or os.cpu_count(), **kwargs)
     return dict(ray.cluster_resources())

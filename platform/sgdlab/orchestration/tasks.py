@@ -4,16 +4,23 @@ Ray retries a task whose worker process died (max_retries = resources.max_retrie
 trial is not retried: the job records it and returns a failed summary. An end probe is a second task that
 takes the training task's result as its argument, so Ray starts it when training is done; it measures the
 checkpoint the training run saved (or, for a trial finished earlier, the recorded run's checkpoint).
+Each task tags its run with the Ray node it runs on (`sgdlab.node`: host, IP and Ray node id), which tells
+apart several Ray nodes on one host. A node whose route to the tracking server differs from the driver's (in
+docker/compose.yaml the driver uses http://127.0.0.1:5000, the containers http://mlflow:5000) sets
+SGDLAB_WORKER_TRACKING_URI, which its tasks use instead of the driver's URI.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import socket
+from dataclasses import dataclass, replace
 
 import ray
 
 from sgdlab.jobs.probe import run_probe
 from sgdlab.jobs.train import run_train
+from sgdlab.tracking import tags
 from sgdlab.tracking.store import SweepHandle
 
 
@@ -32,16 +39,31 @@ class TrialJob:
     probe_attempt: int = 1
 
 
+def node_label() -> str:
+    """This worker's Ray node: 'host/ip/node_id'."""
+    node_id = ray.get_runtime_context().get_node_id()
+    return f"{socket.gethostname()}/{ray.util.get_node_ip_address()}/{node_id}"
+
+
+WORKER_TRACKING_URI = "SGDLAB_WORKER_TRACKING_URI"
+
+
+def on_this_node(handle: SweepHandle) -> SweepHandle:
+    """The handle as seen from this worker: its runs carry the node tag, and the node's own tracking URI."""
+    uri = os.environ.get(WORKER_TRACKING_URI) or handle.uri
+    return replace(handle, uri=uri, run_tags={**handle.run_tags, tags.NODE: node_label()})
+
+
 @ray.remote
 def _train_task(config: dict, handle: SweepHandle, trial_id: str, attempt: int, name: str) -> dict:
-    return run_train(config, handle, trial_id=trial_id, attempt=attempt, run_name=name)
+    return run_train(config, on_this_node(handle), trial_id=trial_id, attempt=attempt, run_name=name)
 
 
 @ray.remote
 def _probe_task(trained: dict, config: dict, handle: SweepHandle, attempt: int, name: str) -> dict:
     if trained["status"] != "finished" or trained.get("outcome") == "diverged":
         return {**trained, "probe": "skipped"}
-    probed = run_probe(config, handle, trial_id=trained["trial_id"], train_run_id=trained["run_id"],
+    probed = run_probe(config, on_this_node(handle), trial_id=trained["trial_id"], train_run_id=trained["run_id"],
                        attempt=attempt, run_name=name)
     return {**trained, "status": probed["status"], "error": probed.get("error", ""), "probe": probed["run_id"],
             "failed_stage": "probe" if probed["status"] == "failed" else None}
