@@ -35,11 +35,12 @@ def wait_for_running(store, n, timeout=120):
     raise AssertionError(f"{n} RUNNING runs never appeared")
 
 
-def test_ctrl_c_marks_in_flight_runs_killed(sweeps_dir, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_marks_in_flight_runs_killed(sweeps_dir, tmp_path, stop):
     (sweeps_dir / "slow.yaml").write_text(SLOW)
     driver = start_sweep(tmp_path)
     wait_for_running(tmp_path / "mlflow.db", 2)
-    driver.send_signal(signal.SIGINT)
+    driver.send_signal(stop)
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr
     assert "marking their runs KILLED" in stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from typing import List, Optional
@@ -57,6 +58,10 @@ def execute(name: str, jobs: list, config: dict, uri: str, description: str = ""
 
     handle = open_sweep(uri, name, description)  # the database exists before any worker starts
     resources = connect(config["cluster"])
+    # After Ray's own handlers: SIGTERM (a batch scheduler, `kill`) stops like Ctrl-C, and Ctrl-C works even
+    # where a shell started the driver with SIGINT ignored (background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     max_in_flight = config["resources"]["max_in_flight"] or max(1, int(2 * resources.get("CPU", 1)))
     try:
         results = run_trials(jobs, handle, max_in_flight, console=err)
