@@ -150,9 +150,11 @@ def resubmit_jobs(name: str, overrides: list[str], only: list[str]) -> tuple[lis
     unknown = sorted(set(only) - set(runs))
     if unknown:
         raise ConfigError(f"--trial {unknown[0]}: no such trial in sweep {name!r}")
-    jobs, config = [], {}
+    # Input is checked; only now load ray, torch and mlflow (bad input stays a fast exit 2).
     from sgdlab.orchestration.tasks import TrialJob
     from sgdlab.tracking.artifacts import recorded_config
+
+    jobs, config = [], {}
 
     for tid, trial_runs in runs.items():
         newest = max(trial_runs, key=lambda r: (r.attempt, r.start_time))
