@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tests in this process run single-threaded, as Ray workers do (resources.cpus = 1): on a 2-core machine busy
+# with Ray workers, torch's default thread pool oversubscribes the cores and every small op waits.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SGDLAB = [sys.executable, "-m", "sgdlab.cli"]

@@ -52,6 +52,7 @@ def trial_table(trials, title: str) -> Table:
 
 def execute(name: str, jobs: list, config: dict, uri: str, description: str = "") -> None:
     """Open the sweep's store, run the jobs on Ray, print the summary; exit 1 if any trial failed."""
+    from sgdlab.orchestration.packing import pack_jobs
     from sgdlab.orchestration.runtime import connect, shutdown, warm_up
     from sgdlab.orchestration.scheduler import run_trials
     from sgdlab.tracking.store import open_sweep
@@ -65,6 +66,12 @@ def execute(name: str, jobs: list, config: dict, uri: str, description: str = ""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     max_in_flight = config["resources"]["max_in_flight"] or max(1, int(2 * resources.get("CPU", 1)))
+    res = config["resources"]
+    slots = resources.get("GPU", 0) / res["gpu"] if res["gpu"] else resources.get("CPU", 1) / max(res["cpus"], 1e-9)
+    jobs = pack_jobs(jobs, max(1, int(slots)))
+    packs = [len(job.members) for job in jobs if hasattr(job, "members")]
+    if packs:
+        err.print(f"packed: {sum(packs)} trials in {len(packs)} packs of {min(packs)}-{max(packs)} (exec.pack)")
     try:
         results = run_trials(jobs, handle, max_in_flight, console=err)
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 
 class ConfigError(ValueError):
@@ -91,6 +91,16 @@ class Cnn:
 
 
 @dataclass
+class Vgg:
+    name: str
+    stages: list[int]
+    convs_per_stage: int
+    activation: Literal["relu", "tanh", "gelu", "softplus"]
+    alpha: float
+    center: bool
+
+
+@dataclass
 class Sgd:
     name: str
     lr: Optional[float]
@@ -130,6 +140,7 @@ class Resources:
     gpu: float
     max_retries: int
     max_in_flight: Optional[int]
+    workers_per_trial: int = 1  # > 1: one trial on that many data-parallel Ray Train workers (B % W == 0)
 
 
 @dataclass
@@ -173,6 +184,12 @@ class Fault:
     seeds: Optional[list[int]] = field(default=None)
 
 
+@dataclass
+class Exec:
+    pack: Literal["auto", "on", "off"]
+    pack_size: Union[int, Literal["auto"]]
+
+
 OPTIONS: dict[str, dict[str, type]] = {
     "data": {
         "digits_parity": DigitsParity,
@@ -181,7 +198,7 @@ OPTIONS: dict[str, dict[str, type]] = {
         "mnist_parity": MnistParity,
         "cifar10_animals": Cifar10Animals,
     },
-    "model": {"mlp": Mlp, "perceptron": Perceptron, "cnn": Cnn},
+    "model": {"mlp": Mlp, "perceptron": Perceptron, "cnn": Cnn, "vgg": Vgg},
     "optim": {"sgd": Sgd, "adam": Adam},
     "loss": {"hinge": Loss, "cross_entropy": Loss, "mse": Loss},
 }
@@ -192,11 +209,12 @@ SINGLE: dict[str, type] = {
     "tracking": Tracking,
     "fault": Fault,
     "probe": Probe,
+    "exec": Exec,
 }
 TOP_LEVEL = {"seed"}
 
 # Keys that do not change what a trial computes: excluded from trial identity, overridable on resubmit.
-NON_IDENTITY_GROUPS = ("tracking", "cluster", "resources", "fault", "probe")
+NON_IDENTITY_GROUPS = ("tracking", "cluster", "resources", "fault", "probe", "exec")
 NON_IDENTITY_KEYS = (("train", "checkpoint_every"),)  # how often a trial saves itself, not what it computes
 
 
@@ -289,7 +307,8 @@ def _positive(cfg: dict, key: str, *, allow_zero: bool = False, allow_none: bool
 
 def width_scale(model: dict) -> int:
     """Width of the mean-field readout: the factor between T * B and lr."""
-    return {"mlp": model.get("width"), "cnn": model.get("channels")}.get(model["name"], 1)
+    return {"mlp": model.get("width"), "cnn": model.get("channels"),
+            "vgg": (model.get("stages") or [1])[-1]}.get(model["name"], 1)
 
 
 def validate(raw: dict) -> dict:
@@ -319,6 +338,12 @@ def validate(raw: dict) -> dict:
     _positive(cfg, "resources.gpu", allow_zero=True)
     if cfg["resources"]["max_retries"] < 0:
         raise ConfigError(f"resources.max_retries: must be >= 0, got {cfg['resources']['max_retries']}")
+    workers = cfg["resources"]["workers_per_trial"]
+    if workers < 1:
+        raise ConfigError(f"resources.workers_per_trial: must be an integer >= 1, got {workers}")
+    if data["batch_size"] % workers:
+        raise ConfigError(f"resources.workers_per_trial: B = data.batch_size = {data['batch_size']} must be divisible "
+                          f"by W = {workers} (each worker takes B / W points of every batch)")
     if data["batch_size"] > data["n_train"]:
         raise ConfigError(
             f"data.batch_size: B = {data['batch_size']} exceeds data.n_train = {data['n_train']} (need B <= P)")
@@ -326,9 +351,11 @@ def validate(raw: dict) -> dict:
         _positive(cfg, "data.dim")
         if data["chi"] <= -1:
             raise ConfigError(f"data.chi: must be > -1 (density |x_1|^chi must be integrable), got {data['chi']}")
-    for key in ("depth", "width", "channels"):
+    for key in ("depth", "width", "channels", "convs_per_stage"):
         if key in model and model[key] < 1:
             raise ConfigError(f"model.{key}: must be >= 1, got {model[key]}")
+    if "stages" in model and (not model["stages"] or min(model["stages"]) < 1):
+        raise ConfigError(f"model.stages: must be a non-empty list of channel counts >= 1, got {model['stages']}")
     if cfg["loss"]["name"] == "hinge" and train["loss_threshold"] is not None and train["loss_threshold"] < 0:
         raise ConfigError(f"train.loss_threshold: must be >= 0, got {train['loss_threshold']}")
     probe = cfg["probe"]
@@ -346,6 +373,8 @@ def validate(raw: dict) -> dict:
     bad_b = [b for b in probe["batch_sizes"] if not 1 <= b <= data["n_train"]]
     if bad_b:
         raise ConfigError(f"probe.batch_sizes: each B must be in 1..data.n_train = {data['n_train']}, got {bad_b[0]}")
+    if isinstance(cfg["exec"]["pack_size"], int) and cfg["exec"]["pack_size"] < 1:
+        raise ConfigError(f"exec.pack_size: must be >= 1 or auto, got {cfg['exec']['pack_size']}")
     if optim["name"] == "adam":
         for key in ("beta1", "beta2"):
             if not 0 <= optim[key] < 1:

@@ -1,12 +1,20 @@
-"""The training job: one trial attempt, config dict in, summary dict out, every record through tracking/.
+"""The training job: trial attempts of one shape (a pack; usually a pack of one), configs in, one summary per
+trial out, every record through tracking/. Each member has its own MLflow run with exactly the records of a
+trial trained alone; a member is ended (metrics, final checkpoint, status) as soon as it stops.
 
-An exception inside the trial ends its run FAILED (one-line error, traceback artifact) and is returned as a
-failed summary, so that the other trials go on. Divergence is a result: FINISHED with outcome 'diverged'.
+An exception inside a trial ends its run FAILED (one-line error, traceback artifact) and is returned as a
+failed summary, so that the other trials go on: a member's own fault (fault injection) fails that member only;
+an exception of the pack's computation fails every member still training. Divergence is a result: FINISHED
+with outcome 'diverged'.
 
 Resuming: a trial's RUNNING runs at the start of this job belong to workers that died (Ray retries a task only
 after its worker is lost, and the planner never starts a trial that runs elsewhere). They are ended FAILED
 ('worker lost'), this run becomes the next attempt, and training continues from the newest of their
-`checkpoint/last.pt` snapshots: the numbers equal those of an uninterrupted run on CPU.
+`checkpoint/last.pt` snapshots: the numbers equal those of an uninterrupted run on CPU. A member that finished
+before its pack's worker died is not trained again.
+
+Device: CUDA when resources.gpu > 0 and a GPU is visible; the task then caps its GPU memory to its share
+(resources.gpu of the device). A pack larger than its memory allows trains in parts, one after the other.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -22,7 +31,8 @@ from sgdlab.tracking.store import SweepHandle
 from sgdlab.tracking.artifacts import download_bytes
 from sgdlab.tracking.writer import TrialRun, end_runs, trial_runs
 from sgdlab.training import checkpoint
-from sgdlab.training.loop import train
+from sgdlab.training.loop import Member, Result, train_pack
+from sgdlab.training.problem import Problem, build_problem
 
 
 class InjectedFault(RuntimeError):
@@ -44,33 +54,113 @@ def fault_hook(config: dict):
     return hook
 
 
-def take_over(handle: SweepHandle, trial_id: str, attempt: int) -> tuple[int, dict | None, str | None, int]:
-    """End the trial's orphaned RUNNING runs.
+@dataclass
+class Takeover:
+    attempt: int  # the attempt number this run gets
+    snapshot: dict | None  # newest snapshot of an orphaned run, to resume from
+    resumed_from: str | None  # that run's id
+    earlier_runs: int  # runs of the trial before this one
+    finished: object | None  # a FINISHED run of the trial, if one exists (then there is nothing to do)
 
-    Returns (attempt to use, newest snapshot or None, its run id, number of earlier runs of the trial)."""
+
+def take_over(handle: SweepHandle, trial_id: str, attempt: int) -> Takeover:
+    """End the trial's orphaned RUNNING runs and find what to continue from."""
     runs = trial_runs(handle, trial_id)
     attempt = max([attempt] + [int(r.data.tags.get(tags.ATTEMPT, "1")) + 1 for r in runs])
+    finished = next((r for r in runs if r.info.status == "FINISHED"), None)
     orphans = [r for r in runs if r.info.status == "RUNNING"]
-    if not orphans:
-        return attempt, None, None, len(runs)
-    end_runs(handle, [r.info.run_id for r in orphans], "FAILED",
-             f"worker lost (process died or heartbeat stopped); continued by attempt {attempt}")
-    for run in reversed(orphans):
+    if orphans:
+        end_runs(handle, [r.info.run_id for r in orphans], "FAILED",
+                 f"worker lost (process died or heartbeat stopped); continued by attempt {attempt}")
+    for run in reversed(orphans if finished is None else []):
         data = download_bytes(handle.uri, run.info.run_id, checkpoint.LAST)
         if data is not None:
-            return attempt, checkpoint.from_bytes(data)["state"], run.info.run_id, len(runs)
-    return attempt, None, None, len(runs)
+            return Takeover(attempt, checkpoint.from_bytes(data)["state"], run.info.run_id, len(runs), None)
+    return Takeover(attempt, None, None, len(runs), finished)
+
+
+def device_for(resources: dict) -> str:
+    """'cuda' (memory capped to this task's share of the GPU) when the trial asks for a GPU and one is visible."""
+    if resources["gpu"] > 0 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(resources["gpu"])))
+        return "cuda"
+    return "cpu"
+
+
+def member_bytes(problem: Problem, batch_size: int) -> int:
+    """Memory of one pack member: parameters, gradient, two optimizer moments and a spare copy (6x), f(w0, x)
+    on both sets, and the tensors a batch saves for backward (measured on one example)."""
+    saved = 0
+
+    def count(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel()
+        return tensor
+
+    params = {k: v.detach().requires_grad_() for k, v in problem.params0.items()}
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+        problem.f(params, problem.data.x_train[:1])
+    n_params = sum(p.numel() for p in params.values())
+    f0 = problem.f0_train.numel() + problem.f0_test.numel()
+    return problem.f0_train.element_size() * (6 * n_params + f0 + batch_size * saved)
+
+
+def memory_budget(device: str) -> int:
+    """Bytes a pack may use: 80% of the free GPU memory of this task's share, or a quarter of the free RAM."""
+    if device == "cuda":
+        return int(0.8 * torch.cuda.mem_get_info()[0])
+    return int(0.25 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def run_train(config: dict, handle: SweepHandle, *, trial_id: str, attempt: int, run_name: str) -> dict:
-    torch.set_num_threads(max(1, int(config["resources"]["cpus"])))
-    given_attempt = attempt
-    attempt, snapshot, resumed_from, earlier_runs = take_over(handle, trial_id, attempt)
-    extra = {tags.RESUMED_FROM: f"{resumed_from}@{snapshot['steps']}"} if snapshot else None
-    run = TrialRun(handle, trial_id, config, attempt=attempt, run_name=run_name, kind="train",
+    """One trial attempt (a pack of one)."""
+    return run_pack([config], handle, trial_ids=[trial_id], attempts=[attempt], run_names=[run_name])[0]
+
+
+def run_pack(configs: list[dict], handle: SweepHandle, *, trial_ids: list[str], attempts: list[int],
+             run_names: list[str]) -> list[dict]:
+    """Train trials of one shape together; returns one summary per trial, in order."""
+    torch.set_num_threads(max(1, int(configs[0]["resources"]["cpus"])))
+    device = device_for(configs[0]["resources"])
+    summaries: list[dict | None] = [None] * len(configs)
+    members: list[Member] = []
+    started = time.perf_counter()
+    for i, (config, trial_id) in enumerate(zip(configs, trial_ids)):
+        took = take_over(handle, trial_id, attempts[i])
+        if took.finished is not None:  # finished before this task's worker died
+            summaries[i] = {"trial_id": trial_id, "run_id": took.finished.info.run_id, "status": "finished",
+                            "outcome": took.finished.data.tags.get(tags.OUTCOME),
+                            "metrics": dict(took.finished.data.metrics), "error": ""}
+            continue
+        members.append(_member(i, config, handle, trial_id, took, attempts[i], run_names[i], summaries, started))
+    try:
+        capacity = max(1, memory_budget(device) // member_bytes(build_problem(configs[0], device),
+                                                                 configs[0]["data"]["batch_size"])) if members else 1
+        for first in range(0, len(members), capacity):
+            train_pack(members[first:first + capacity], device)
+    except Exception as exc:  # the pack's own computation failed: every member still training failed with it
+        for member in members:
+            if summaries[member.index] is None:
+                summaries[member.index] = {"trial_id": member.trial_id, "run_id": member.run.run_id,
+                                           "status": "failed", "error": member.run.fail(exc)}
+    return summaries
+
+
+@dataclass
+class _PackMember(Member):
+    index: int = 0
+    trial_id: str = ""
+    run: TrialRun | None = None
+
+
+def _member(index: int, config: dict, handle: SweepHandle, trial_id: str, took: Takeover, given_attempt: int,
+            run_name: str, summaries: list, started: float) -> _PackMember:
+    """A pack member whose callbacks write its own MLflow run and, when it stops, its summary."""
+    extra = {tags.RESUMED_FROM: f"{took.resumed_from}@{took.snapshot['steps']}"} if took.snapshot else None
+    run = TrialRun(handle, trial_id, config, attempt=took.attempt, run_name=run_name, kind="train",
                    extra_tags=extra, heartbeat_s=config["tracking"]["heartbeat_s"])
     # A fault acts once: not again in the retry of a task it killed, nor in a rerun of a lost trial.
-    fault = fault_hook(config) if attempt == given_attempt else (lambda step: None)
+    fault = fault_hook(config) if took.attempt == given_attempt else (lambda step: None)
 
     def on_step(step: int) -> None:
         fault(step)
@@ -79,22 +169,24 @@ def run_train(config: dict, handle: SweepHandle, *, trial_id: str, attempt: int,
     def on_checkpoint(state: dict) -> None:
         run.log_bytes(checkpoint.to_bytes(state, config), checkpoint.LAST)
 
-    started = time.perf_counter()
-    try:
-        on_params, params_every = lambda step, params: None, config["probe"]["every"]
-        if params_every:  # sharpness along training (imported here: probes load only when asked for)
-            from sgdlab.jobs.probe import trajectory_hook
-            from sgdlab.training.problem import build_problem
-
-            on_params = trajectory_hook(build_problem(config), config["probe"], run.log_metrics)
-        result = train(config, on_log=run.log_metrics, on_step=on_step, on_checkpoint=on_checkpoint,
-                       resume=snapshot, on_params=on_params, params_every=params_every)
+    def on_end(result: Result) -> None:
+        if result.error is not None:
+            summaries[index] = {"trial_id": trial_id, "run_id": run.run_id, "status": "failed",
+                                "error": run.fail(result.error)}
+            return
         run.log_metrics(result.steps, {"wall_time": time.perf_counter() - started})
         run.log_bytes(checkpoint.to_bytes({"params": result.params, "steps": result.steps}, config),
                       checkpoint.FINAL)
-    except Exception as exc:  # recorded on the run; the sweep goes on
-        return {"trial_id": trial_id, "run_id": run.run_id, "status": "failed", "error": run.fail(exc)}
-    status = run.finish(result.outcome, check_duplicates=earlier_runs > 0)
-    return {"trial_id": trial_id, "run_id": run.run_id, "status": "finished" if status == "FINISHED" else "failed",
-            "outcome": result.outcome, "metrics": result.metrics,
-            "error": "" if status == "FINISHED" else "duplicate of a finished run"}
+        status = run.finish(result.outcome, check_duplicates=took.earlier_runs > 0)
+        summaries[index] = {"trial_id": trial_id, "run_id": run.run_id, "outcome": result.outcome,
+                            "status": "finished" if status == "FINISHED" else "failed", "metrics": result.metrics,
+                            "error": "" if status == "FINISHED" else "duplicate of a finished run"}
+
+    on_params, params_every = (lambda step, params: None), config["probe"]["every"]
+    if params_every:  # sharpness along training (imported here: probes load only when asked for)
+        from sgdlab.jobs.probe import trajectory_hook
+
+        on_params = trajectory_hook(build_problem(config), config["probe"], run.log_metrics)
+    return _PackMember(config, on_log=run.log_metrics, on_step=on_step, on_checkpoint=on_checkpoint,
+                       on_end=on_end, on_params=on_params, params_every=params_every, resume=took.snapshot,
+                       index=index, trial_id=trial_id, run=run)

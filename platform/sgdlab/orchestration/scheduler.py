@@ -1,4 +1,5 @@
 """Run trials as Ray tasks: a bounded number in flight, results handled in completion order, a live progress bar.
+A job is one trial or a pack of trials (one task, one summary per member).
 
 A task whose worker died more often than resources.max_retries allows comes back as a Ray error: the trial's
 RUNNING run is ended FAILED with that error, and the sweep goes on. Ctrl-C cancels the tasks in flight, ends
@@ -14,7 +15,7 @@ from ray.exceptions import RayError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sgdlab.orchestration.tasks import TrialJob, submit
+from sgdlab.orchestration.tasks import PackJob, TrialJob, submit
 from sgdlab.tracking.store import SweepHandle
 from sgdlab.tracking.writer import end_running
 
@@ -31,38 +32,46 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
 
 
-def run_trials(jobs: list[TrialJob], handle: SweepHandle, max_in_flight: int,
+def run_trials(jobs: list[TrialJob | PackJob], handle: SweepHandle, max_in_flight: int,
                console: Console | None = None) -> list[dict]:
-    """Submit every job, at most max_in_flight at a time; return the summaries in completion order."""
+    """Submit every job, at most max_in_flight at a time; return the trials' summaries in completion order."""
     console = console or Console(stderr=True)
     waiting, in_flight, results = deque(jobs), {}, []
     counts = {"finished": 0, "failed": 0}
+    total = sum(len(job.members) if isinstance(job, PackJob) else 1 for job in jobs)
     with progress_bar(console) as bar:
-        task = bar.add_task(handle.sweep, total=len(jobs), finished=0, failed=0, running=0)
+        task = bar.add_task(handle.sweep, total=total, finished=0, failed=0, running=0)
         try:
             while waiting or in_flight:
                 while waiting and len(in_flight) < max_in_flight:
-                    job = waiting.popleft()
-                    in_flight[submit(job, handle)] = job
+                    in_flight.update(submit(waiting.popleft(), handle))
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
                 for ref in done:
-                    job = in_flight.pop(ref)
+                    trials = in_flight.pop(ref)
                     try:
-                        summary = ray.get(ref)
+                        value = ray.get(ref)
+                        wanted = {t.trial_id for t in trials}
+                        summaries = [s for s in (value if isinstance(value, list) else [value])
+                                     if s["trial_id"] in wanted]
                     except RayError as exc:  # the worker died more often than max_retries allows
-                        summary = {"trial_id": job.trial_id, "status": "failed", "error": one_line(exc)}
-                        end_running(handle, job.trial_id, "FAILED", summary["error"])
-                        end_running(handle, job.trial_id, "FAILED", summary["error"], kind="probe")
-                    counts[summary["status"]] += 1
-                    results.append(summary)
-                bar.update(task, completed=len(results), running=len(in_flight), **counts)
+                        summaries = [{"trial_id": t.trial_id, "status": "failed", "error": one_line(exc)}
+                                     for t in trials]
+                        for summary in summaries:
+                            end_running(handle, summary["trial_id"], "FAILED", summary["error"])
+                            end_running(handle, summary["trial_id"], "FAILED", summary["error"], kind="probe")
+                    for summary in summaries:
+                        counts[summary["status"]] += 1
+                        results.append(summary)
+                running = sum(len(trials) for trials in in_flight.values())
+                bar.update(task, completed=len(results), running=running, **counts)
         except KeyboardInterrupt:
             bar.stop()
-            console.print(f"interrupted: cancelling {len(in_flight)} trials in flight and marking their runs KILLED")
+            trials = [t for group in in_flight.values() for t in group]
+            console.print(f"interrupted: cancelling {len(trials)} trials in flight and marking their runs KILLED")
             for ref in in_flight:
                 ray.cancel(ref, force=True)
-            for job in in_flight.values():
+            for trial in trials:
                 for kind in ("train", "probe"):
-                    end_running(handle, job.trial_id, "KILLED", "interrupted by the user (Ctrl-C)", kind=kind)
+                    end_running(handle, trial.trial_id, "KILLED", "interrupted by the user (Ctrl-C)", kind=kind)
             raise
     return results

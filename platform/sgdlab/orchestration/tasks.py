@@ -1,7 +1,9 @@
 """Ray tasks around the jobs. Resources and retries come from each trial's `resources` group.
 
 Ray retries a task whose worker process died (max_retries = resources.max_retries); an exception inside a
-trial is not retried: the job records it and returns a failed summary. An end probe is a second task that
+trial is not retried: the job records it and returns a failed summary. A pack (trials of one shape, see
+packing.py) is one task that returns one summary per member; its retry trains again only the members that had
+not finished, each from its own last checkpoint. An end probe is a second task that
 takes the training task's result as its argument, so Ray starts it when training is done; it measures the
 checkpoint the training run saved (or, for a trial finished earlier, the recorded run's checkpoint).
 Each task tags its run with the Ray node it runs on (`sgdlab.node`: host, IP and Ray node id), which tells
@@ -19,7 +21,7 @@ from dataclasses import dataclass, replace
 import ray
 
 from sgdlab.jobs.probe import run_probe
-from sgdlab.jobs.train import run_train
+from sgdlab.jobs.train import run_pack, run_train
 from sgdlab.tracking import tags
 from sgdlab.tracking.store import SweepHandle
 
@@ -37,6 +39,13 @@ class TrialJob:
     probe: bool = False
     train_run_id: str | None = None
     probe_attempt: int = 1
+
+
+@dataclass(frozen=True)
+class PackJob:
+    """Trials of one shape trained together in one task (each member a TrialJob with train=True)."""
+
+    members: tuple[TrialJob, ...]
 
 
 def node_label() -> str:
@@ -60,7 +69,15 @@ def _train_task(config: dict, handle: SweepHandle, trial_id: str, attempt: int, 
 
 
 @ray.remote
-def _probe_task(trained: dict, config: dict, handle: SweepHandle, attempt: int, name: str) -> dict:
+def _pack_task(configs: list[dict], handle: SweepHandle, trial_ids: list[str], attempts: list[int],
+               names: list[str]) -> list[dict]:
+    return run_pack(configs, on_this_node(handle), trial_ids=trial_ids, attempts=attempts, run_names=names)
+
+
+@ray.remote
+def _probe_task(trained: dict | list[dict], config: dict, handle: SweepHandle, attempt: int, name: str,
+                member: int | None = None) -> dict:
+    trained = trained if member is None else trained[member]
     if trained["status"] != "finished" or trained.get("outcome") == "diverged":
         return {**trained, "probe": "skipped"}
     probed = run_probe(config, on_this_node(handle), trial_id=trained["trial_id"], train_run_id=trained["run_id"],
@@ -69,10 +86,16 @@ def _probe_task(trained: dict, config: dict, handle: SweepHandle, attempt: int, 
             "failed_stage": "probe" if probed["status"] == "failed" else None}
 
 
-def submit(job: TrialJob, handle: SweepHandle) -> ray.ObjectRef:
-    """Submit a job's task(s); the returned reference resolves to its summary when all of them are done."""
+def submit(job: TrialJob | PackJob, handle: SweepHandle) -> list[tuple[ray.ObjectRef, list[TrialJob]]]:
+    """Submit a job's task(s). Returns references with the trials whose summaries each resolves to (a summary,
+    or a pack's list of summaries) when all of their tasks are done."""
+    if isinstance(job, PackJob):
+        return _submit_pack(job, handle)
     res = job.config["resources"]
-    options = dict(num_cpus=res["cpus"], num_gpus=res["gpu"], max_retries=res["max_retries"], retry_exceptions=False)
+    if res.get("workers_per_trial", 1) > 1:  # one trial on several Ray Train workers (imported only then)
+        from sgdlab.orchestration.multiworker import submit as submit_multiworker
+        return [(submit_multiworker(job, handle), [job])]
+    options = _options(res)
     if job.train:
         result = _train_task.options(name=f"train {job.trial_id}", **options).remote(
             job.config, handle, job.trial_id, job.attempt, job.run_name)
@@ -81,4 +104,23 @@ def submit(job: TrialJob, handle: SweepHandle) -> ray.ObjectRef:
     if job.probe:
         result = _probe_task.options(name=f"probe {job.trial_id}", **options).remote(
             result, job.config, handle, job.probe_attempt, job.run_name)
-    return result
+    return [(result, [job])]
+
+
+def _options(res: dict) -> dict:
+    return dict(num_cpus=res["cpus"], num_gpus=res["gpu"], max_retries=res["max_retries"], retry_exceptions=False)
+
+
+def _submit_pack(pack: PackJob, handle: SweepHandle) -> list[tuple[ray.ObjectRef, list[TrialJob]]]:
+    members = list(pack.members)
+    options = _options(members[0].config["resources"])
+    trained = _pack_task.options(name=f"pack of {len(members)} ({members[0].trial_id}...)", **options).remote(
+        [m.config for m in members], handle, [m.trial_id for m in members], [m.attempt for m in members],
+        [m.run_name for m in members])
+    plain = [m for m in members if not m.probe]
+    refs = [(trained, plain)] if plain else []
+    for i, member in enumerate(members):
+        if member.probe:
+            refs.append((_probe_task.options(name=f"probe {member.trial_id}", **options).remote(
+                trained, member.config, handle, member.probe_attempt, member.run_name, member=i), [member]))
+    return refs

@@ -1,136 +1,259 @@
-"""The training loop: plain SGD/Adam on F = alpha (f(w) - f(w0)), one short function read top to bottom.
+"""The training loop: M trials of one shape trained together with torch.func.vmap; one trial is a pack of one.
 
-Each step draws a fresh batch of B distinct training points (torch.randperm with a generator seeded by `seed`),
-takes the gradient of the batch-mean loss and applies the pure optimizer update. Training time is
-t = sum of lr over the steps taken.
+Members share the data, the architecture, the batch size, the optimizer type, the loss and the dtype; each has
+its own lr, alpha, seed (initialization and batch order), step count and stopping point. For member m, each step
+draws a fresh batch of B distinct training points (torch.randperm with m's generator, seeded by m's `seed`),
+takes the gradient of the batch-mean loss of F = alpha_m (f(w_m) - f(w0_m)) and applies the pure optimizer
+update with lr_m. Training time is t_m = sum of lr_m over m's steps. Members never interact: every operation is
+per member, so a member's numbers do not depend on the others (up to the order of floating-point sums).
 
-Stopping, checked in this order:
+Stopping, per member, checked in this order:
+  error      the member's own on_step callback raised (fault injection): only that member stops;
   diverged   the batch loss or a logged full loss is non-finite or above train.divergence_loss;
   converged  every training point is fitted (train.stop_when_fitted; for the hinge loss this is checked exactly:
              whenever a batch has zero loss, which is necessary for a fitted training set and the only case in
              which the update is zero) or the full training loss is <= train.loss_threshold (at log steps);
-  max_steps  train.max_steps updates, or train.max_time_s of wall time.
-Metrics on the full train and test sets are passed to `on_log` every train.log_every steps and at the end.
-A snapshot of everything that determines the rest of the run is passed to `on_checkpoint` every
-train.checkpoint_every steps; `resume` continues from one bit for bit (CPU).
+  max_steps  train.max_steps updates, or train.max_time_s of wall time (for the whole pack).
+A stopped member is removed from the pack (its parameters frozen at its stop step); its final metrics are those
+at its own stop step and go to its `on_end`. Metrics on the full train and test sets go to `on_log` every
+train.log_every steps and at the end. Every train.checkpoint_every steps `on_checkpoint` receives a snapshot of
+everything that determines the rest of the member's run; `resume` continues from one bit for bit (CPU).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch.func import grad_and_value
+from torch.func import grad_and_value, vmap
 
 from sgdlab.training import optim
-from sgdlab.training.problem import Problem, build_problem
+from sgdlab.training.losses import Loss
+from sgdlab.training.problem import build_problem, centred, load_data
 
-EVAL_CHUNK = 4096
+EVAL_ROWS = 65536  # member x example rows per evaluation chunk: bounds the memory of full-set metrics
+
+
+def _noop(*args) -> None:
+    return None
+
+
+@dataclass
+class Member:
+    """One trial of a pack and its callbacks. on_step(step) runs before each update (raising stops only this
+    member, with outcome 'error'); on_params(step, params) runs every `params_every` steps and before the first."""
+
+    cfg: dict
+    on_log: Callable[[int, dict], None] = _noop
+    on_step: Callable[[int], None] = _noop
+    on_checkpoint: Callable[[dict], None] = _noop
+    on_end: Callable[["Result"], None] = _noop
+    on_params: Callable[[int, dict], None] = _noop
+    params_every: int | None = None
+    resume: dict | None = None
 
 
 @dataclass
 class Result:
-    outcome: str  # converged | diverged | max_steps
+    outcome: str  # converged | diverged | max_steps | error
     steps: int
     metrics: dict[str, float]
     params: dict[str, torch.Tensor]
+    error: BaseException | None = field(default=None, repr=False)
 
 
-def evaluate(problem: Problem, params, x, y, f0) -> dict[str, torch.Tensor]:
-    """Loss, error, fitted count and margins of F = alpha (f(w) - f(w0)) on a whole set, in chunks."""
-    loss = problem.loss
-    F = torch.cat([problem.predict(params, (x[i:i + EVAL_CHUNK], None, f0[i:i + EVAL_CHUNK]))
-                   for i in range(0, len(x), EVAL_CHUNK)])
+def _set_metrics(loss: Loss, F: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"loss": loss.mean(F, y), "error": loss.error(F, y).double().mean(),
             "unfitted": (~loss.fitted(F, y)).sum(), "min_margin": loss.margin(F, y).min()}
 
 
-def weight_change(params, params0) -> tuple[float, float]:
-    """(||w - w0||, ||w - w0|| / ||w0||) over all parameters."""
-    delta = float(torch.sqrt(sum(((params[k] - params0[k]) ** 2).sum() for k in params)))
-    return delta, delta / float(torch.sqrt(sum((p**2).sum() for p in params0.values())))
+def train(cfg: dict, **callbacks) -> Result:
+    """Train one trial (a pack of one); an exception in its callbacks propagates."""
+    (result,) = train_pack([Member(cfg, **callbacks)])
+    if result.error is not None:
+        raise result.error
+    return result
 
 
-def train(cfg: dict, on_log: Callable[[int, dict], None] = lambda step, m: None,
-          on_step: Callable[[int], None] = lambda step: None,
-          on_checkpoint: Callable[[dict], None] = lambda snapshot: None, resume: dict | None = None,
-          on_params: Callable[[int, dict], None] = lambda step, params: None, params_every: int | None = None,
-          device: str = "cpu") -> Result:
-    """Train one trial. Every train.checkpoint_every updates `on_checkpoint` receives a snapshot (steps, t,
-    params, optimizer state, batch-sampler RNG state); `resume=snapshot` continues from it with the same
-    numbers as an uninterrupted run. Every `params_every` updates (and before the first) `on_params` sees the
-    parameters, for measurements along the trajectory such as the sharpness."""
-    tcfg = cfg["train"]
-    problem = build_problem(cfg, device)
-    data, loss, params0 = problem.data, problem.loss, problem.params0
+def _map(fn, tree, *others):
+    """fn applied leaf by leaf to nested dicts and tuples of tensors (parameters, optimizer states, outputs)."""
+    if isinstance(tree, dict):
+        return {k: _map(fn, v, *(o[k] for o in others)) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_map(fn, *leaves) for leaves in zip(tree, *others))
+    return fn(tree, *others)
+
+
+def _stack(trees: list) -> dict:
+    return _map(lambda *xs: torch.stack([torch.as_tensor(x) for x in xs]), *trees)
+
+
+def _take(tree, rows):
+    """Members at `rows` (a list) of a stacked tree, or one member (an int) as its own copy."""
+    if isinstance(rows, int):
+        return _map(lambda x: x[rows].clone(), tree)
+    index = torch.tensor(rows, dtype=torch.long)
+    return _map(lambda x: x[index.to(x.device)], tree)
+
+
+def _per_member(fn):
+    """fn vmapped over the leading (member) dimension of its arguments, the first a tensor. A pack of one calls fn directly: the
+    same operations without vmap's cost per call (about a millisecond, as much as a small model's step)."""
+    batched = vmap(fn)
+
+    def call(*args):
+        if len(args[0]) > 1:  # the first argument is a tensor with one entry per member
+            return batched(*args)
+        return _map(lambda x: x.unsqueeze(0), fn(*_map(lambda x: x[0], args)))
+
+    return call
+
+
+def train_pack(members: list[Member], device: str = "cpu") -> list[Result]:
+    """Train the members together; returns their results in order (each also passed to its on_end)."""
+    cfg = members[0].cfg
+    tcfg, loss_name, batch_size = cfg["train"], cfg["loss"]["name"], cfg["data"]["batch_size"]
+    data = load_data(cfg, device)
+    problems = [build_problem(m.cfg, device, data) for m in members]
+    f, n_train, dtype = problems[0].f, len(data.x_train), problems[0].params0[next(iter(problems[0].params0))].dtype
     optimizer = optim.build(cfg["optim"])
-    lr, batch_size, n_train = cfg["optim"]["lr"], cfg["data"]["batch_size"], len(data.x_train)
-    gen = torch.Generator().manual_seed(cfg["seed"])
 
-    def batch_loss(params, idx):
-        batch = problem.train_batch(idx)
-        return problem.batch_loss(problem.predict(params, batch), batch)
+    # The pack: per-member tensors stacked along dim 0, in the order of `live` (the members still training).
+    # Per-member counters stay in Python lists indexed by member.
+    gens = [torch.Generator().manual_seed(m.cfg["seed"]) for m in members]
+    steps, t = [0] * len(members), [0.0] * len(members)
+    params, states = [p.params0 for p in problems], [optimizer.init(p.params0) for p in problems]
+    for i, m in enumerate(members):
+        if m.resume is not None:
+            params[i], states[i], steps[i], t[i] = (m.resume[k] for k in ("params", "opt_state", "steps", "t"))
+            gens[i].set_state(m.resume["rng"])
+    pack = {"params": _stack(params), "state": _stack(states), "params0": _stack([p.params0 for p in problems]),
+            "alpha": torch.tensor([m.cfg["model"]["alpha"] for m in members], dtype=dtype, device=device),
+            "lr": torch.tensor([m.cfg["optim"]["lr"] for m in members], dtype=dtype, device=device),
+            "f0_train": torch.stack([p.f0_train for p in problems]),
+            "f0_test": torch.stack([p.f0_test for p in problems])}
+    live = list(range(len(members)))
+    results: list[Result | None] = [None] * len(members)
 
-    def all_fitted(params) -> bool:
+    def member_loss(a, p, f0, idx):
+        return Loss(loss_name, a).mean(centred(f, p, data.x_train[idx], f0[idx], a), data.y_train[idx])
+
+    def member_update(rate, p, g, s):
+        return optim.build({**cfg["optim"], "lr": rate}).update(p, g, s)
+
+    step_fn, update_fn = _per_member(grad_and_value(member_loss, argnums=1)), _per_member(member_update)
+
+    def set_metrics(rows: list[int], x, y, f0_key: str) -> list[dict[str, float]]:
+        """Loss, error, unfitted count and minimum margin on a whole set, for the members at `rows`."""
+        sub = _take({k: pack[k] for k in ("params", "alpha", f0_key)}, rows)
+        chunk = max(1, EVAL_ROWS // len(rows))
         with torch.no_grad():
-            return evaluate(problem, params, data.x_train, data.y_train, problem.f0_train)["unfitted"] == 0
+            F = torch.cat([_per_member(lambda a, p, f0: centred(f, p, x[i:i + chunk], f0[i:i + chunk], a))(
+                sub["alpha"], sub["params"], sub[f0_key]) for i in range(0, len(x), chunk)], dim=1)
+            out = _per_member(lambda a, Fm: _set_metrics(Loss(loss_name, a), Fm, y))(sub["alpha"], F)
+        values = {k: v.tolist() for k, v in out.items()}
+        return [{k: v[j] for k, v in values.items()} for j in range(len(rows))]
 
-    def metrics(params, steps, t):
-        delta, relative = weight_change(params, params0)
-        with torch.no_grad():
-            tr = evaluate(problem, params, data.x_train, data.y_train, problem.f0_train)
-            te = evaluate(problem, params, data.x_test, data.y_test, problem.f0_test)
-        return {"train_loss": float(tr["loss"]), "train_error": float(tr["error"]), "test_loss": float(te["loss"]),
-                "test_error": float(te["error"]), "n_unfitted": float(tr["unfitted"]),
-                "min_margin": float(tr["min_margin"]), "weight_delta": delta, "weight_change": relative,
-                "train_time": t, "steps": float(steps)}
+    def metrics(rows: list[int]) -> list[dict[str, float]]:
+        """Everything logged: full-set metrics, ||w - w0|| and ||w - w0|| / ||w0||, t and the step count."""
+        train_set = set_metrics(rows, data.x_train, data.y_train, "f0_train")
+        test_set = set_metrics(rows, data.x_test, data.y_test, "f0_test")
+        sub = _take({k: pack[k] for k in ("params", "params0")}, rows)
+        squares = lambda tree: sum((v.flatten(1) ** 2).sum(1) for v in tree.values())  # noqa: E731
+        deltas = torch.sqrt(squares({k: sub["params"][k] - sub["params0"][k] for k in sub["params"]}))
+        norms0 = torch.sqrt(squares(sub["params0"]))
+        out = []
+        for r, tr, te, delta, norm0 in zip(rows, train_set, test_set, deltas.tolist(), norms0.tolist()):
+            i = live[r]
+            relative = delta / norm0
+            out.append({"train_loss": tr["loss"], "train_error": tr["error"], "test_loss": te["loss"],
+                        "test_error": te["error"], "n_unfitted": tr["unfitted"], "min_margin": tr["min_margin"],
+                        "weight_delta": delta, "weight_change": relative, "train_time": t[i],
+                        "steps": float(steps[i])})
+        return out
 
     def bad(value: float) -> bool:
         return not math.isfinite(value) or value > tcfg["divergence_loss"]
 
-    params, state, steps, t = dict(params0), optimizer.init(params0), 0, 0.0
-    if resume is not None:
-        params, state, steps, t = resume["params"], resume["opt_state"], resume["steps"], resume["t"]
-        gen.set_state(resume["rng"])
-    outcome, started, every = "max_steps", time.monotonic(), tcfg["checkpoint_every"]
-    if params_every and steps == 0:
-        on_params(0, params)
-    while steps < tcfg["max_steps"]:
-        on_step(steps + 1)
-        idx = torch.randperm(n_train, generator=gen)[:batch_size].to(device)
-        grads, value = grad_and_value(batch_loss)(params, idx)
-        if bad(float(value)):
-            outcome = "diverged"
-            break
-        if tcfg["stop_when_fitted"] and loss.name == "hinge" and float(value) == 0.0:
-            if all_fitted(params):
-                outcome = "converged"
-                break
-        params, state = optimizer.update(params, grads, state)
-        steps, t = steps + 1, t + lr
-        if params_every and steps % params_every == 0:
-            on_params(steps, params)
-        if every and steps % every == 0:
-            on_checkpoint({"steps": steps, "t": t, "params": params, "opt_state": state, "rng": gen.get_state()})
-        if steps % tcfg["log_every"] == 0:
-            logged = metrics(params, steps, t)
-            on_log(steps, logged)
-            if bad(logged["train_loss"]):
-                outcome = "diverged"
-                break
-            if (tcfg["stop_when_fitted"] and logged["n_unfitted"] == 0) or (
-                    tcfg["loss_threshold"] is not None and logged["train_loss"] <= tcfg["loss_threshold"]):
-                outcome = "converged"
-                break
-        if tcfg["max_time_s"] is not None and time.monotonic() - started > tcfg["max_time_s"]:
-            break
+    stops: dict[int, tuple[str, dict | None, BaseException | None]] = {}  # row -> (outcome, logged metrics, error)
 
-    final = metrics(params, steps, t)
-    if outcome != "diverged" and bad(final["train_loss"]):
-        outcome = "diverged"
-    if steps == 0 or steps % tcfg["log_every"] != 0:  # otherwise these metrics were just logged
-        on_log(steps, final)
-    return Result(outcome=outcome, steps=steps, metrics=final, params=params)
+    def retire() -> None:
+        """End the members in `stops` with their final metrics at their own step, and drop them from the pack."""
+        nonlocal pack, live
+        if not stops:
+            return
+        rows = sorted(stops)
+        need = [r for r in rows if stops[r][1] is None]
+        fresh = dict(zip(need, metrics(need))) if need else {}
+        for r in rows:
+            i, (outcome, logged, error) = live[r], stops[r]
+            final = logged or fresh[r]
+            if outcome not in ("diverged", "error") and bad(final["train_loss"]):
+                outcome = "diverged"
+            if logged is None and (steps[i] == 0 or steps[i] % tcfg["log_every"] != 0):
+                members[i].on_log(steps[i], final)  # otherwise these metrics were just logged
+            results[i] = Result(outcome, steps[i], final, _take(pack["params"], r), error)
+            members[i].on_end(results[i])
+        keep = [r for r in range(len(live)) if r not in stops]
+        pack, live = _take(pack, keep), [live[r] for r in keep]
+        stops.clear()
+
+    for r, i in enumerate(live):
+        if steps[i] >= members[i].cfg["train"]["max_steps"]:  # resumed at its last step
+            stops[r] = ("max_steps", None, None)
+        elif members[i].params_every and steps[i] == 0:
+            members[i].on_params(0, _take(pack["params"], r))
+    retire()
+    started = time.monotonic()
+    while live:
+        for r, i in enumerate(live):
+            try:
+                members[i].on_step(steps[i] + 1)
+            except Exception as exc:  # this member's own callback (fault injection): only it stops
+                stops[r] = ("error", None, exc)
+        idx = torch.stack([torch.randperm(n_train, generator=gens[i])[:batch_size] for i in live]).to(device)
+        grads, values = step_fn(pack["alpha"], pack["params"], pack["f0_train"], idx)
+        zero_loss = []
+        for r, value in enumerate(values.tolist()):
+            if r not in stops and bad(value):
+                stops[r] = ("diverged", None, None)
+            elif r not in stops and tcfg["stop_when_fitted"] and loss_name == "hinge" and value == 0.0:
+                zero_loss.append(r)
+        if zero_loss:  # a zero batch loss is necessary for a fitted training set: check the whole set
+            for r, fit in zip(zero_loss, set_metrics(zero_loss, data.x_train, data.y_train, "f0_train")):
+                if fit["unfitted"] == 0:
+                    stops[r] = ("converged", None, None)
+        if stops:  # stopped members leave before the update: their parameters are those of their stop step
+            grads = _take(grads, [r for r in range(len(live)) if r not in stops])
+            retire()
+            if not live:
+                break
+        pack["params"], pack["state"] = update_fn(pack["lr"], pack["params"], grads, pack["state"])
+        log_rows = []
+        for r, i in enumerate(live):
+            steps[i], t[i] = steps[i] + 1, t[i] + members[i].cfg["optim"]["lr"]
+            every = members[i].cfg["train"]["checkpoint_every"]
+            if members[i].params_every and steps[i] % members[i].params_every == 0:
+                members[i].on_params(steps[i], _take(pack["params"], r))
+            if every and steps[i] % every == 0:
+                members[i].on_checkpoint({"steps": steps[i], "t": t[i], "params": _take(pack["params"], r),
+                                          "opt_state": _take(pack["state"], r), "rng": gens[i].get_state()})
+            if steps[i] % tcfg["log_every"] == 0:
+                log_rows.append(r)
+        logged = dict(zip(log_rows, metrics(log_rows))) if log_rows else {}
+        for r, m in logged.items():
+            members[live[r]].on_log(steps[live[r]], m)
+            if bad(m["train_loss"]):
+                stops[r] = ("diverged", m, None)
+            elif (tcfg["stop_when_fitted"] and m["n_unfitted"] == 0) or (
+                    tcfg["loss_threshold"] is not None and m["train_loss"] <= tcfg["loss_threshold"]):
+                stops[r] = ("converged", m, None)
+        timed_out = tcfg["max_time_s"] is not None and time.monotonic() - started > tcfg["max_time_s"]
+        for r, i in enumerate(live):
+            if r not in stops and (timed_out or steps[i] >= members[i].cfg["train"]["max_steps"]):
+                stops[r] = ("max_steps", logged.get(r), None)
+        retire()
+    return results

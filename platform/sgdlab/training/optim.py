@@ -1,4 +1,5 @@
 """Optimizers as pure updates of (params, state): no hidden state, so a step can be vmapped or checkpointed.
+`lr` may be a tensor (one value per member inside torch.func.vmap).
 
 sgd:   w <- w - lr g
 adam:  m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  w <- w - lr m_hat / (sqrt(v_hat) + eps),
@@ -34,7 +35,8 @@ class Adam:
 
     def init(self, params: Params) -> dict:
         zeros = {k: torch.zeros_like(p) for k, p in params.items()}
-        return {"m": zeros, "v": dict(zeros), "t": 0}
+        first = next(iter(params.values()))  # the step count is a tensor so that it can be stacked and vmapped
+        return {"m": zeros, "v": dict(zeros), "t": torch.zeros((), dtype=first.dtype, device=first.device)}
 
     def update(self, params: Params, grads: Params, state: dict) -> tuple[Params, dict]:
         t = state["t"] + 1

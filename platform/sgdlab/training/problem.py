@@ -34,7 +34,7 @@ class Problem:
 
     def predict(self, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         x, _, f0 = batch
-        return self.loss.alpha * (self.f(params, x) - f0)
+        return centred(self.f, params, x, f0, self.loss.alpha)
 
     def batch_loss(self, F: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.loss.mean(F, batch[1])
@@ -49,9 +49,20 @@ class Problem:
                 for i in range(0, n, batch_size)]
 
 
-def build_problem(cfg: dict, device: str = "cpu") -> Problem:
+def centred(f, params: dict[str, torch.Tensor], x: torch.Tensor, f0: torch.Tensor, alpha) -> torch.Tensor:
+    """F(x) = alpha (f(w, x) - f(w0, x)), with f(w0, x) given (zero when model.center is false)."""
+    return alpha * (f(params, x) - f0)
+
+
+def load_data(cfg: dict, device: str = "cpu") -> datasets.Dataset:
+    """The trial's data set on `device`, in train.dtype."""
+    return datasets.load(cfg["data"]).to(device, DTYPES[cfg["train"]["dtype"]])
+
+
+def build_problem(cfg: dict, device: str = "cpu", data: datasets.Dataset | None = None) -> Problem:
+    """`data`: the trial's data set if already loaded (trials of a pack share it)."""
     dtype = DTYPES[cfg["train"]["dtype"]]
-    data = datasets.load(cfg["data"]).to(device, dtype)
+    data = load_data(cfg, device) if data is None else data
     loss = Loss(cfg["loss"]["name"], cfg["model"]["alpha"])
     module = models.build(cfg["model"], data.input_shape, loss.n_outputs(data.n_classes))
     params0 = models.init_params(module, cfg["seed"], dtype, device)
