@@ -70,9 +70,9 @@ def _set_metrics(loss: Loss, F: torch.Tensor, y: torch.Tensor) -> dict[str, torc
             "unfitted": (~loss.fitted(F, y)).sum(), "min_margin": loss.margin(F, y).min()}
 
 
-def train(cfg: dict, **callbacks) -> Result:
+def train(cfg: dict, device: str = "cpu", **callbacks) -> Result:
     """Train one trial (a pack of one); an exception in its callbacks propagates."""
-    (result,) = train_pack([Member(cfg, **callbacks)])
+    (result,) = train_pack([Member(cfg, **callbacks)], device)
     if result.error is not None:
         raise result.error
     return result

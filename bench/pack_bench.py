@@ -1,0 +1,120 @@
+"""Packed execution against one trial per process, measured side by side in one run.
+
+The same trials (a digits-sized mean-field MLP 64-128-128-1, hinge loss, B = 16, P = 1024, each member with its
+own alpha, lr and seed) are trained three ways, and the throughput is counted in trial-steps per second:
+  one at a time   sgdlab's unpacked path (training/loop.py train(): a pack of one), one trial after another;
+  processes       N processes sharing the device, each training trials one at a time (what fractional-GPU Ray
+                  tasks and Ray Tune trials amount to);
+  packed          training/loop.py train_pack() on M members in one process.
+Every trial runs exactly --steps updates (stop_when_fitted off) with one evaluation at the end, one thread
+per process. The last part measures how far packed float32 members are from the same trials trained alone
+(summation order differs), which is not equality; in float64 the tests hold them to 1e-6.
+
+Goals: CPU >= 2x one-at-a-time with >= 64 members; GPU >= 1000x one-at-a-time and >= 300x the best of 4-16
+processes with >= 4096 members.
+Run: .venv/bin/python bench/pack_bench.py [--device cuda] [--members 64 256] [--processes 2 4] [--steps 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import time
+
+import torch
+
+from sgdlab.config.compose import Composer
+from sgdlab.training.loop import Member, train, train_pack
+
+BASE = ["data=digits_parity", "data.n_train=1024", "data.batch_size=16", "model=mlp", "model.depth=2",
+        "model.width=128", "loss=hinge", "optim=sgd", "train.stop_when_fitted=false", "train.checkpoint_every=null"]
+
+
+def configs(n: int, steps: int, dtype: str = "float32") -> list[dict]:
+    """n trials of one shape, each with its own alpha, temperature and seed."""
+    alphas, temperatures = (1.0, 4.0, 16.0, 64.0), (1e-4, 3e-4, 1e-3)
+    overrides = [[*BASE, f"train.max_steps={steps}", f"train.log_every={steps}", f"train.dtype={dtype}",
+                  f"model.alpha={alphas[i % 4]}", f"optim.temperature={temperatures[i % 3]}", f"seed={i}"]
+                 for i in range(n)]
+    return Composer().many(overrides)
+
+
+def one_at_a_time(cfgs: list[dict], device: str) -> float:
+    torch.set_num_threads(1)
+    train(cfgs[0], device=device)  # warm-up outside the timed part, as in the other two ways
+    started = time.perf_counter()
+    for cfg in cfgs:
+        train(cfg, device=device)
+    return sum(c["train"]["max_steps"] for c in cfgs) / (time.perf_counter() - started)
+
+
+def _worker(cfgs: list[dict], device: str, start, done) -> None:
+    torch.set_num_threads(1)
+    train(cfgs[0], device=device)  # warm-up outside the timed part, as a long-lived Ray worker would be
+    start.wait()
+    for cfg in cfgs:
+        train(cfg, device=device)
+    done.put(time.perf_counter())
+
+
+def processes(cfgs: list[dict], n: int, device: str) -> float:
+    """n processes, each training its share of cfgs one at a time; throughput from the common start."""
+    ctx = mp.get_context("spawn")
+    start, done = ctx.Barrier(n + 1), ctx.Queue()
+    workers = [ctx.Process(target=_worker, args=(cfgs[i::n], device, start, done)) for i in range(n)]
+    for w in workers:
+        w.start()
+    start.wait()
+    began = time.perf_counter()
+    ends = [done.get() for _ in workers]
+    for w in workers:
+        w.join()
+    return sum(c["train"]["max_steps"] for c in cfgs) / (max(ends) - began)
+
+
+def packed(cfgs: list[dict], device: str) -> float:
+    torch.set_num_threads(1)
+    train_pack([Member(cfg) for cfg in cfgs[:2]], device=device)  # warm-up
+    started = time.perf_counter()
+    train_pack([Member(cfg) for cfg in cfgs], device=device)
+    return sum(c["train"]["max_steps"] for c in cfgs) / (time.perf_counter() - started)
+
+
+def float32_difference(n: int, steps: int, device: str) -> tuple[float, float]:
+    """(median, max) over members and metrics of |packed - alone| / |alone|, in float32."""
+    cfgs = configs(n, steps)
+    alone = [train(cfg, device=device) for cfg in cfgs]
+    together = train_pack([Member(cfg) for cfg in cfgs], device=device)
+    diffs = [abs(p.metrics[k] - a.metrics[k]) / abs(a.metrics[k])
+             for a, p in zip(alone, together) for k in ("train_loss", "test_loss", "weight_change")]
+    return statistics.median(diffs), max(diffs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--members", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--alone", type=int, default=8, help="trials timed one at a time (the rate is per step)")
+    args = parser.parse_args()
+
+    rows = [("one at a time", 1, one_at_a_time(configs(args.alone, args.steps), args.device))]
+    for n in args.processes:
+        rows.append((f"{n} processes", n, processes(configs(max(args.alone, 2 * n), args.steps), n, args.device)))
+    for m in args.members:
+        rows.append((f"packed, {m} members", m, packed(configs(m, args.steps), args.device)))
+    base, best_processes = rows[0][2], max(r[2] for r in rows if "processes" in r[0])
+    print(f"\n{args.device}, {args.steps} steps per trial, MLP 64-128-128-1, hinge, B=16, P=1024 "
+          f"(torch threads per process: 1)")
+    print(f"{'way':<22}{'trial-steps/s':>15}{'x one-at-a-time':>17}{'x best processes':>18}")
+    for name, _, rate in rows:
+        print(f"{name:<22}{rate:>15,.0f}{rate / base:>17.2f}{rate / best_processes:>18.2f}")
+    median, worst = float32_difference(16, args.steps, args.device)
+    print(f"\nfloat32, 16 members: packed vs alone, relative difference of the final train/test loss and weight "
+          f"change: median {median:.1e}, max {worst:.1e} (summation order; float64 is tested to 1e-6)")
+
+
+if __name__ == "__main__":
+    main()
