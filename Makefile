@@ -12,7 +12,7 @@ MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts/server
 
-.PHONY: install sweep status resubmit report ui probe test test-cluster mlflow-server bench-probe bench-overhead
+.PHONY: install sweep status resubmit report ui probe test test-cluster mlflow-server bench-probe bench-overhead bench-pack
 
 install: $(VENV)/.installed
 
@@ -60,3 +60,6 @@ bench-probe: install
 
 bench-overhead: install
 	$(BIN)/python bench/overhead_bench.py
+
+bench-pack: install
+	$(BIN)/python bench/pack_bench.py
