@@ -18,26 +18,45 @@ Run: .venv/bin/python bench/pack_bench.py [--device cuda] [--members 64 256] [--
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import multiprocessing as mp
 import statistics
 import time
 
 import torch
 
-from sgdlab.config.compose import Composer
 from sgdlab.training.loop import Member, train, train_pack
 
 BASE = ["data=digits_parity", "data.n_train=1024", "data.batch_size=16", "model=mlp", "model.depth=2",
-        "model.width=128", "loss=hinge", "optim=sgd", "train.stop_when_fitted=false", "train.checkpoint_every=null"]
+        "model.width=128", "loss=hinge", "optim=sgd", "optim.temperature=1e-3", "train.stop_when_fitted=false",
+        "train.checkpoint_every=null"]
+BASE_CONFIG: dict = {}  # the composed base trial (set in main)
+
+
+def compose_base(path: str | None) -> dict:
+    """The base trial: composed from BASE, or read from a JSON file (a machine without Hydra, such as a GPU box
+    with torch only: `--base-config` with a config written by `--write-base-config` elsewhere)."""
+    if path:
+        return json.loads(open(path).read())
+    from sgdlab.config.compose import Composer
+
+    return Composer()(BASE)
 
 
 def configs(n: int, steps: int, dtype: str = "float32") -> list[dict]:
-    """n trials of one shape, each with its own alpha, temperature and seed."""
+    """n trials of one shape, each with its own alpha, temperature (lr = T B width) and seed."""
     alphas, temperatures = (1.0, 4.0, 16.0, 64.0), (1e-4, 3e-4, 1e-3)
-    overrides = [[*BASE, f"train.max_steps={steps}", f"train.log_every={steps}", f"train.dtype={dtype}",
-                  f"model.alpha={alphas[i % 4]}", f"optim.temperature={temperatures[i % 3]}", f"seed={i}"]
-                 for i in range(n)]
-    return Composer().many(overrides)
+    out = []
+    for i in range(n):
+        cfg = copy.deepcopy(BASE_CONFIG)
+        cfg["train"].update(max_steps=steps, log_every=steps, dtype=dtype)
+        temperature = temperatures[i % 3]
+        cfg["optim"].update(temperature=temperature,
+                            lr=temperature * cfg["data"]["batch_size"] * cfg["model"]["width"])
+        cfg["model"]["alpha"], cfg["seed"] = alphas[i % 4], i
+        out.append(cfg)
+    return out
 
 
 def one_at_a_time(cfgs: list[dict], device: str) -> float:
@@ -98,7 +117,13 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--alone", type=int, default=8, help="trials timed one at a time (the rate is per step)")
+    parser.add_argument("--base-config", help="JSON file of the base trial config (instead of composing BASE)")
+    parser.add_argument("--write-base-config", help="write the composed base trial config to this JSON file, exit")
     args = parser.parse_args()
+    BASE_CONFIG.update(compose_base(args.base_config))
+    if args.write_base_config:
+        open(args.write_base_config, "w").write(json.dumps(BASE_CONFIG))
+        return
 
     rows = [("one at a time", 1, one_at_a_time(configs(args.alone, args.steps), args.device))]
     for n in args.processes:
@@ -106,8 +131,8 @@ def main() -> None:
     for m in args.members:
         rows.append((f"packed, {m} members", m, packed(configs(m, args.steps), args.device)))
     base, best_processes = rows[0][2], max(r[2] for r in rows if "processes" in r[0])
-    print(f"\n{args.device}, {args.steps} steps per trial, MLP 64-128-128-1, hinge, B=16, P=1024 "
-          f"(torch threads per process: 1)")
+    print(f"\n{args.device}, {args.steps} steps per trial, MLP 64-128-128-1 on {BASE_CONFIG['data']['name']}, "
+          f"hinge, B=16, P=1024 (torch threads per process: 1)")
     print(f"{'way':<22}{'trial-steps/s':>15}{'x one-at-a-time':>17}{'x best processes':>18}")
     for name, _, rate in rows:
         print(f"{name:<22}{rate:>15,.0f}{rate / base:>17.2f}{rate / best_processes:>18.2f}")

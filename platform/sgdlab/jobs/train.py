@@ -40,10 +40,13 @@ class InjectedFault(RuntimeError):
 
 
 def fault_hook(config: dict):
-    """on_step callback for the `fault` group: raise or SIGKILL this process at a step, for chosen seeds only."""
+    """on_step callback for the `fault` group: raise or SIGKILL this process at a step, for chosen seeds only;
+    None when the config injects no fault into this trial."""
     fault = config["fault"]
     if fault["seeds"] is not None and config["seed"] not in fault["seeds"]:
-        return lambda step: None
+        return None
+    if fault["kill_at_step"] is None and fault["raise_at_step"] is None:
+        return None
 
     def hook(step: int) -> None:
         if step == fault["kill_at_step"]:
@@ -136,8 +139,17 @@ def run_pack(configs: list[dict], handle: SweepHandle, *, trial_ids: list[str], 
     try:
         capacity = max(1, memory_budget(device) // member_bytes(build_problem(configs[0], device),
                                                                  configs[0]["data"]["batch_size"])) if members else 1
+        last_beat = [time.monotonic()]
+
+        def beat() -> None:  # heartbeats of the pack's runs, checked once per step for the whole pack
+            if time.monotonic() - last_beat[0] >= configs[0]["tracking"]["heartbeat_s"]:
+                for member in members:
+                    if summaries[member.index] is None:
+                        member.run.beat()
+                last_beat[0] = time.monotonic()
+
         for first in range(0, len(members), capacity):
-            train_pack(members[first:first + capacity], device)
+            train_pack(members[first:first + capacity], device, on_tick=beat)
     except Exception as exc:  # the pack's own computation failed: every member still training failed with it
         for member in members:
             if summaries[member.index] is None:
@@ -160,11 +172,7 @@ def _member(index: int, config: dict, handle: SweepHandle, trial_id: str, took: 
     run = TrialRun(handle, trial_id, config, attempt=took.attempt, run_name=run_name, kind="train",
                    extra_tags=extra, heartbeat_s=config["tracking"]["heartbeat_s"])
     # A fault acts once: not again in the retry of a task it killed, nor in a rerun of a lost trial.
-    fault = fault_hook(config) if took.attempt == given_attempt else (lambda step: None)
-
-    def on_step(step: int) -> None:
-        fault(step)
-        run.beat()
+    on_step = fault_hook(config) if took.attempt == given_attempt else None
 
     def on_checkpoint(state: dict) -> None:
         run.log_bytes(checkpoint.to_bytes(state, config), checkpoint.LAST)

@@ -2,7 +2,7 @@
 
 Members share the data, the architecture, the batch size, the optimizer type, the loss and the dtype; each has
 its own lr, alpha, seed (initialization and batch order), step count and stopping point. For member m, each step
-draws a fresh batch of B distinct training points (torch.randperm with m's generator, seeded by m's `seed`),
+draws a fresh batch of B distinct training points (training/sampler.py: a function of m's `seed` and step only),
 takes the gradient of the batch-mean loss of F = alpha_m (f(w_m) - f(w0_m)) and applies the pure optimizer
 update with lr_m. Training time is t_m = sum of lr_m over m's steps. Members never interact: every operation is
 per member, so a member's numbers do not depend on the others (up to the order of floating-point sums).
@@ -31,6 +31,7 @@ import torch
 from torch.func import grad_and_value, vmap
 
 from sgdlab.training import optim
+from sgdlab.training.sampler import batch_indices
 from sgdlab.training.losses import Loss
 from sgdlab.training.problem import build_problem, centred, load_data
 
@@ -43,12 +44,13 @@ def _noop(*args) -> None:
 
 @dataclass
 class Member:
-    """One trial of a pack and its callbacks. on_step(step) runs before each update (raising stops only this
-    member, with outcome 'error'); on_params(step, params) runs every `params_every` steps and before the first."""
+    """One trial of a pack and its callbacks. on_step(step), if given, runs before each update (raising stops only
+    this member, with outcome 'error'); on_params(step, params) runs every `params_every` steps and before the
+    first (params_every must be the same for all members of a pack)."""
 
     cfg: dict
     on_log: Callable[[int, dict], None] = _noop
-    on_step: Callable[[int], None] = _noop
+    on_step: Callable[[int], None] | None = None
     on_checkpoint: Callable[[dict], None] = _noop
     on_end: Callable[["Result"], None] = _noop
     on_params: Callable[[int, dict], None] = _noop
@@ -112,30 +114,45 @@ def _per_member(fn):
     return call
 
 
-def train_pack(members: list[Member], device: str = "cpu") -> list[Result]:
-    """Train the members together; returns their results in order (each also passed to its on_end)."""
+def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[], None] = _noop) -> list[Result]:
+    """Train the members together; returns their results in order (each also passed to its on_end).
+    on_tick() runs once per step for the whole pack (heartbeats); per-member work in a step is done only for
+    the members that need it (a callback, a log, a checkpoint, a stop), so a step costs O(1) Python calls."""
     cfg = members[0].cfg
     tcfg, loss_name, batch_size = cfg["train"], cfg["loss"]["name"], cfg["data"]["batch_size"]
     data = load_data(cfg, device)
-    problems = [build_problem(m.cfg, device, data) for m in members]
+    problems = [build_problem(m.cfg, device, data, initial_outputs=False) for m in members]
     f, n_train, dtype = problems[0].f, len(data.x_train), problems[0].params0[next(iter(problems[0].params0))].dtype
     optimizer = optim.build(cfg["optim"])
+    log_every, checkpoint_every, params_every = tcfg["log_every"], tcfg["checkpoint_every"], members[0].params_every
 
     # The pack: per-member tensors stacked along dim 0, in the order of `live` (the members still training).
-    # Per-member counters stay in Python lists indexed by member.
-    gens = [torch.Generator().manual_seed(m.cfg["seed"]) for m in members]
     steps, t = [0] * len(members), [0.0] * len(members)
     params, states = [p.params0 for p in problems], [optimizer.init(p.params0) for p in problems]
     for i, m in enumerate(members):
         if m.resume is not None:
             params[i], states[i], steps[i], t[i] = (m.resume[k] for k in ("params", "opt_state", "steps", "t"))
-            gens[i].set_state(m.resume["rng"])
-    pack = {"params": _stack(params), "state": _stack(states), "params0": _stack([p.params0 for p in problems]),
-            "alpha": torch.tensor([m.cfg["model"]["alpha"] for m in members], dtype=dtype, device=device),
-            "lr": torch.tensor([m.cfg["optim"]["lr"] for m in members], dtype=dtype, device=device),
-            "f0_train": torch.stack([p.f0_train for p in problems]),
-            "f0_test": torch.stack([p.f0_test for p in problems])}
+    per_member = lambda key: [m.cfg[key[0]][key[1]] if len(key) == 2 else m.cfg[key[0]] for m in members]  # noqa
+    alpha, params0 = torch.tensor(per_member(("model", "alpha")), dtype=dtype, device=device), _stack(
+        [p.params0 for p in problems])
+
+    def initial_outputs(x: torch.Tensor) -> torch.Tensor:
+        """f(w0_m, x) for every member m (zero when model.center is false): F is centred on it."""
+        chunk, scale = max(1, EVAL_ROWS // len(members)), 1.0 if cfg["model"]["center"] else 0.0
+        with torch.no_grad():
+            return scale * torch.cat([_per_member(lambda a, p: f(p, x[i:i + chunk]))(alpha, params0)
+                                      for i in range(0, len(x), chunk)], dim=1)
+
+    pack = {"params": _stack(params), "state": _stack(states), "params0": params0, "alpha": alpha,
+            "lr": torch.tensor(per_member(("optim", "lr")), dtype=dtype, device=device),
+            "f0_train": initial_outputs(data.x_train), "f0_test": initial_outputs(data.x_test),
+            "seed": torch.tensor(per_member(("seed",)), device=device),
+            "max_steps": torch.tensor(per_member(("train", "max_steps")), device=device),
+            "step": torch.tensor(steps, device=device),  # updates done
+            "t": torch.tensor(t, dtype=torch.float64, device=device),  # sum of lr, in float64 whatever the dtype
+            "lr64": torch.tensor(per_member(("optim", "lr")), dtype=torch.float64, device=device)}
     live = list(range(len(members)))
+    hooked: list[int] = []  # rows of the members with an on_step callback
     results: list[Result | None] = [None] * len(members)
 
     def member_loss(a, p, f0, idx):
@@ -145,6 +162,9 @@ def train_pack(members: list[Member], device: str = "cpu") -> list[Result]:
         return optim.build({**cfg["optim"], "lr": rate}).update(p, g, s)
 
     step_fn, update_fn = _per_member(grad_and_value(member_loss, argnums=1)), _per_member(member_update)
+
+    def rows_where(mask: torch.Tensor) -> list[int]:
+        return mask.nonzero().flatten().tolist()
 
     def set_metrics(rows: list[int], x, y, f0_key: str) -> list[dict[str, float]]:
         """Loss, error, unfitted count and minimum margin on a whole set, for the members at `rows`."""
@@ -161,19 +181,15 @@ def train_pack(members: list[Member], device: str = "cpu") -> list[Result]:
         """Everything logged: full-set metrics, ||w - w0|| and ||w - w0|| / ||w0||, t and the step count."""
         train_set = set_metrics(rows, data.x_train, data.y_train, "f0_train")
         test_set = set_metrics(rows, data.x_test, data.y_test, "f0_test")
-        sub = _take({k: pack[k] for k in ("params", "params0")}, rows)
+        sub = _take({k: pack[k] for k in ("params", "params0", "step", "t")}, rows)
         squares = lambda tree: sum((v.flatten(1) ** 2).sum(1) for v in tree.values())  # noqa: E731
         deltas = torch.sqrt(squares({k: sub["params"][k] - sub["params0"][k] for k in sub["params"]}))
         norms0 = torch.sqrt(squares(sub["params0"]))
-        out = []
-        for r, tr, te, delta, norm0 in zip(rows, train_set, test_set, deltas.tolist(), norms0.tolist()):
-            i = live[r]
-            relative = delta / norm0
-            out.append({"train_loss": tr["loss"], "train_error": tr["error"], "test_loss": te["loss"],
-                        "test_error": te["error"], "n_unfitted": tr["unfitted"], "min_margin": tr["min_margin"],
-                        "weight_delta": delta, "weight_change": relative, "train_time": t[i],
-                        "steps": float(steps[i])})
-        return out
+        return [{"train_loss": tr["loss"], "train_error": tr["error"], "test_loss": te["loss"],
+                 "test_error": te["error"], "n_unfitted": tr["unfitted"], "min_margin": tr["min_margin"],
+                 "weight_delta": delta, "weight_change": delta / norm0, "train_time": t_, "steps": float(step)}
+                for tr, te, delta, norm0, t_, step in zip(train_set, test_set, deltas.tolist(), norms0.tolist(),
+                                                           sub["t"].tolist(), sub["step"].tolist())]
 
     def bad(value: float) -> bool:
         return not math.isfinite(value) or value > tcfg["divergence_loss"]
@@ -182,78 +198,81 @@ def train_pack(members: list[Member], device: str = "cpu") -> list[Result]:
 
     def retire() -> None:
         """End the members in `stops` with their final metrics at their own step, and drop them from the pack."""
-        nonlocal pack, live
+        nonlocal pack, live, hooked
         if not stops:
             return
         rows = sorted(stops)
         need = [r for r in rows if stops[r][1] is None]
         fresh = dict(zip(need, metrics(need))) if need else {}
+        at = dict(zip(rows, _take(pack["step"], rows).tolist()))
         for r in rows:
             i, (outcome, logged, error) = live[r], stops[r]
             final = logged or fresh[r]
             if outcome not in ("diverged", "error") and bad(final["train_loss"]):
                 outcome = "diverged"
-            if logged is None and (steps[i] == 0 or steps[i] % tcfg["log_every"] != 0):
-                members[i].on_log(steps[i], final)  # otherwise these metrics were just logged
-            results[i] = Result(outcome, steps[i], final, _take(pack["params"], r), error)
+            if logged is None and (at[r] == 0 or at[r] % log_every != 0):
+                members[i].on_log(at[r], final)  # otherwise these metrics were just logged
+            results[i] = Result(outcome, at[r], final, _take(pack["params"], r), error)
             members[i].on_end(results[i])
         keep = [r for r in range(len(live)) if r not in stops]
         pack, live = _take(pack, keep), [live[r] for r in keep]
+        hooked = [r for r, i in enumerate(live) if members[i].on_step is not None]
         stops.clear()
 
-    for r, i in enumerate(live):
-        if steps[i] >= members[i].cfg["train"]["max_steps"]:  # resumed at its last step
-            stops[r] = ("max_steps", None, None)
-        elif members[i].params_every and steps[i] == 0:
-            members[i].on_params(0, _take(pack["params"], r))
+    for r in rows_where(pack["step"] >= pack["max_steps"]):  # resumed at their last step
+        stops[r] = ("max_steps", None, None)
+    if params_every:
+        for r in rows_where(pack["step"] == 0):
+            members[live[r]].on_params(0, _take(pack["params"], r))
+    hooked = [r for r, i in enumerate(live) if members[i].on_step is not None]
     retire()
     started = time.monotonic()
     while live:
-        for r, i in enumerate(live):
-            try:
-                members[i].on_step(steps[i] + 1)
-            except Exception as exc:  # this member's own callback (fault injection): only it stops
-                stops[r] = ("error", None, exc)
-        idx = torch.stack([torch.randperm(n_train, generator=gens[i])[:batch_size] for i in live]).to(device)
+        on_tick()
+        if hooked:
+            current = _take(pack["step"], hooked).tolist()
+            for r, step in zip(hooked, current):
+                try:
+                    members[live[r]].on_step(step + 1)
+                except Exception as exc:  # this member's own callback (fault injection): only it stops
+                    stops[r] = ("error", None, exc)
+        idx = batch_indices(pack["seed"], pack["step"], n_train, batch_size)
         grads, values = step_fn(pack["alpha"], pack["params"], pack["f0_train"], idx)
-        zero_loss = []
-        for r, value in enumerate(values.tolist()):
-            if r not in stops and bad(value):
-                stops[r] = ("diverged", None, None)
-            elif r not in stops and tcfg["stop_when_fitted"] and loss_name == "hinge" and value == 0.0:
-                zero_loss.append(r)
-        if zero_loss:  # a zero batch loss is necessary for a fitted training set: check the whole set
-            for r, fit in zip(zero_loss, set_metrics(zero_loss, data.x_train, data.y_train, "f0_train")):
-                if fit["unfitted"] == 0:
-                    stops[r] = ("converged", None, None)
+        for r in rows_where(~torch.isfinite(values) | (values > tcfg["divergence_loss"])):
+            stops.setdefault(r, ("diverged", None, None))
+        if tcfg["stop_when_fitted"] and loss_name == "hinge":
+            zero_loss = [r for r in rows_where(values == 0) if r not in stops]
+            if zero_loss:  # a zero batch loss is necessary for a fitted training set: check the whole set
+                for r, fit in zip(zero_loss, set_metrics(zero_loss, data.x_train, data.y_train, "f0_train")):
+                    if fit["unfitted"] == 0:
+                        stops[r] = ("converged", None, None)
         if stops:  # stopped members leave before the update: their parameters are those of their stop step
             grads = _take(grads, [r for r in range(len(live)) if r not in stops])
             retire()
             if not live:
                 break
         pack["params"], pack["state"] = update_fn(pack["lr"], pack["params"], grads, pack["state"])
-        log_rows = []
-        for r, i in enumerate(live):
-            steps[i], t[i] = steps[i] + 1, t[i] + members[i].cfg["optim"]["lr"]
-            every = members[i].cfg["train"]["checkpoint_every"]
-            if members[i].params_every and steps[i] % members[i].params_every == 0:
-                members[i].on_params(steps[i], _take(pack["params"], r))
-            if every and steps[i] % every == 0:
-                members[i].on_checkpoint({"steps": steps[i], "t": t[i], "params": _take(pack["params"], r),
-                                          "opt_state": _take(pack["state"], r), "rng": gens[i].get_state()})
-            if steps[i] % tcfg["log_every"] == 0:
-                log_rows.append(r)
+        pack["step"], pack["t"] = pack["step"] + 1, pack["t"] + pack["lr64"]
+        step = pack["step"]
+        if params_every:
+            for r in rows_where(step % params_every == 0):
+                members[live[r]].on_params(int(step[r]), _take(pack["params"], r))
+        if checkpoint_every:
+            for r in rows_where(step % checkpoint_every == 0):
+                members[live[r]].on_checkpoint({"steps": int(step[r]), "t": float(pack["t"][r]),
+                                                "params": _take(pack["params"], r),
+                                                "opt_state": _take(pack["state"], r)})
+        log_rows = rows_where(step % log_every == 0)
         logged = dict(zip(log_rows, metrics(log_rows))) if log_rows else {}
         for r, m in logged.items():
-            members[live[r]].on_log(steps[live[r]], m)
+            members[live[r]].on_log(int(m["steps"]), m)
             if bad(m["train_loss"]):
                 stops[r] = ("diverged", m, None)
             elif (tcfg["stop_when_fitted"] and m["n_unfitted"] == 0) or (
                     tcfg["loss_threshold"] is not None and m["train_loss"] <= tcfg["loss_threshold"]):
                 stops[r] = ("converged", m, None)
         timed_out = tcfg["max_time_s"] is not None and time.monotonic() - started > tcfg["max_time_s"]
-        for r, i in enumerate(live):
-            if r not in stops and (timed_out or steps[i] >= members[i].cfg["train"]["max_steps"]):
-                stops[r] = ("max_steps", logged.get(r), None)
+        for r in (range(len(live)) if timed_out else rows_where(step >= pack["max_steps"])):
+            stops.setdefault(r, ("max_steps", logged.get(r), None))
         retire()
     return results

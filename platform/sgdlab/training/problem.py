@@ -59,14 +59,18 @@ def load_data(cfg: dict, device: str = "cpu") -> datasets.Dataset:
     return datasets.load(cfg["data"]).to(device, DTYPES[cfg["train"]["dtype"]])
 
 
-def build_problem(cfg: dict, device: str = "cpu", data: datasets.Dataset | None = None) -> Problem:
-    """`data`: the trial's data set if already loaded (trials of a pack share it)."""
+def build_problem(cfg: dict, device: str = "cpu", data: datasets.Dataset | None = None,
+                  initial_outputs: bool = True) -> Problem:
+    """`data`: the trial's data set if already loaded (trials of a pack share it); initial_outputs=False leaves
+    f(w0, x) to the caller (f0_train and f0_test are None; a pack computes them for all members at once)."""
     dtype = DTYPES[cfg["train"]["dtype"]]
     data = load_data(cfg, device) if data is None else data
     loss = Loss(cfg["loss"]["name"], cfg["model"]["alpha"])
     module = models.build(cfg["model"], data.input_shape, loss.n_outputs(data.n_classes))
     params0 = models.init_params(module, cfg["seed"], dtype, device)
     f = models.network(module)
+    if not initial_outputs:
+        return Problem(data, loss, module, params0, None, None)
     with torch.no_grad():  # F is centred: f(w0, x) is fixed data, computed once
         scale = 1.0 if cfg["model"]["center"] else 0.0
         f0_train, f0_test = scale * f(params0, data.x_train), scale * f(params0, data.x_test)
