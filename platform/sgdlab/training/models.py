@@ -2,7 +2,8 @@
 
 All weights are N(0, 1) and there are no biases. A hidden layer computes act(W h / sqrt(fan_in)) / c_act with
 c_act = sqrt(E[act(z)^2]), z ~ N(0, 1), so that every pre-activation has unit variance at initialization.
-The readout is mean-field: f(w, x) = v . h / width. The perceptron is f(w, x) = w . x / sqrt(d).
+The readout is mean-field: f(w, x) = v . h / width. The perceptron is f(w, x) = w . x / sqrt(d). The VGG
+(stages of convolutions and max pools, for CIFAR-size images and multi-worker trials) follows the CNN's scaling.
 The predictor trained is F(x) = alpha * (f(w, x) - f(w0, x)) (alpha * f(w, x) when model.center is false);
 `predictor` applies it from the parameter dict with torch.func.functional_call.
 """
@@ -77,6 +78,30 @@ class MeanFieldCNN(nn.Module):
         return h.mean(dim=(2, 3)) @ self.readout.T / self.channels
 
 
+class MeanFieldVGG(nn.Module):
+    """A small VGG in the same scaling: stages of `convs_per_stage` 3x3 convolutions (padding 1, no biases,
+    N(0,1) weights / sqrt(fan_in), normalized activation), each stage followed by a 2x2 max pool (a side already
+    of length 1 is not pooled), then a global average pool and the mean-field readout v.h / stages[-1].
+    Pre-activations have unit variance at initialization up to the max pools, which raise the second moment
+    of their outputs by an O(1) factor (the scaling in width is unchanged)."""
+
+    def __init__(self, in_channels: int, stages: list[int], convs_per_stage: int, activation: str, n_out: int):
+        super().__init__()
+        sizes = [in_channels] + [c for c in stages for _ in range(convs_per_stage)]
+        self.convs = nn.ParameterList(nn.Parameter(torch.empty(b, a, 3, 3)) for a, b in zip(sizes, sizes[1:]))
+        self.readout = nn.Parameter(torch.empty(n_out, stages[-1]))
+        self.act, self.c = ACTIVATIONS[activation], activation_scale(activation)
+        self.convs_per_stage, self.channels = convs_per_stage, stages[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for i, w in enumerate(self.convs):
+            h = self.act(nn.functional.conv2d(h, w / math.sqrt(w.shape[1] * 9), padding=1)) / self.c
+            if (i + 1) % self.convs_per_stage == 0:
+                h = nn.functional.max_pool2d(h, kernel_size=(min(2, h.shape[2]), min(2, h.shape[3])), ceil_mode=True)
+        return h.mean(dim=(2, 3)) @ self.readout.T / self.channels
+
+
 def build(cfg: dict, input_shape: tuple[int, ...], n_out: int) -> nn.Module:
     """The network of a `model` config group for inputs of shape (C, H, W)."""
     d_in = int(np.prod(input_shape))
@@ -86,6 +111,8 @@ def build(cfg: dict, input_shape: tuple[int, ...], n_out: int) -> nn.Module:
         return Perceptron(d_in, n_out)
     if cfg["name"] == "cnn":
         return MeanFieldCNN(input_shape[0], cfg["depth"], cfg["channels"], cfg["activation"], n_out)
+    if cfg["name"] == "vgg":
+        return MeanFieldVGG(input_shape[0], list(cfg["stages"]), cfg["convs_per_stage"], cfg["activation"], n_out)
     raise ValueError(f"model.name: unknown model {cfg['name']!r}")
 
 
