@@ -277,3 +277,77 @@ def test_report_splits_figures_by_a_param_that_varies_within_cells(tmp_path):
     assert names == sorted(f"phase_{m}_B={B}.png" for m in ("test_error", "weight_change", "train_time")
                            for B in (16, 32))  # by B, not by the lr = T B width derived from it
 
+
+
+# --- perceptron P exponent -----------------------------------------------------------------------------------
+
+def perceptron_record(chi, T, P, seed, delta, outcome="converged") -> RunRecord:
+    """A perceptron run on the chi-depleted teacher task with final ||w - w0|| = delta."""
+    config = {"model": {"name": "perceptron", "alpha": 1.0}, "seed": seed,
+              "optim": {"name": "sgd", "lr": 8 * T, "temperature": T},
+              "data": {"name": "teacher_perceptron", "n_train": P, "batch_size": 8, "chi": chi}}
+    tid = f"chi{chi}-T{T}-P{P}-s{seed}"
+    return RunRecord(run_id=f"{tid}#1", status="FINISHED", start_time=0,
+                     metrics={"weight_delta": delta, "weight_change": delta / 5.0, "steps": 100.0},
+                     params={k: str(v) for k, v in tags.flatten(config).items()},
+                     tags={tags.TRIAL_ID: tid, tags.KIND: "train", tags.ATTEMPT: "1", tags.OUTCOME: outcome})
+
+
+def planted_perceptron(sigma=0.05, seeds=range(4)):
+    """||w - w0|| = 3 T P^(1/(1+chi)) exp(sigma z), z ~ N(0, 1) per run; at P = 2048 every run stopped at
+    max_steps with a norm 10x too small, and at T = 1, P = 1024, seed 0 the run diverged (both must be left out)."""
+    rng = np.random.default_rng(1)
+    records = []
+    for chi in (0.0, 1.0):
+        for T in (0.1, 1.0):
+            for seed in seeds:
+                for P in (128, 256, 512, 1024, 2048):
+                    delta = 3 * T * P ** (1 / (1 + chi)) * math.exp(sigma * rng.standard_normal())
+                    outcome = ("max_steps" if P == 2048 else
+                               "diverged" if (T, P, seed) == (1.0, 1024, 0) else "converged")
+                    records.append(perceptron_record(chi, T, P, seed, delta / 10 if P == 2048 else delta, outcome))
+    return records
+
+
+def test_p_exponent_noiseless_is_exact_and_leaves_out_unfitted_runs():
+    from sgdlab.analysis.perceptron import p_exponents
+
+    table = p_exponents(trial_frame(planted_perceptron(sigma=0.0)))
+    assert list(zip(table["chi"], table["T"])) == [(0.0, 0.1), (0.0, 1.0), (1.0, 0.1), (1.0, 1.0)]
+    assert np.allclose(table["exponent"], table["claim"], atol=1e-9)  # no trace of the max_steps runs
+    assert np.allclose(table["claim"], [1, 1, 0.5, 0.5])
+    assert list(table["n_seeds"]) == [4, 4, 4, 4] and list(table["n_P"]) == [4, 4, 4, 4]
+    assert np.all(table["exponent_se"] < 1e-9)
+
+
+def test_p_exponent_recovers_the_planted_exponent_within_its_error_bar():
+    from sgdlab.analysis.perceptron import p_exponents
+
+    sigma = 0.05
+    records = planted_perceptron(sigma=sigma, seeds=range(8))
+    table = p_exponents(trial_frame(records)).set_index(["chi", "T"])
+    assert np.all(np.abs(table["exponent"] - table["claim"]) < 3 * table["exponent_se"])
+    # each seed's slope over log P = log 128 .. log 1024 (4 points, S_uu = 5 (log 2)^2) scatters by
+    # sigma / sqrt(S_uu) = 0.032, so the mean of 8 seeds has a standard error near 0.011
+    nominal = sigma / math.sqrt(5 * math.log(2) ** 2) / math.sqrt(8)
+    assert np.all((table["exponent_se"] > nominal / 3) & (table["exponent_se"] < 3 * nominal))
+    # by hand for chi = 1, T = 1: seed 0 diverged at P = 1024 and fits 3 P, the others 4; P = 2048 never counts
+    slopes = []
+    for seed in range(8):
+        runs = [r for r in records if r.params["data.chi"] == "1.0" and r.params["optim.temperature"] == "1.0"
+                and r.params["seed"] == str(seed) and r.tags[tags.OUTCOME] == "converged"]
+        P = [float(r.params["data.n_train"]) for r in runs]
+        slopes.append(np.polyfit(np.log(P), np.log([r.metrics["weight_delta"] for r in runs]), 1)[0])
+    row = table.loc[(1.0, 1.0)]
+    assert row["exponent"] == pytest.approx(np.mean(slopes), rel=1e-9)
+    assert row["exponent_se"] == pytest.approx(np.std(slopes, ddof=1) / math.sqrt(8), rel=1e-9)
+    assert row["n_seeds"] == 8 and row["n_P"] == 4
+
+
+def test_report_of_a_perceptron_sweep_draws_the_exponent_figures(tmp_path):
+    report = build_report(planted_perceptron(sigma=0.0), "perceptron", tmp_path)
+    names = {p.name for p in report.figures}
+    assert {"p_exponent_vs_chi.png", "norm_vs_P.png"} <= names
+    assert all((tmp_path / n).read_bytes()[:8] == PNG_MAGIC for n in names)
+    assert "| 1 | 0.5 | 0.1 | 0.5 ± 0 | 4 | 4 |" in report.markdown
+    assert pd.read_csv(tmp_path / "p_exponents.csv").shape == (4, 7)

@@ -47,7 +47,7 @@ def member_configs(composer, optim: str, loss: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("optim,loss", [("sgd", "hinge"), ("adam", "hinge"), ("sgd", "cross_entropy"),
-                                        ("adam", "cross_entropy")])
+                                        ("adam", "cross_entropy"), ("sgd", "mse")])
 def test_packed_members_equal_trials_trained_alone(composer, optim, loss):
     configs = member_configs(composer, optim, loss)
     alone = [train(cfg) for cfg in configs]

@@ -95,7 +95,8 @@ def grid_ticks(axis: Axis, values, base: int) -> None:
 
 def power_law_plot(x, y, fit: PowerLaw, path: Path, *, xlabel: str, ylabel: str, title: str = "") -> Path:
     """Points y(x) and the fitted power law on log-log axes, the exponent ± its error in the legend; x ticks at
-    the measured x (labelled as powers of 2 where they are)."""
+    the measured x (labelled as powers of 2 where they are); y labels at the decades, also at minor ticks when
+    y spans less than one."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     with styled():
         fig, (ax,) = new_figure()
@@ -104,7 +105,8 @@ def power_law_plot(x, y, fit: PowerLaw, path: Path, *, xlabel: str, ylabel: str,
         ax.plot(line, fit(line), "--", color="C1", label=f"fit: {fit.exponent_text()}")
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
         grid_ticks(ax.xaxis, x[np.isfinite(x)], 2)
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        if np.nanmax(y) >= 10 * np.nanmin(y):  # within one decade the minor ticks carry the only labels
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.legend()
         return save(fig, path)
 

@@ -5,6 +5,8 @@
 - T_c(P) when T and P vary with at least 2 values of P and N_PLATEAU + 1 values of T: T_c at the largest alpha
   (fits.critical_temperatures), the power law T_c ~ P^b, and the weight-change curves it comes from.
 Params that still vary within those cells (B, optimizer, ...) split the figures, one per value.
+- The perceptron's P exponent when data.chi and P vary and ||w - w0|| (weight_delta) is recorded: the fitted b of
+  ||w - w0|| ~ P^b per (chi, T) next to 1/(1+chi), and ||w - w0|| / T against P (analysis.perceptron).
 - Curvature (analysis.curvature), each only when the records hold what it needs: sharpness trajectories against
   2/lr, end-of-training lambda_max against B, the mini-batch ratio E[lambda_max(H_B)] / lambda_max(H), the
   largest stable lr against B per optimizer with fitted slopes, spectral densities, Wu & Su's stability
@@ -28,6 +30,7 @@ from sgdlab.analysis.curvature import curvature_sections
 from sgdlab.analysis.fits import FACTOR, N_PLATEAU, critical_temperatures, fit_power_law
 from sgdlab.analysis.frames import (aggregate, grid_axes, key_columns, missing_trials, param_columns, swept_columns,
                                     trial_frame)
+from sgdlab.analysis.perceptron import CHI, MIN_P, exponent_plot, norm_plot, p_exponents
 from sgdlab.analysis.phase import phase_diagram
 from sgdlab.analysis.probes import probe_frame
 from sgdlab.tracking.query import RunRecord
@@ -157,6 +160,27 @@ def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path) 
     return lines, figures
 
 
+def _perceptron_exponents(frame: pd.DataFrame, swept: list[str], out_dir: Path) -> tuple[list[str], Figures]:
+    if not ({CHI, "P"} <= set(swept) and "weight_delta" in frame):
+        return [], []
+    table = p_exponents(frame)
+    if table.empty:
+        return [f"- P exponent of ||w - w0||: not fitted (no seed has converged runs at {MIN_P} or more P)."], []
+    table.to_csv(out_dir / "p_exponents.csv", index=False)
+    lines = ["", "Perceptron: b in ||w - w0|| ~ P^b at fixed chi and T, fitted per seed on the converged runs "
+                 f"(at least {MIN_P} P), mean ± s.e. over seeds, next to the claim 1/(1+chi) "
+                 "([p_exponents.csv](p_exponents.csv)):", "",
+             "| chi | 1/(1+chi) | T | b | seeds | P values |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {plots.number(r.chi)} | {r.claim:.3g} | {plots.number(r.T)} | {r.exponent:.3g}"
+              + (f" ± {r.exponent_se:.2g}" if np.isfinite(r.exponent_se) else "") + f" | {r.n_seeds} | {r.n_P} |"
+              for r in table.itertuples()]
+    figures = [(exponent_plot(table, out_dir / "p_exponent_vs_chi.png"),
+                "the fitted P exponent of ||w - w0|| against 1/(1+chi), one colour per T"),
+               (norm_plot(frame, out_dir / "norm_vs_P.png"),
+                "||w - w0|| / T against P, one panel per chi, one line per T (converged runs)")]
+    return lines, figures
+
+
 def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes: list[RunRecord] | None = None,
                  histories: dict | None = None, densities: dict | None = None) -> Report:
     """Write out_dir/summary.csv, out_dir/summary.md and the figures of the sweep's runs.
@@ -176,7 +200,7 @@ def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes:
     findings: list[str] = []
     tables: Figures = []
     if len(frame):
-        for section in (_phase_diagrams, _critical_temperature):
+        for section in (_phase_diagrams, _critical_temperature, _perceptron_exponents):
             lines, drawn = section(frame, swept, out_dir)
             findings += lines
             figures += drawn

@@ -29,7 +29,8 @@ class Loss:
         if self.name == "cross_entropy":
             return nnf.cross_entropy(F, y, reduction="none")
         if self.name == "mse":
-            return 0.5 * ((F - nnf.one_hot(y, F.shape[1]).to(F.dtype)) ** 2).sum(dim=1)
+            onehot = (y[:, None] == torch.arange(F.shape[1], device=y.device)).to(F.dtype)  # vmap-safe one_hot
+            return 0.5 * ((F - onehot) ** 2).sum(dim=1)
         raise ValueError(f"loss.name: unknown loss {self.name!r}")
 
     def mean(self, F: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
