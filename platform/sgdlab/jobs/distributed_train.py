@@ -21,10 +21,9 @@ import time
 import torch
 import torch.distributed as dist
 
+from sgdlab.jobs.probe import trajectory_hook
 from sgdlab.jobs.train import fault_hook, take_over
 from sgdlab.probes.distributed import DistributedCurvatureOperator, shard_data
-from sgdlab.probes.lanczos import top_eigenpairs
-from sgdlab.probes.trace import hutchinson
 from sgdlab.tracking import tags
 from sgdlab.tracking.store import SweepHandle
 from sgdlab.tracking.writer import TrialRun
@@ -98,15 +97,8 @@ def run_distributed_train(config: dict, handle: SweepHandle, *, trial_id: str, a
     try:
         on_params, params_every = lambda step, params: None, config["probe"]["every"]
         if params_every:
-            problem, pcfg = build_problem(config, device), config["probe"]
-
-            def on_params(step: int, params: dict) -> None:
-                op = distributed_operator(problem, params, pcfg)
-                top = top_eigenpairs(op, k=1, tol=pcfg["tol"], seed=pcfg["seed"])
-                metrics = {"sharpness": float(top.eigenvalues[0])}
-                if pcfg["trace_every"] and pcfg["trace_samples"]:
-                    metrics["hessian_trace"] = hutchinson(op, pcfg["trace_samples"], seed=pcfg["seed"]).mean
-                on_log(step, metrics)
+            on_params = trajectory_hook(build_problem(config, device), config["probe"], on_log,
+                                        make_operator=distributed_operator)
 
         result = train(config, on_log=on_log, on_step=on_step, on_checkpoint=on_checkpoint, resume=snapshot,
                        on_params=on_params, params_every=params_every, device=device)

@@ -49,10 +49,14 @@ def description_tags(op: CurvatureOperator) -> dict[str, str]:
             "sgdlab.hvp_method": d["method"], "sgdlab.probe_dtype": d["dtype"]}
 
 
-def trajectory_hook(problem: Problem, pcfg: dict, log) -> callable:
-    """on_params callback: sharpness (and optionally hessian_trace) of the current parameters, logged at step."""
+def trajectory_hook(problem: Problem, pcfg: dict, log, make_operator=None) -> callable:
+    """on_params callback: sharpness (and optionally hessian_trace) of the current parameters, logged at step.
+    make_operator(problem, params, pcfg): the curvature operator (default `operator`; a multi-worker trial passes
+    its distributed one)."""
+    make_operator = make_operator or operator
+
     def hook(step: int, params: dict) -> None:
-        op = operator(problem, params, pcfg)
+        op = make_operator(problem, params, pcfg)
         top = top_eigenpairs(op, k=1, tol=pcfg["tol"], seed=pcfg["seed"])
         metrics = {"sharpness": float(top.eigenvalues[0])}
         if pcfg["trace_every"] and pcfg["trace_samples"]:
