@@ -1,11 +1,16 @@
 """The MLflow store of a sweep: the sweep's experiment and its parent run. `open_sweep` is what the
 driver calls before any worker starts: it creates the database, the experiment (named after the sweep) and
 the sweep run that every trial run is nested under.
+
+SQLite stores run in write-ahead-log mode with synchronous=NORMAL: a commit appends to the log without waiting
+for the disk, which halves the cost of MLflow's many small transactions (several per log_batch). The database
+stays consistent if a process dies; a power cut may lose the last commits (sgdlab then sees a stale run).
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 from dataclasses import dataclass, field
 
@@ -13,6 +18,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no dow
 
 from mlflow.entities import ViewType  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from sqlalchemy import event  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
 
 from sgdlab import paths  # noqa: E402
 from sgdlab.tracking import tags  # noqa: E402
@@ -42,6 +49,20 @@ class SweepHandle:
     sweep_run_id: str
     sweep: str
     run_tags: dict[str, str] = field(default_factory=dict)  # added to every trial run (git state)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_write_ahead_log(dbapi_connection, _record) -> None:
+    """Every SQLite connection MLflow opens: WAL journal (kept in the file once set), synchronous=NORMAL."""
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError:  # locked by a writer: another connection has set it (or will)
+        pass
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def client(uri: str) -> MlflowClient:

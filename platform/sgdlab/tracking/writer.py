@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried
@@ -41,6 +42,8 @@ class TrialRun:
                     tags.HEARTBEAT: f"{time.time():.3f}", **handle.run_tags, **(extra_tags or {})}
         run = retried(lambda: self.mlflow.create_run(handle.experiment_id, run_name=run_name, tags=run_tags))
         self.run_id = run.info.run_id
+        # Artifacts go straight to the run's artifact location (MlflowClient would first read the run back).
+        self.artifacts = get_artifact_repository(run.info.artifact_uri, tracking_uri=handle.uri)
         self.last_write = time.monotonic()
         params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in tags.flatten(config).items()]
         for i in range(0, len(params), 100):
@@ -69,7 +72,7 @@ class TrialRun:
         self.last_write = time.monotonic()
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        retried(lambda: self.mlflow.log_text(self.run_id, text, artifact_file))
+        self.log_bytes(text.encode(), artifact_file)
 
     def log_bytes(self, data: bytes, artifact_file: str) -> None:
         """Write bytes as an artifact (for example a checkpoint), replacing an earlier one of the same name."""
@@ -77,7 +80,7 @@ class TrialRun:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             path.write_bytes(data)
-            retried(lambda: self.mlflow.log_artifact(self.run_id, str(path), folder or None))
+            retried(lambda: self.artifacts.log_artifact(str(path), folder or None))
 
     def finish(self, outcome: str, check_duplicates: bool = True) -> str:
         """End FINISHED with an outcome; returns the status written.
