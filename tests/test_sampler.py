@@ -2,7 +2,7 @@
 
 import torch
 
-from sgdlab.training.sampler import batch_indices, mix32
+from sgdlab.training.sampler import batch_indices
 
 
 def test_batches_are_distinct_in_range_and_independent_of_the_other_members():
@@ -25,7 +25,3 @@ def test_every_point_is_drawn_equally_often():
     pairs = torch.bincount((idx[:, 0] * 40 + idx[:, 1]), minlength=1600)
     assert int(pairs.max()) < 200  # no pair of positions is tied to the other: E = 20,000 / 780 ~ 26 per pair
 
-
-def test_mixer_is_a_bijection_on_a_sample():
-    x = torch.arange(1 << 20)
-    assert len(torch.unique(mix32(x))) == 1 << 20

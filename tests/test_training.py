@@ -41,7 +41,7 @@ def test_hinge_gradient_on_unfitted_points_does_not_depend_on_alpha(model):
     cfg = {"name": model, "depth": 2, "width": 16, "channels": 4, "activation": "tanh"}
     module = models.build(cfg, (1, 4, 4), 1)
     f = models.network(module)
-    params0 = models.init_params(module, 0, torch.float64)
+    params0 = {k: v[0] for k, v in models.init_params(module, [0], torch.float64).items()}
     params = {k: v + 1e-4 * torch.randn_like(v) for k, v in params0.items()}
     x, y = torch.randn(6, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0])
     grads = []

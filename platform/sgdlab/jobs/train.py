@@ -92,20 +92,10 @@ def device_for(resources: dict) -> str:
 
 def member_bytes(problem: Problem, batch_size: int) -> int:
     """Memory of one pack member: parameters, gradient, two optimizer moments and a spare copy (6x), f(w0, x)
-    on both sets, and the tensors a batch saves for backward (measured on one example)."""
-    saved = 0
-
-    def count(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += tensor.numel()
-        return tensor
-
-    params = {k: v.detach().requires_grad_() for k, v in problem.params0.items()}
-    with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
-        problem.f(params, problem.data.x_train[:1])
-    n_params = sum(p.numel() for p in params.values())
+    on both sets, and the activations a batch saves for backward."""
+    n_params = sum(p.numel() for p in problem.params0.values())
     f0 = problem.f0_train.numel() + problem.f0_test.numel()
-    return problem.f0_train.element_size() * (6 * n_params + f0 + batch_size * saved)
+    return problem.f0_train.element_size() * (6 * n_params + f0 + batch_size * problem.saved_per_example())
 
 
 def memory_budget(device: str) -> int:

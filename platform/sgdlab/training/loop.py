@@ -30,12 +30,13 @@ from typing import Callable
 import torch
 from torch.func import grad_and_value, vmap
 
-from sgdlab.training import optim
+from sgdlab.training import models, optim
 from sgdlab.training.sampler import batch_indices
 from sgdlab.training.losses import Loss
-from sgdlab.training.problem import build_problem, centred, load_data
+from sgdlab.training.problem import DTYPES, build_problem, centred, load_data
 
-EVAL_ROWS = 65536  # member x example rows per evaluation chunk: bounds the memory of full-set metrics
+# Memory of the activations of one evaluation chunk (members x examples) of full-set outputs and metrics.
+EVAL_BYTES = {"cpu": 1 << 27, "cuda": 1 << 30}
 
 
 def _noop(*args) -> None:
@@ -102,8 +103,9 @@ def _take(tree, rows):
 
 
 def _per_member(fn):
-    """fn vmapped over the leading (member) dimension of its arguments, the first a tensor. A pack of one calls fn directly: the
-    same operations without vmap's cost per call (about a millisecond, as much as a small model's step)."""
+    """fn vmapped over the leading (member) dimension of its arguments, the first a tensor. A pack of one calls
+    fn directly: the same operations without vmap's cost per call (about a millisecond, as much as a small
+    model's step)."""
     batched = vmap(fn)
 
     def call(*args):
@@ -121,29 +123,35 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
     cfg = members[0].cfg
     tcfg, loss_name, batch_size = cfg["train"], cfg["loss"]["name"], cfg["data"]["batch_size"]
     data = load_data(cfg, device)
-    problems = [build_problem(m.cfg, device, data, initial_outputs=False) for m in members]
-    f, n_train, dtype = problems[0].f, len(data.x_train), problems[0].params0[next(iter(problems[0].params0))].dtype
+    problem = build_problem(cfg, device, data, initial_outputs=False)  # the network the members share
+    f, n_train, dtype = problem.f, len(data.x_train), DTYPES[tcfg["dtype"]]
     optimizer = optim.build(cfg["optim"])
     log_every, checkpoint_every, params_every = tcfg["log_every"], tcfg["checkpoint_every"], members[0].params_every
+    eval_rows = EVAL_BYTES.get(torch.device(device).type, EVAL_BYTES["cpu"]) // (
+        data.x_train.element_size() * problem.saved_per_example())  # member x example rows per chunk
 
     # The pack: per-member tensors stacked along dim 0, in the order of `live` (the members still training).
+    # Initial parameters and optimizer states are made at once for all members (a member's initial parameters
+    # depend on its seed only); resumed members then take their snapshots' values.
+    per_member = lambda key: [m.cfg[key[0]][key[1]] if len(key) == 2 else m.cfg[key[0]] for m in members]  # noqa
+    params0 = models.init_params(problem.module, per_member(("seed",)), dtype, device)
+    params, state = _map(torch.clone, params0), _per_member(optimizer.init)(params0)
     steps, t = [0] * len(members), [0.0] * len(members)
-    params, states = [p.params0 for p in problems], [optimizer.init(p.params0) for p in problems]
     for i, m in enumerate(members):
         if m.resume is not None:
-            params[i], states[i], steps[i], t[i] = (m.resume[k] for k in ("params", "opt_state", "steps", "t"))
-    per_member = lambda key: [m.cfg[key[0]][key[1]] if len(key) == 2 else m.cfg[key[0]] for m in members]  # noqa
-    alpha, params0 = torch.tensor(per_member(("model", "alpha")), dtype=dtype, device=device), _stack(
-        [p.params0 for p in problems])
+            _map(lambda stacked, saved: stacked[i].copy_(saved), (params, state),
+                 (m.resume["params"], m.resume["opt_state"]))
+            steps[i], t[i] = m.resume["steps"], m.resume["t"]
+    alpha = torch.tensor(per_member(("model", "alpha")), dtype=dtype, device=device)
 
     def initial_outputs(x: torch.Tensor) -> torch.Tensor:
         """f(w0_m, x) for every member m (zero when model.center is false): F is centred on it."""
-        chunk, scale = max(1, EVAL_ROWS // len(members)), 1.0 if cfg["model"]["center"] else 0.0
+        chunk, scale = max(1, eval_rows // len(members)), 1.0 if cfg["model"]["center"] else 0.0
         with torch.no_grad():
             return scale * torch.cat([_per_member(lambda a, p: f(p, x[i:i + chunk]))(alpha, params0)
                                       for i in range(0, len(x), chunk)], dim=1)
 
-    pack = {"params": _stack(params), "state": _stack(states), "params0": params0, "alpha": alpha,
+    pack = {"params": params, "state": state, "params0": params0, "alpha": alpha,
             "lr": torch.tensor(per_member(("optim", "lr")), dtype=dtype, device=device),
             "f0_train": initial_outputs(data.x_train), "f0_test": initial_outputs(data.x_test),
             "seed": torch.tensor(per_member(("seed",)), device=device),
@@ -169,7 +177,7 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
     def set_metrics(rows: list[int], x, y, f0_key: str) -> list[dict[str, float]]:
         """Loss, error, unfitted count and minimum margin on a whole set, for the members at `rows`."""
         sub = _take({k: pack[k] for k in ("params", "alpha", f0_key)}, rows)
-        chunk = max(1, EVAL_ROWS // len(rows))
+        chunk = max(1, eval_rows // len(rows))
         with torch.no_grad():
             F = torch.cat([_per_member(lambda a, p, f0: centred(f, p, x[i:i + chunk], f0[i:i + chunk], a))(
                 sub["alpha"], sub["params"], sub[f0_key]) for i in range(0, len(x), chunk)], dim=1)
@@ -205,14 +213,15 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
         need = [r for r in rows if stops[r][1] is None]
         fresh = dict(zip(need, metrics(need))) if need else {}
         at = dict(zip(rows, _take(pack["step"], rows).tolist()))
-        for r in rows:
+        final_params = _map(lambda x: x.cpu(), _take(pack["params"], rows))  # one transfer for all of them
+        for j, r in enumerate(rows):
             i, (outcome, logged, error) = live[r], stops[r]
             final = logged or fresh[r]
             if outcome not in ("diverged", "error") and bad(final["train_loss"]):
                 outcome = "diverged"
             if logged is None and (at[r] == 0 or at[r] % log_every != 0):
                 members[i].on_log(at[r], final)  # otherwise these metrics were just logged
-            results[i] = Result(outcome, at[r], final, _take(pack["params"], r), error)
+            results[i] = Result(outcome, at[r], final, _map(lambda x: x[j].clone(), final_params), error)
             members[i].on_end(results[i])
         keep = [r for r in range(len(live)) if r not in stops]
         pack, live = _take(pack, keep), [live[r] for r in keep]

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from sgdlab.training import counter_random
+
 ACTIVATIONS = {
     "relu": torch.relu,
     "tanh": torch.tanh,
@@ -116,11 +118,14 @@ def build(cfg: dict, input_shape: tuple[int, ...], n_out: int) -> nn.Module:
     raise ValueError(f"model.name: unknown model {cfg['name']!r}")
 
 
-def init_params(module: nn.Module, seed: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> dict:
-    """Parameter dict with every weight N(0, 1), drawn from a generator seeded by `seed`."""
-    gen = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(p.shape, generator=gen, dtype=torch.float64).to(device, dtype)
-            for name, p in module.named_parameters()}
+def init_params(module: nn.Module, seeds: list[int], dtype: torch.dtype, device: torch.device | str = "cpu"
+                ) -> dict:
+    """Parameters of len(seeds) copies of the network stacked along dim 0, every weight N(0, 1): parameter
+    tensor j of the copy with seed s holds counter_random.normal(s, stream=j), drawn in float64 and rounded to
+    dtype. A network's weights depend on its seed only (alone or in a pack, on any device)."""
+    keys = torch.tensor(seeds, dtype=torch.int64, device=device)
+    return {name: counter_random.normal(keys, j, p.numel()).reshape(len(seeds), *p.shape).to(dtype)
+            for j, (name, p) in enumerate(module.named_parameters())}
 
 
 def network(module: nn.Module):

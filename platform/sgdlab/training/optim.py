@@ -34,9 +34,10 @@ class Adam:
     eps: float
 
     def init(self, params: Params) -> dict:
-        zeros = {k: torch.zeros_like(p) for k, p in params.items()}
         first = next(iter(params.values()))  # the step count is a tensor so that it can be stacked and vmapped
-        return {"m": zeros, "v": dict(zeros), "t": torch.zeros((), dtype=first.dtype, device=first.device)}
+        return {"m": {k: torch.zeros_like(p) for k, p in params.items()},
+                "v": {k: torch.zeros_like(p) for k, p in params.items()},  # own tensors: a resume writes into them
+                "t": torch.zeros((), dtype=first.dtype, device=first.device)}
 
     def update(self, params: Params, grads: Params, state: dict) -> tuple[Params, dict]:
         t = state["t"] + 1

@@ -39,6 +39,23 @@ class Problem:
     def batch_loss(self, F: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.loss.mean(F, batch[1])
 
+    def saved_per_example(self) -> int:
+        """Elements of the tensors that the forward pass saves for backward per example (its activations: the
+        difference between passes on two examples and on one, which both also save the weights): the memory
+        per example of a batch in training or of a chunk of an evaluation."""
+        params = {k: v.detach().requires_grad_() for k, v in self.params0.items()}
+        saved = []
+        for n in (1, 2):
+            saved.append(0)
+
+            def count(tensor: torch.Tensor) -> torch.Tensor:
+                saved[-1] += tensor.numel()
+                return tensor
+
+            with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+                self.f(params, self.data.x_train[:n])
+        return max(1, saved[1] - saved[0])
+
     def train_batch(self, idx: torch.Tensor) -> Batch:
         return self.data.x_train[idx], self.data.y_train[idx], self.f0_train[idx]
 
@@ -67,7 +84,7 @@ def build_problem(cfg: dict, device: str = "cpu", data: datasets.Dataset | None 
     data = load_data(cfg, device) if data is None else data
     loss = Loss(cfg["loss"]["name"], cfg["model"]["alpha"])
     module = models.build(cfg["model"], data.input_shape, loss.n_outputs(data.n_classes))
-    params0 = models.init_params(module, cfg["seed"], dtype, device)
+    params0 = {k: v[0] for k, v in models.init_params(module, [cfg["seed"]], dtype, device).items()}
     f = models.network(module)
     if not initial_outputs:
         return Problem(data, loss, module, params0, None, None)
