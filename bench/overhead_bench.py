@@ -1,14 +1,16 @@
 """Cost of the platform around the training, measured side by side in one run.
 
 1. A sweep of 32 trials of about 2 s of compute each, and one of 200 tiny trials, through the real scheduler
-   (Ray tasks, MLflow on SQLite): wall time against the trials' own time (the `wall_time` metric each job
-   records) divided by the workers, with Ray's start-up timed apart (connect, and every worker process started
-   with torch and mlflow imported: runtime.warm_up, which `sgdlab sweep` also runs). The 200 tiny trials run
-   twice: one trial per task (exec.pack=off) and packed as `sgdlab sweep` packs them by default
-   (exec.pack=auto: 200 same-shape trials make one pack per worker); both are compared with the unpacked
-   trials' own compute.
+   (Ray tasks, MLflow on SQLite): wall time against the trials' own compute divided by the workers, with Ray's
+   start-up timed apart (connect, and every worker process started with torch and mlflow imported:
+   runtime.warm_up, which `sgdlab sweep` also runs). A trial's own compute is the time of training/loop.py
+   train() on its config, no Ray, no MLflow, one thread, in as many processes at once as there are workers
+   (the cores are shared as in the sweep): all 200 tiny trials; 4 per worker of the 32 same-shape 2 s
+   trials, scaled to 32. The 200 tiny trials run twice: one trial per task (exec.pack=off) and packed as
+   `sgdlab sweep` packs them by default (exec.pack=auto: 200 same-shape trials make one pack per worker).
 2. MLflow metric values written per second: sgdlab's batched writer vs one log_metric call per value.
-3. The share of a trial's time spent logging (train.log_every=10, every value written through TrialRun).
+3. The share of a trial's time spent logging (every value written through TrialRun, and ending the run), at
+   the default train.log_every = 100 and at 10x that rate.
 
 Goals: sweep wall <= 1.2 x compute / workers (+ Ray start-up); >= 5,000 values/s; logging < 5% of a trial.
 Run: .venv/bin/python bench/overhead_bench.py [--workers 2]
@@ -17,6 +19,7 @@ Run: .venv/bin/python bench/overhead_bench.py [--workers 2]
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import tempfile
 import time
@@ -55,16 +58,38 @@ def calibrate_steps(target_s: float) -> int:
     return max(100, int((target_s - times[200] + 200 * per_step) / per_step))
 
 
-def sweep_overhead(uri: str, name: str, overrides: list[str], workers: int, compute: float | None = None) -> dict:
-    """Run the trials as `sgdlab sweep` does; compute: the trials' own time (default: their wall_time metrics,
-    which for packed members is not their own)."""
-    trials = expand(overrides)
+def _time_trials(configs: list[dict]) -> list[float]:
+    """Seconds each config takes to train here (after a warm-up: the data set's first load is not a trial's)."""
+    import torch
+
+    torch.set_num_threads(1)
+    train(configs[0])
+    times = []
+    for cfg in configs:
+        started = time.perf_counter()
+        train(cfg)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def own_compute(trials: list, workers: int, sample: int | None = None) -> float:
+    """The trials' own compute: seconds of training/loop.py train() on their configs, no Ray, no MLflow, in
+    `workers` processes at once (one thread each), so that it is measured under the same sharing of the cores
+    as in the sweep. With `sample`, that many trials stand for all (trials of one shape and step count)."""
+    configs = [t.config for t in (trials[:sample] if sample else trials)]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        times = [t for part in pool.map(_time_trials, [configs[i::workers] for i in range(workers)]) for t in part]
+    return sum(times) * len(trials) / len(configs)
+
+
+def sweep_overhead(uri: str, name: str, trials: list, workers: int, compute: float) -> dict:
+    """Run the trials as `sgdlab sweep` does and compare the wall time with their own compute / workers."""
     handle = open_sweep(uri, name)
     jobs = pack_jobs([TrialJob(t.trial_id, t.config, 1, t.trial_id) for t in trials], workers)
     started = time.perf_counter()
     run_trials(jobs, handle, max_in_flight=2 * workers)
     wall = time.perf_counter() - started
-    compute = compute or sum(r.metrics["wall_time"] for r in sweep_runs(uri, name))
+    assert sum(r.status == "FINISHED" for r in sweep_runs(uri, name)) == len(trials)
     return {"sweep": name, "trials": len(trials), "wall_s": wall, "compute_s": compute,
             "ideal_s": compute / workers, "ratio": wall / (compute / workers)}
 
@@ -87,16 +112,17 @@ def metric_throughput(uri: str) -> dict:
     return {"batched_values_per_s": batched, "one_by_one_values_per_s": one_by_one}
 
 
-def logging_share(uri: str, steps: int) -> dict:
-    cfg = Composer()(BASE + [f"train.max_steps={steps}", "train.log_every=10"])
-    handle = open_sweep(uri, "logging")
+def logging_share(uri: str, steps: int, log_every: int) -> dict:
+    cfg = Composer()(BASE + [f"train.max_steps={steps}", f"train.log_every={log_every}"])
+    handle = open_sweep(uri, f"logging every {log_every}")
     run = TrialRun(handle, "log", cfg, attempt=1, run_name="logging share")
-    spent = [0.0]
+    spent, values = [0.0], [0]
 
     def timed(step, metrics):
         t0 = time.perf_counter()
         run.log_metrics(step, metrics)
         spent[0] += time.perf_counter() - t0
+        values[0] += len(metrics)
 
     started = time.perf_counter()
     train(cfg, on_log=timed)
@@ -104,7 +130,8 @@ def logging_share(uri: str, steps: int) -> dict:
     run.finish("max_steps", check_duplicates=False)  # as a job does on a trial's first run
     spent[0] += time.perf_counter() - t0
     total = time.perf_counter() - started
-    return {"trial_s": total, "logging_s": spent[0], "share": spent[0] / total}
+    return {"log_every": log_every, "values": values[0], "trial_s": total, "logging_s": spent[0],
+            "share": spent[0] / total}
 
 
 def main() -> None:
@@ -115,20 +142,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         steps = calibrate_steps(args.trial_seconds)
+        big_trials = expand(BASE + [f"train.max_steps={steps}", "seed=range(32)", "exec.pack=off"])
+        tiny_trials = expand(TINY + ["seed=range(200)", "exec.pack=off"])
+        big_compute = own_compute(big_trials, args.workers, sample=4 * args.workers)
+        tiny_compute = own_compute(tiny_trials, args.workers)
         t0 = time.perf_counter()
         runtime.connect({"address": None, "num_cpus": args.workers, "dashboard": False})
         runtime.warm_up()
         startup = time.perf_counter() - t0
         try:
-            big = sweep_overhead(uri, "two_seconds", BASE + [f"train.max_steps={steps}", "seed=range(32)",
-                                                             "exec.pack=off"], args.workers)
-            tiny = sweep_overhead(uri, "tiny", TINY + ["seed=range(200)", "exec.pack=off"], args.workers)
-            packed = sweep_overhead(uri, "tiny packed", TINY + ["seed=range(200)"], args.workers,
-                                    compute=tiny["compute_s"])
+            big = sweep_overhead(uri, "two_seconds", big_trials, args.workers, big_compute)
+            tiny = sweep_overhead(uri, "tiny", tiny_trials, args.workers, tiny_compute)
+            packed = sweep_overhead(uri, "tiny packed", expand(TINY + ["seed=range(200)"]), args.workers,
+                                    tiny_compute)
         finally:
             runtime.shutdown()
         throughput = metric_throughput(uri)
-        share = logging_share(uri, steps)
+        shares = [logging_share(uri, steps, every) for every in (100, 10)]
 
     print(f"\nsgdlab platform overhead ({args.workers} workers, Ray start-up {startup:.1f} s, "
           f"{steps} steps ~ {args.trial_seconds:.0f} s per trial)\n")
@@ -138,15 +168,15 @@ def main() -> None:
               f"{row['ideal_s']:>17.1f}{row['ratio']:>8.2f}  <= 1.2")
     for row in (tiny, packed):
         print(f"per-trial platform cost, {row['sweep']}: "
-              f"{(row['wall_s'] - row['ideal_s']) / row['trials'] * args.workers * 1000:.0f} ms of worker time")
-    print("(the compute of 'tiny packed' is that of the same trials unpacked: a packed member's wall_time is its "
-          "pack's)")
+              f"{(row['wall_s'] - row['ideal_s']) / row['trials'] * args.workers * 1000:.0f} ms of worker time "
+              f"(a trial's own compute: {row['compute_s'] / row['trials'] * 1000:.0f} ms)")
     print(f"MLflow on SQLite: batched writer {throughput['batched_values_per_s']:,.0f} values/s (goal >= 5,000), "
           f"one call per value {throughput['one_by_one_values_per_s']:,.0f} values/s "
           f"(batched / one-by-one = {throughput['batched_values_per_s'] / throughput['one_by_one_values_per_s']:.0f}x)")
-    print(f"logging share of a {share['trial_s']:.1f} s trial logging every 10 steps: "
-          f"{100 * share['share']:.2f}% (goal < 5%); {1000 * share['logging_s']:.0f} ms per trial in all, "
-          f"{100 * share['logging_s'] / args.trial_seconds:.1f}% of a {args.trial_seconds:.0f} s trial")
+    for share in shares:
+        print(f"logging share of a {share['trial_s']:.1f} s trial, train.log_every={share['log_every']} "
+              f"({share['values']} values): {100 * share['share']:.2f}% (goal < 5%), "
+              f"{1000 * share['logging_s']:.0f} ms in all")
 
 
 if __name__ == "__main__":

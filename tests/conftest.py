@@ -1,10 +1,14 @@
-"""Shared fixtures: the repository's conf/, tiny sweep files in a temporary sweeps folder, the sgdlab command."""
+"""Shared fixtures: the repository's conf/, tiny sweep files in a temporary sweeps folder, the sgdlab command,
+and one Ray head for the end-to-end tests."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,46 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SGDLAB = [sys.executable, "-m", "sgdlab.cli"]
+RAY_SOFT_LIMIT = 6  # idle workers the head keeps (test_sweep_miniatures runs 3 sweeps at a time)
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """(driver environment, GCS address) of a Ray head with 2 CPUs, started once for the session's end-to-end
+    tests (a local Ray per `sgdlab sweep` costs ~6 s to start and stop) and stopped by process id: never
+    `ray stop`, which would stop every Ray on the machine. Its processes carry a token of their own."""
+    from cluster.cluster_helpers import RayNode, free_ports, kill, with_env_value
+
+    token = secrets.token_hex(32)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+           "SGDLAB_SHIP_PACKAGE": "0",  # the head's workers import this checkout's sgdlab already
+           # keep idle workers of sweeps running side by side (by default Ray keeps as many as CPUs and kills
+           # the others' workers, which then start again, importing torch and mlflow, for their next task)
+           "RAY_num_workers_soft_limit": str(RAY_SOFT_LIMIT)}
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "SGDLAB_SWEEPS_DIR"):
+        env.pop(key, None)
+    gcs, agent = free_ports(2)
+    temp = Path(tempfile.mkdtemp(prefix="sgray", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
+    head = RayNode("head", env, ["--head", f"--port={gcs}", f"--dashboard-agent-listen-port={agent}",
+                                 "--num-cpus=2", "--include-dashboard=false"], temp, tmp_path_factory.mktemp("ray"))
+    try:
+        head.wait_started()
+        yield env, f"127.0.0.1:{gcs}"
+    finally:
+        head.stop()
+        kill(with_env_value(token))  # workers a stopped raylet left behind
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_ray(ray_head, monkeypatch):
+    """`sgdlab` commands of this test join the session's Ray head (through RAY_ADDRESS) instead of starting
+    a local Ray each."""
+    env, address = ray_head
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED", "SGDLAB_SHIP_PACKAGE"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    return address
 
 
 @pytest.fixture

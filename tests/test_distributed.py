@@ -83,7 +83,7 @@ def test_stopping_rules_are_those_of_the_loop(overrides, one_thread):
     assert ours.metrics == pytest.approx(theirs.metrics, rel=1e-12, abs=1e-14)
 
 
-def test_sweep_with_two_workers_per_trial_matches_one_process(sweeps_dir, tmp_path, one_thread):
+def test_sweep_with_two_workers_per_trial_matches_one_process(sweeps_dir, tmp_path, one_thread, shared_ray):
     """One trial on 2 gloo workers (Ray Train TorchTrainer) through the real command on a 2-CPU local Ray (the
     launching task holds no CPU, the 2 workers take both), with the distributed sharpness and Hutchinson trace
     logged along training; everything recorded equals one process (training/loop.py, probes/ on the full data):

@@ -17,7 +17,7 @@ from sgdlab.sweep.expand import expand
 
 from conftest import SGDLAB, TINY, mlflow_runs, run_sgdlab, status_json
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray head
 
 
 def test_sweep_records_every_trial_and_skips_finished_ones(sweeps_dir, tmp_path):

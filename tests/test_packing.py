@@ -114,7 +114,7 @@ def test_pack_jobs_groups_by_shape_and_respects_exec(composer):
 
 
 @pytest.mark.slow
-def test_packed_sweep_equals_unpacked_survives_a_killed_worker_and_resubmits(sweeps_dir, tmp_path):
+def test_packed_sweep_equals_unpacked_survives_a_killed_worker_and_resubmits(sweeps_dir, tmp_path, shared_ray):
     """TINY (4 trials) in float64: packed with the worker SIGKILLed at step 30 of the seed-1 members (Ray
     retries the pack; all four members, which run 200 steps, resume from their step-20 checkpoints) against unpacked; then a raised fault
     in a packed sweep fails only the seed-1 members, and resubmit finishes them."""

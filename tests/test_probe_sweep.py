@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO, mlflow_runs, run_sgdlab
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray head
 
 PROBED = """
 overrides:

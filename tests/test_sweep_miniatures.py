@@ -3,9 +3,8 @@ end through the real `sgdlab sweep` (Ray, SQLite MLflow store) and `sgdlab repor
 
 Every sweep also expands through `sgdlab sweep NAME --dry-run`.
 
-The miniatures share one Ray head started by this module (2 CPUs, its own port, temp dir and auth token, stopped
-by process id; never `ray stop`, which would stop every Ray on the machine), joined with cluster.address:
-a local Ray per sweep would cost its start-up nine times. Three sweeps run at a time, each in its own folder with
+The miniatures share the session's Ray head (conftest.ray_head: 2 CPUs, its own port, temp dir and auth token),
+joined with cluster.address: a local Ray per sweep would cost its start-up nine times. Three sweeps run at a time, each in its own folder with
 its own store, one task at a time; the nine reports are made in one process. The overrides keep each sweep's
 meaning (what it varies and what its figure needs) and make it tiny: a few trials (one seed), tiny networks
 (width 8, 4 channels), P = 16..128 points, 20..2000 steps, probes on all of these points with 2..4 products or
@@ -15,18 +14,14 @@ batches. Why each value is there is said next to it.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from cluster.cluster_helpers import RayNode, free_ports, kill, with_env_value
 from conftest import REPO, SGDLAB, mlflow_runs
 
 pytestmark = pytest.mark.slow
@@ -81,30 +76,6 @@ MINIATURES = {
 PARALLEL = 3  # sweeps at a time: their drivers and worker start-ups overlap the others' training
 
 
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """(driver environment, GCS address) of a Ray head with 2 CPUs, started here and stopped by process id."""
-    token = secrets.token_hex(32)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-           "SGDLAB_SHIP_PACKAGE": "0",  # the head's workers import this checkout's sgdlab already
-           # keep every sweep's idle worker (by default Ray keeps as many as CPUs and kills the others' workers,
-           # which then start again, importing torch and mlflow, for their next task)
-           "RAY_num_workers_soft_limit": str(2 * PARALLEL)}
-    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "SGDLAB_SWEEPS_DIR"):
-        env.pop(key, None)
-    gcs, agent = free_ports(2)
-    temp = Path(tempfile.mkdtemp(prefix="sgmini", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
-    head = RayNode("head", env, ["--head", f"--port={gcs}", f"--dashboard-agent-listen-port={agent}",
-                                 "--num-cpus=2", "--include-dashboard=false"], temp, tmp_path_factory.mktemp("ray"))
-    try:
-        head.wait_started()
-        yield env, f"127.0.0.1:{gcs}"
-    finally:
-        head.stop()
-        kill(with_env_value(token))  # workers a stopped raylet left behind
-        shutil.rmtree(temp, ignore_errors=True)
-
-
 REPORTS = """
 import json, os, sys
 from typer.testing import CliRunner
@@ -120,10 +91,12 @@ print(json.dumps(results))
 
 def _empty_store(folder: Path) -> Path:
     """An MLflow SQLite store with its tables made: each sweep starts from a copy rather than creating its own
-    (creating one runs MLflow's schema migrations, seconds of CPU)."""
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    (creating one runs MLflow's schema migrations, seconds of CPU). Made in a process of its own, whose exit
+    folds SQLite's write-ahead log into the file, so that the file alone is the whole store."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    script = f"from sgdlab.tracking.store import client; client({uri!r}).search_experiments()"
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=120)
+    assert not (folder / "mlflow.db-wal").exists()
     return folder / "mlflow.db"
 
 

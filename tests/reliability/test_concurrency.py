@@ -21,7 +21,7 @@ axes:
 
 
 @pytest.mark.slow
-def test_200_trials_on_sqlite_all_finish_once(sweeps_dir, tmp_path):
+def test_200_trials_on_sqlite_all_finish_once(sweeps_dir, tmp_path, shared_ray):
     (sweeps_dir / "many.yaml").write_text(MANY)
     out = run_sgdlab("sweep", "many", "cluster.num_cpus=2", "resources.max_in_flight=8", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -11,7 +11,7 @@ from sgdlab.tracking.query import sweep_runs
 
 from conftest import SGDLAB, mlflow_runs, run_sgdlab, status_json
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray head
 
 SLOW = """
 overrides: [model.depth=2, model.width=32, data.n_train=256, data.batch_size=16, optim.temperature=0.001,

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import TINY, mlflow_runs, run_sgdlab, status_json
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray head
 
 
 def test_raise_is_recorded_then_resubmit_reruns_exactly_the_failed(sweeps_dir, tmp_path):

@@ -9,7 +9,7 @@ from sgdlab.training.loop import train
 
 from conftest import mlflow_runs, run_sgdlab, status_json
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray head
 
 LONG = """
 overrides: [model.depth=2, model.width=16, data.n_train=128, data.batch_size=8, optim.temperature=0.001,

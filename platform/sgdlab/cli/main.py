@@ -53,13 +53,13 @@ def trial_table(trials, title: str) -> Table:
 def execute(name: str, jobs: list, config: dict, uri: str, description: str = "") -> None:
     """Open the sweep's store, run the jobs on Ray, print the summary; exit 1 if any trial failed."""
     from sgdlab.orchestration.packing import pack_jobs
-    from sgdlab.orchestration.runtime import connect, shutdown, warm_up
+    from sgdlab.orchestration.runtime import address, connect, shutdown, warm_up
     from sgdlab.orchestration.scheduler import run_trials
     from sgdlab.tracking.store import open_sweep
 
     handle = open_sweep(uri, name, description)  # the database exists before any worker starts
     resources = connect(config["cluster"])
-    if not config["cluster"]["address"]:
+    if not address(config["cluster"]):
         warm_up()  # local workers import torch and mlflow once, before the first trial
     # After Ray's own handlers: SIGTERM (a batch scheduler, `kill`) stops like Ctrl-C, and Ctrl-C works even
     # where a shell started the driver with SIGINT ignored (background jobs).

@@ -1,7 +1,8 @@
 """Connecting to Ray: a local head on this machine (dashboard and usage stats off) or a running cluster.
 
-cluster.address null starts a local Ray with cluster.num_cpus CPUs (all by default) on a free port (this
-machine's 6379 belongs to Redis); "auto", "host:port" (a head's GCS) or "ray://host:10001" (Ray Client) joins an
+cluster.address null joins the cluster named by RAY_ADDRESS if that is set (as ray.init does; `ray job submit`
+sets it), else starts a local Ray with cluster.num_cpus CPUs (all by default) on a free port (this machine's
+6379 belongs to Redis); "auto", "host:port" (a head's GCS) or "ray://host:10001" (Ray Client) joins an
 existing cluster. The Ray dashboard stays off unless cluster.dashboard=true (it then binds to 127.0.0.1).
 
 Joining a cluster, the driver ships this checkout's `sgdlab` package to the workers with the job's runtime
@@ -23,9 +24,14 @@ import ray  # noqa: E402
 SHIP_PACKAGE = "SGDLAB_SHIP_PACKAGE"
 
 
+def address(cluster: dict) -> str | None:
+    """The cluster to join: cluster.address, else RAY_ADDRESS; None starts a local Ray."""
+    return cluster["address"] or os.environ.get("RAY_ADDRESS") or None
+
+
 def runtime_env(cluster: dict) -> dict | None:
     """The job's runtime environment: when joining a cluster, this sgdlab package as a py_module."""
-    if not cluster["address"] or os.environ.get(SHIP_PACKAGE, "1") == "0":
+    if not address(cluster) or os.environ.get(SHIP_PACKAGE, "1") == "0":
         return None
     import sgdlab
 
@@ -38,8 +44,8 @@ def connect(cluster: dict) -> dict[str, float]:
         kwargs = dict(include_dashboard=cluster["dashboard"], logging_level="WARNING", log_to_driver=False)
         if cluster["dashboard"]:
             kwargs["dashboard_host"] = "127.0.0.1"
-        if cluster["address"]:
-            ray.init(address=cluster["address"], runtime_env=runtime_env(cluster), **kwargs)
+        if address(cluster):
+            ray.init(address=address(cluster), runtime_env=runtime_env(cluster), **kwargs)
         else:
             ray.init(num_cpus=cluster["num_cpus"] or os.cpu_count(), **kwargs)
     return dict(ray.cluster_resources())
