@@ -5,9 +5,8 @@
    start-up timed apart (connect, and every worker process started with torch and mlflow imported:
    runtime.warm_up, which `sgdlab sweep` also runs). A trial's own compute is the time of training/loop.py
    train() on its config, no Ray, no MLflow, one thread, in as many processes at once as there are workers
-   (the cores are shared as in the sweep): all 200 tiny trials; 4 per worker of the 32 same-shape 2 s
-   trials, scaled to 32. The 200 tiny trials run twice: one trial per task (exec.pack=off) and packed as
-   `sgdlab sweep` packs them by default (exec.pack=auto: 200 same-shape trials make one pack per worker).
+   (the cores are shared as in the sweep). The 200 tiny trials run twice: one trial per task (exec.pack=off)
+   and packed as `sgdlab sweep` packs them by default (exec.pack=auto: one pack per worker).
 2. MLflow metric values written per second: sgdlab's batched writer vs one log_metric call per value.
 3. The share of a trial's time spent logging (every value written through TrialRun, and ending the run), at
    the default train.log_every = 100 and at 10x that rate.
@@ -72,14 +71,13 @@ def _time_trials(configs: list[dict]) -> list[float]:
     return times
 
 
-def own_compute(trials: list, workers: int, sample: int | None = None) -> float:
+def own_compute(trials: list, workers: int) -> float:
     """The trials' own compute: seconds of training/loop.py train() on their configs, no Ray, no MLflow, in
     `workers` processes at once (one thread each), so that it is measured under the same sharing of the cores
-    as in the sweep. With `sample`, that many trials stand for all (trials of one shape and step count)."""
-    configs = [t.config for t in (trials[:sample] if sample else trials)]
+    as in the sweep."""
+    configs = [t.config for t in trials]
     with mp.get_context("spawn").Pool(workers) as pool:
-        times = [t for part in pool.map(_time_trials, [configs[i::workers] for i in range(workers)]) for t in part]
-    return sum(times) * len(trials) / len(configs)
+        return sum(sum(part) for part in pool.map(_time_trials, [configs[i::workers] for i in range(workers)]))
 
 
 def sweep_overhead(uri: str, name: str, trials: list, workers: int, compute: float) -> dict:
@@ -144,7 +142,7 @@ def main() -> None:
         steps = calibrate_steps(args.trial_seconds)
         big_trials = expand(BASE + [f"train.max_steps={steps}", "seed=range(32)", "exec.pack=off"])
         tiny_trials = expand(TINY + ["seed=range(200)", "exec.pack=off"])
-        big_compute = own_compute(big_trials, args.workers, sample=4 * args.workers)
+        big_compute = own_compute(big_trials, args.workers)
         tiny_compute = own_compute(tiny_trials, args.workers)
         t0 = time.perf_counter()
         runtime.connect({"address": None, "num_cpus": args.workers, "dashboard": False})
