@@ -90,10 +90,6 @@ def _map(fn, tree, *others):
     return fn(tree, *others)
 
 
-def _stack(trees: list) -> dict:
-    return _map(lambda *xs: torch.stack([torch.as_tensor(x) for x in xs]), *trees)
-
-
 def _take(tree, rows):
     """Members at `rows` (a list) of a stacked tree, or one member (an int) as its own copy."""
     if isinstance(rows, int):
