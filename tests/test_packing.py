@@ -151,3 +151,30 @@ def test_packed_sweep_equals_unpacked_survives_a_killed_worker_and_resubmits(swe
     again = run_sgdlab("resubmit", "tiny", cwd=faulty)
     assert again.returncode == 0, again.stderr
     assert status_json(faulty, "tiny")["counts"]["finished"] == 4
+
+
+def test_ended_members_of_packs_in_flight_are_read_from_the_store(tmp_path):
+    """The progress bar's source: trials whose newest train run, started since the sweep command began, has
+    ended; runs of earlier commands, running runs and probe runs do not count."""
+    import time
+
+    from sgdlab.tracking.query import ended_since
+    from sgdlab.tracking.store import open_sweep
+    from sgdlab.tracking.writer import TrialRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    handle = open_sweep(uri, "progress")
+    before = TrialRun(handle, "old", {"seed": 0}, attempt=1, run_name="old")
+    before.finish("converged")
+    time.sleep(0.01)
+    since = int(time.time() * 1000)
+    runs = {name: TrialRun(handle, name, {"seed": 0}, attempt=1, run_name=name)
+            for name in ("done", "broken", "busy", "retried")}
+    runs["done"].finish("max_steps")
+    runs["broken"].fail(RuntimeError("boom"))
+    runs["retried"].fail(RuntimeError("worker lost"))
+    TrialRun(handle, "retried", {"seed": 0}, attempt=2, run_name="retried")  # its retry is running
+    TrialRun(handle, "probed", {"seed": 0}, attempt=1, run_name="probe", kind="probe").finish("done")
+    assert ended_since(uri, "progress", since) == {"done": "FINISHED", "broken": "FAILED"}
+    assert ended_since(uri, "no_such_sweep", since) == {}
+    assert ended_since("http://127.0.0.1:1", "progress", since) is None

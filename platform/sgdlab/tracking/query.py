@@ -111,6 +111,32 @@ def sweep_runs(uri: str, sweep: str, kind: str | None = "train") -> list[RunReco
     return [r for r in records if kind is None or r.kind == kind]
 
 
+def ended_since(uri: str, sweep: str, since_ms: int) -> dict[str, str] | None:
+    """trial_id: status (FINISHED, FAILED or KILLED) of the trials whose newest train run started at or after
+    since_ms (epoch milliseconds) and has ended: what a running sweep has done so far, for its progress bar.
+    One indexed query on a SQLite store; None for any other store (a server's search is not cheap)."""
+    path = sqlite_path(uri)
+    if path is None or not path.is_file():
+        return None
+
+    def read() -> list[tuple[str, str]]:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            return db.execute(
+                "SELECT trial.value, runs.status FROM runs "
+                "JOIN experiments ON experiments.experiment_id = runs.experiment_id "
+                "JOIN tags AS trial ON trial.run_uuid = runs.run_uuid AND trial.key = ? "
+                "JOIN tags AS kind ON kind.run_uuid = runs.run_uuid AND kind.key = ? AND kind.value = 'train' "
+                "WHERE experiments.name = ? AND experiments.lifecycle_stage = 'active' "
+                "AND runs.lifecycle_stage = 'active' AND runs.start_time >= ? ORDER BY runs.start_time",
+                (tags.TRIAL_ID, tags.KIND, sweep, since_ms)).fetchall()
+        finally:
+            db.close()
+
+    newest = dict(retried(read))  # later runs of a trial replace earlier ones
+    return {trial: status for trial, status in newest.items() if status in ("FINISHED", "FAILED", "KILLED")}
+
+
 def trial_state(runs: list[RunRecord], stale_after_s: float, now: float | None = None) -> str:
     """State of one trial from its runs (any order)."""
     if not runs:
