@@ -178,3 +178,33 @@ def test_ended_members_of_packs_in_flight_are_read_from_the_store(tmp_path):
     assert ended_since(uri, "progress", since) == {"done": "FINISHED", "broken": "FAILED"}
     assert ended_since(uri, "no_such_sweep", since) == {}
     assert ended_since("http://127.0.0.1:1", "progress", since) is None
+
+
+def test_packed_runs_share_their_packs_heartbeat(tmp_path):
+    """A pack refreshes one member's run for all (tag sgdlab.pack): a RUNNING member whose own heartbeat is old is
+    running while a run of its pack beats, and stale once none does; a run outside the pack keeps its own."""
+    import time
+
+    from sgdlab.tracking import tags
+    from sgdlab.tracking.query import by_trial, sweep_runs, trial_state
+    from sgdlab.tracking.store import client, open_sweep
+    from sgdlab.tracking.writer import TrialRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    handle = open_sweep(uri, "beats")
+    runs = [TrialRun(handle, f"m{i}", {"seed": i}, attempt=1, run_name=f"m{i}", heartbeat_s=None,
+                     extra_tags={tags.PACK: "pack-1"}) for i in range(3)]
+    alone = TrialRun(handle, "alone", {"seed": 9}, attempt=1, run_name="alone")
+    old = f"{time.time() - 600:.3f}"
+    for run in [*runs, alone]:
+        client(uri).set_tag(run.run_id, tags.HEARTBEAT, old)
+
+    def states():
+        trials = by_trial(sweep_runs(uri, "beats"))
+        return {trial: trial_state(records, stale_after_s=60) for trial, records in trials.items()}
+
+    assert states() == {"m0": "stale", "m1": "stale", "m2": "stale", "alone": "stale"}
+    runs[1].flush()  # the pack beats on one member's run
+    assert states() == {"m0": "running", "m1": "running", "m2": "running", "alone": "stale"}
+    runs[1].finish("converged")  # an ended member's last heartbeat still says the pack was alive then
+    assert states() == {"m0": "running", "m1": "finished", "m2": "running", "alone": "stale"}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +119,7 @@ def run_pack(configs: list[dict], handle: SweepHandle, *, trial_ids: list[str], 
     summaries: list[dict | None] = [None] * len(configs)
     members: list[Member] = []
     started = time.perf_counter()
+    pack_id = uuid.uuid4().hex if len(configs) > 1 else None  # this attempt of the pack (tag sgdlab.pack)
     for i, (config, trial_id) in enumerate(zip(configs, trial_ids)):
         took = take_over(handle, trial_id, attempts[i])
         if took.finished is not None:  # finished before this task's worker died
@@ -125,17 +127,18 @@ def run_pack(configs: list[dict], handle: SweepHandle, *, trial_ids: list[str], 
                             "outcome": took.finished.data.tags.get(tags.OUTCOME),
                             "metrics": dict(took.finished.data.metrics), "error": ""}
             continue
-        members.append(_member(i, config, handle, trial_id, took, attempts[i], run_names[i], summaries, started))
+        members.append(_member(i, config, handle, trial_id, took, attempts[i], run_names[i], summaries, started,
+                               pack_id))
     try:
         capacity = max(1, memory_budget(device) // member_bytes(build_problem(configs[0], device),
                                                                  configs[0]["data"]["batch_size"])) if members else 1
         last_beat = [time.monotonic()]
 
-        def beat() -> None:  # heartbeats of the pack's runs, checked once per step for the whole pack
+        def beat() -> None:  # one heartbeat for the whole pack, on the run of a member still training
             if time.monotonic() - last_beat[0] >= configs[0]["tracking"]["heartbeat_s"]:
-                for member in members:
-                    if summaries[member.index] is None:
-                        member.run.beat()
+                training = next((m for m in members if summaries[m.index] is None), None)
+                if training is not None:
+                    training.run.flush()
                 last_beat[0] = time.monotonic()
 
         for first in range(0, len(members), capacity):
@@ -156,11 +159,14 @@ class _PackMember(Member):
 
 
 def _member(index: int, config: dict, handle: SweepHandle, trial_id: str, took: Takeover, given_attempt: int,
-            run_name: str, summaries: list, started: float) -> _PackMember:
-    """A pack member whose callbacks write its own MLflow run and, when it stops, its summary."""
-    extra = {tags.RESUMED_FROM: f"{took.resumed_from}@{took.snapshot['steps']}"} if took.snapshot else None
+            run_name: str, summaries: list, started: float, pack_id: str | None) -> _PackMember:
+    """A pack member whose callbacks write its own MLflow run and, when it stops, its summary. A member of a
+    pack of several shares the pack's heartbeat (tag sgdlab.pack) and writes its metrics when 900 are
+    buffered and when it ends: a pack costs one heartbeat write per tracking.heartbeat_s, not one per member."""
+    extra = {tags.RESUMED_FROM: f"{took.resumed_from}@{took.snapshot['steps']}"} if took.snapshot else {}
+    extra.update({tags.PACK: pack_id} if pack_id else {})
     run = TrialRun(handle, trial_id, config, attempt=took.attempt, run_name=run_name, kind="train",
-                   extra_tags=extra, heartbeat_s=config["tracking"]["heartbeat_s"])
+                   extra_tags=extra, heartbeat_s=None if pack_id else config["tracking"]["heartbeat_s"])
     # A fault acts once: not again in the retry of a task it killed, nor in a rerun of a lost trial.
     on_step = fault_hook(config) if took.attempt == given_attempt else None
 

@@ -2,7 +2,8 @@
 
 A trial's state, from all of its runs (attempts):
   finished  it has a FINISHED run (outcome converged, diverged or max_steps);
-  running   its newest run is RUNNING with a heartbeat younger than tracking.stale_after_s;
+  running   its newest run is RUNNING with a heartbeat younger than tracking.stale_after_s (a packed run's
+            heartbeat is the newest of its pack's runs: tag sgdlab.pack);
   stale     its newest run is RUNNING with an older heartbeat (the worker or the driver died);
   failed    its newest run is FAILED or KILLED;
   pending   it has no run.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried, sqlite_path
@@ -108,7 +109,17 @@ def sweep_runs(uri: str, sweep: str, kind: str | None = "train") -> list[RunReco
     if path is not None and not path.is_file():
         return []
     records = retried(lambda: _sqlite_runs(path, sweep)) if path is not None else _client_runs(uri, sweep)
-    return [r for r in records if kind is None or r.kind == kind]
+    return [r for r in _pack_heartbeats(records) if kind is None or r.kind == kind]
+
+
+def _pack_heartbeats(records: list[RunRecord]) -> list[RunRecord]:
+    """RUNNING runs of a pack carry the newest heartbeat of the pack's runs (the pack refreshes one run for all)."""
+    newest: dict[str, float] = {}
+    for r in records:
+        if tags.PACK in r.tags:
+            newest[r.tags[tags.PACK]] = max(newest.get(r.tags[tags.PACK], 0.0), r.heartbeat)
+    return [replace(r, tags={**r.tags, tags.HEARTBEAT: f"{newest[r.tags[tags.PACK]]:.3f}"})
+            if r.status == "RUNNING" and tags.PACK in r.tags else r for r in records]
 
 
 def ended_since(uri: str, sweep: str, since_ms: int) -> dict[str, str] | None:

@@ -9,6 +9,7 @@ ATTEMPT = "sgdlab.attempt"
 OUTCOME = "sgdlab.outcome"  # converged | diverged | max_steps | error
 ERROR = "sgdlab.error"  # one line
 HEARTBEAT = "sgdlab.heartbeat"  # unix seconds, refreshed while the trial runs
+PACK = "sgdlab.pack"  # packed runs: id of the pack task attempt; a member's liveness is its pack's newest heartbeat
 GIT_SHA = "sgdlab.git_sha"
 GIT_DIRTY = "sgdlab.git_dirty"
 NODE = "sgdlab.node"  # where the trial ran: host/ip/ray-node-id from a Ray task, the hostname otherwise

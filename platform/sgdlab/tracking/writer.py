@@ -2,8 +2,9 @@
 
 The run is created RUNNING (tags, flattened config as params, config.yaml artifact); metrics are buffered and
 written with log_batch when the heartbeat is due or the buffer holds 900 values, so that a trial costs a few
-database writes however often it logs; every write refreshes `sgdlab.heartbeat`. The run ends FINISHED with an
-outcome, or FAILED with a one-line `sgdlab.error` and a `traceback.txt` artifact.
+database writes however often it logs; every write refreshes `sgdlab.heartbeat`. A packed member's run has no
+heartbeat of its own (heartbeat_s=None): its pack refreshes one member's run for all (tag `sgdlab.pack`). The run
+ends FINISHED with an outcome, or FAILED with a one-line `sgdlab.error` and a `traceback.txt` artifact.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _now_ms() -> int:
 
 class TrialRun:
     def __init__(self, handle: SweepHandle, trial_id: str, config: dict, *, attempt: int, run_name: str,
-                 kind: str = "train", extra_tags: dict[str, str] | None = None, heartbeat_s: float = 15.0):
+                 kind: str = "train", extra_tags: dict[str, str] | None = None, heartbeat_s: float | None = 15.0):
         self.mlflow = client(handle.uri)
         self.handle, self.trial_id, self.kind = handle, trial_id, kind
         self.heartbeat_s = heartbeat_s
@@ -53,12 +54,15 @@ class TrialRun:
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         now = _now_ms()
         self.buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
-        if len(self.buffer) >= MAX_BATCH or time.monotonic() - self.last_write >= self.heartbeat_s:
+        if len(self.buffer) >= MAX_BATCH or self.beat_due():
             self.flush()
+
+    def beat_due(self) -> bool:
+        return self.heartbeat_s is not None and time.monotonic() - self.last_write >= self.heartbeat_s
 
     def beat(self) -> None:
         """Refresh the heartbeat if it is due (cheap to call every step)."""
-        if time.monotonic() - self.last_write >= self.heartbeat_s:
+        if self.beat_due():
             self.flush()
 
     def flush(self, extra_tags: dict[str, str] | None = None) -> None:
