@@ -130,8 +130,8 @@ def run_pack(configs: list[dict], handle: SweepHandle, *, trial_ids: list[str], 
         members.append(_member(i, config, handle, trial_id, took, attempts[i], run_names[i], summaries, started,
                                pack_id))
     try:
-        capacity = max(1, memory_budget(device) // member_bytes(build_problem(configs[0], device),
-                                                                 configs[0]["data"]["batch_size"])) if members else 1
+        capacity = 1 if len(members) <= 1 else max(1, memory_budget(device) // member_bytes(  # a trial alone: any size
+            build_problem(configs[0], device), configs[0]["data"]["batch_size"]))
         last_beat = [time.monotonic()]
 
         def beat() -> None:  # one heartbeat for the whole pack, on the run of a member still training

@@ -8,9 +8,11 @@ left Gaussian so that the density of x_1 near the boundary is exactly the one as
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +192,14 @@ LOADERS = {
 
 
 def load(cfg: dict) -> Dataset:
-    """The data set of a `data` config group, in float64 on the CPU (the loop casts and moves it)."""
+    """The data set of a `data` config group, in float64 on the CPU (the loop casts and moves it). Kept for the
+    process's next trials (a Ray worker runs many): callers must not modify it in place."""
+    return _load(json.dumps(cfg, sort_keys=True))
+
+
+@lru_cache(maxsize=4)
+def _load(cfg_json: str) -> Dataset:
+    cfg = json.loads(cfg_json)
     x_tr, y_tr, x_te, y_te = LOADERS[cfg["name"]](cfg)
     if cfg["name"] != "teacher_perceptron":
         x_tr, x_te = _normalize(x_tr, x_te)

@@ -1,10 +1,10 @@
 """Mini-batch sampling without a generator object: a counter-based hash, vectorized over the members of a pack.
 
 At step s, member m (seed k) uses the B training indices i < P with the smallest keys
-    key(k, s, i) = h(h(h(k) xor s) xor g(i)),   h = mix32, g(i) = i * 0x9E3779B1 mod 2^32 = spread(i)
-(training/counter_random.py), ties broken by i. That is a uniformly random subset of B distinct points, and it depends only on (k, s): no
-random-number generator state to carry, checkpoint or keep per member, so a pack of thousands of members draws
-all its batches with a few elementwise operations and one top-k on the device.
+    key(k, s, i) = h(h(h(k) xor s) xor g(i)),   h = mix32, g(i) = spread(i) = i * 0x9E3779B1 mod 2^32
+(training/counter_random.py), ties broken by i. That is a uniformly random subset of B distinct points, and it
+depends only on (k, s): no random-number generator state to carry, checkpoint or keep per member, so a pack of
+thousands of members draws all its batches with a few elementwise operations and one top-k on the device.
 """
 
 from __future__ import annotations
