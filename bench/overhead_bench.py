@@ -94,14 +94,14 @@ def sweep_overhead(uri: str, name: str, trials: list, workers: int, compute: flo
 
 def metric_throughput(uri: str) -> dict:
     handle = open_sweep(uri, "throughput")
-    run = TrialRun(handle, "bench", {"seed": 0}, attempt=1, run_name="batched", heartbeat_s=3600)
+    run = TrialRun.start(handle, "bench", {"seed": 0}, attempt=1, run_name="batched", heartbeat_s=3600)
     n = 20_000
     started = time.perf_counter()
     for step in range(n // 10):
         run.log_metrics(step, {f"m{i}": float(step + i) for i in range(10)})
     run.finish("converged")
     batched = n / (time.perf_counter() - started)
-    mlflow, single = client(uri), TrialRun(handle, "bench1", {"seed": 0}, attempt=1, run_name="one by one")
+    mlflow, single = client(uri), TrialRun.start(handle, "bench1", {"seed": 0}, attempt=1, run_name="one by one")
     started = time.perf_counter()
     for step in range(300):
         mlflow.log_metric(single.run_id, "m", float(step), step=step)
@@ -113,7 +113,7 @@ def metric_throughput(uri: str) -> dict:
 def logging_share(uri: str, steps: int, log_every: int) -> dict:
     cfg = Composer()(BASE + [f"train.max_steps={steps}", f"train.log_every={log_every}"])
     handle = open_sweep(uri, f"logging every {log_every}")
-    run = TrialRun(handle, "log", cfg, attempt=1, run_name="logging share")
+    run = TrialRun.start(handle, "log", cfg, attempt=1, run_name="logging share")
     spent, values = [0.0], [0]
 
     def timed(step, metrics):

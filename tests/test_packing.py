@@ -164,17 +164,17 @@ def test_ended_members_of_packs_in_flight_are_read_from_the_store(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     handle = open_sweep(uri, "progress")
-    before = TrialRun(handle, "old", {"seed": 0}, attempt=1, run_name="old")
+    before = TrialRun.start(handle, "old", {"seed": 0}, attempt=1, run_name="old")
     before.finish("converged")
     time.sleep(0.01)
     since = int(time.time() * 1000)
-    runs = {name: TrialRun(handle, name, {"seed": 0}, attempt=1, run_name=name)
+    runs = {name: TrialRun.start(handle, name, {"seed": 0}, attempt=1, run_name=name)
             for name in ("done", "broken", "busy", "retried")}
     runs["done"].finish("max_steps")
     runs["broken"].fail(RuntimeError("boom"))
     runs["retried"].fail(RuntimeError("worker lost"))
-    TrialRun(handle, "retried", {"seed": 0}, attempt=2, run_name="retried")  # its retry is running
-    TrialRun(handle, "probed", {"seed": 0}, attempt=1, run_name="probe", kind="probe").finish("done")
+    TrialRun.start(handle, "retried", {"seed": 0}, attempt=2, run_name="retried")  # its retry is running
+    TrialRun.start(handle, "probed", {"seed": 0}, attempt=1, run_name="probe", kind="probe").finish("done")
     assert ended_since(uri, "progress", since) == {"done": "FINISHED", "broken": "FAILED"}
     assert ended_since(uri, "no_such_sweep", since) == {}
     assert ended_since("http://127.0.0.1:1", "progress", since) is None
@@ -192,9 +192,9 @@ def test_packed_runs_share_their_packs_heartbeat(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     handle = open_sweep(uri, "beats")
-    runs = [TrialRun(handle, f"m{i}", {"seed": i}, attempt=1, run_name=f"m{i}", heartbeat_s=None,
+    runs = [TrialRun.start(handle, f"m{i}", {"seed": i}, attempt=1, run_name=f"m{i}", heartbeat_s=None,
                      extra_tags={tags.PACK: "pack-1"}) for i in range(3)]
-    alone = TrialRun(handle, "alone", {"seed": 9}, attempt=1, run_name="alone")
+    alone = TrialRun.start(handle, "alone", {"seed": 9}, attempt=1, run_name="alone")
     old = f"{time.time() - 600:.3f}"
     for run in [*runs, alone]:
         client(uri).set_tag(run.run_id, tags.HEARTBEAT, old)

@@ -50,7 +50,7 @@ def test_retried_retries_only_transient_lock_errors():
 def test_a_write_waits_out_a_lock_held_longer_than_sqlites_timeout(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     handle = open_sweep(uri, "locked")
-    run = TrialRun(handle, "t0", {"seed": 0}, attempt=1, run_name="t0")
+    run = TrialRun.start(handle, "t0", {"seed": 0}, attempt=1, run_name="t0")
     holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")
     release = threading.Timer(7.0, lambda: holder.execute("COMMIT"))

@@ -71,7 +71,7 @@ def run_distributed_train(config: dict, handle: SweepHandle, *, trial_id: str, a
             extra = {WORKERS_TAG: str(workers)}
             if snapshot:
                 extra[tags.RESUMED_FROM] = f"{took.resumed_from}@{snapshot['steps']}"
-            run = TrialRun(handle, trial_id, config, attempt=attempt, run_name=run_name, kind="train",
+            run = TrialRun.start(handle, trial_id, config, attempt=attempt, run_name=run_name, kind="train",
                            extra_tags=extra, heartbeat_s=config["tracking"]["heartbeat_s"])
     attempt, snapshot, finished = _broadcast((attempt, snapshot, done is not None))
     if finished:

@@ -111,7 +111,7 @@ def run_probe(config: dict, handle: SweepHandle, *, trial_id: str, train_run_id:
               run_name: str) -> dict:
     torch.set_num_threads(max(1, int(config["resources"]["cpus"])))
     pid = probe_id(config, trial_id)
-    run = TrialRun(handle, trial_id, config, attempt=attempt, run_name=f"probe {run_name}", kind="probe",
+    run = TrialRun.start(handle, trial_id, config, attempt=attempt, run_name=f"probe {run_name}", kind="probe",
                    extra_tags={tags.PROBE_ID: pid, tags.TRAIN_RUN: train_run_id},
                    heartbeat_s=config["tracking"]["heartbeat_s"])
     started = time.perf_counter()

@@ -30,7 +30,8 @@ import torch
 from sgdlab.tracking import tags
 from sgdlab.tracking.store import SweepHandle
 from sgdlab.tracking.artifacts import download_bytes
-from sgdlab.tracking.writer import TrialRun, end_runs, trial_runs
+from sgdlab.tracking.query import trials_with_runs
+from sgdlab.tracking.writer import PackRuns, RunSpec, end_runs, trial_runs
 from sgdlab.training import checkpoint
 from sgdlab.training.loop import Member, Result, train_pack
 from sgdlab.training.problem import Problem, build_problem
@@ -106,6 +107,12 @@ def memory_budget(device: str) -> int:
     return int(0.25 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
+def preload() -> None:
+    """Import what a pack's first step would import on its own: torch.func's transforms load torch._dynamo
+    (about 2 s) the first time a process uses them."""
+    import torch._dynamo  # noqa: F401
+
+
 def run_train(config: dict, handle: SweepHandle, *, trial_id: str, attempt: int, run_name: str) -> dict:
     """One trial attempt (a pack of one)."""
     return run_pack([config], handle, trial_ids=[trial_id], attempts=[attempt], run_names=[run_name])[0]
@@ -117,58 +124,62 @@ def run_pack(configs: list[dict], handle: SweepHandle, *, trial_ids: list[str], 
     torch.set_num_threads(max(1, int(configs[0]["resources"]["cpus"])))
     device = device_for(configs[0]["resources"])
     summaries: list[dict | None] = [None] * len(configs)
-    members: list[Member] = []
     started = time.perf_counter()
     pack_id = uuid.uuid4().hex if len(configs) > 1 else None  # this attempt of the pack (tag sgdlab.pack)
-    for i, (config, trial_id) in enumerate(zip(configs, trial_ids)):
-        took = take_over(handle, trial_id, attempts[i])
-        if took.finished is not None:  # finished before this task's worker died
-            summaries[i] = {"trial_id": trial_id, "run_id": took.finished.info.run_id, "status": "finished",
-                            "outcome": took.finished.data.tags.get(tags.OUTCOME),
-                            "metrics": dict(took.finished.data.metrics), "error": ""}
-            continue
-        members.append(_member(i, config, handle, trial_id, took, attempts[i], run_names[i], summaries, started,
-                               pack_id))
+    with_runs = trials_with_runs(handle.uri, handle.experiment_id, trial_ids)  # None: ask each trial
+    todo, took = [], {}
+    for i, (trial_id, attempt) in enumerate(zip(trial_ids, attempts)):
+        took[i] = (take_over(handle, trial_id, attempt) if with_runs is None or trial_id in with_runs
+                   else Takeover(attempt, None, None, 0, None))
+        finished = took[i].finished
+        if finished is not None:  # finished before this task's worker died
+            summaries[i] = {"trial_id": trial_id, "run_id": finished.info.run_id, "status": "finished",
+                            "outcome": finished.data.tags.get(tags.OUTCOME), "metrics": dict(finished.data.metrics),
+                            "error": ""}
+        else:
+            todo.append(i)
+    records = PackRuns(handle, [RunSpec(trial_ids[i], configs[i], took[i].attempt, run_names[i], "train",
+                                        _extra_tags(took[i], pack_id)) for i in todo],
+                       configs[0]["tracking"]["heartbeat_s"])
+    members = [_member(slot, i, configs[i], trial_ids[i], took[i], attempts[i], records, summaries, started)
+               for slot, i in enumerate(todo)]
     try:
         capacity = 1 if len(members) <= 1 else max(1, memory_budget(device) // member_bytes(  # a trial alone: any size
             build_problem(configs[0], device), configs[0]["data"]["batch_size"]))
-        last_beat = [time.monotonic()]
-
-        def beat() -> None:  # one heartbeat for the whole pack, on the run of a member still training
-            if time.monotonic() - last_beat[0] >= configs[0]["tracking"]["heartbeat_s"]:
-                training = next((m for m in members if summaries[m.index] is None), None)
-                if training is not None:
-                    training.run.flush()
-                last_beat[0] = time.monotonic()
-
         for first in range(0, len(members), capacity):
-            train_pack(members[first:first + capacity], device, on_tick=beat)
+            train_pack(members[first:first + capacity], device, on_tick=records.tick)
+        records.close()
     except Exception as exc:  # the pack's own computation failed: every member still training failed with it
+        records.close()  # members that ended before keep their results
         for member in members:
             if summaries[member.index] is None:
-                summaries[member.index] = {"trial_id": member.trial_id, "run_id": member.run.run_id,
-                                           "status": "failed", "error": member.run.fail(exc)}
+                summaries[member.index] = {"trial_id": member.trial_id, "run_id": records.runs[member.slot].run_id,
+                                           "status": "failed", "error": records.fail(member.slot, exc)}
     return summaries
+
+
+def _extra_tags(took: Takeover, pack_id: str | None) -> dict[str, str]:
+    extra = {tags.RESUMED_FROM: f"{took.resumed_from}@{took.snapshot['steps']}"} if took.snapshot else {}
+    return {**extra, **({tags.PACK: pack_id} if pack_id else {})}
 
 
 @dataclass
 class _PackMember(Member):
-    index: int = 0
+    slot: int = 0  # in the pack's runs
+    index: int = 0  # in the job's trials
     trial_id: str = ""
-    run: TrialRun | None = None
 
 
-def _member(index: int, config: dict, handle: SweepHandle, trial_id: str, took: Takeover, given_attempt: int,
-            run_name: str, summaries: list, started: float, pack_id: str | None) -> _PackMember:
-    """A pack member whose callbacks write its own MLflow run and, when it stops, its summary. A member of a
-    pack of several shares the pack's heartbeat (tag sgdlab.pack) and writes its metrics when 900 are
-    buffered and when it ends: a pack costs one heartbeat write per tracking.heartbeat_s, not one per member."""
-    extra = {tags.RESUMED_FROM: f"{took.resumed_from}@{took.snapshot['steps']}"} if took.snapshot else {}
-    extra.update({tags.PACK: pack_id} if pack_id else {})
-    run = TrialRun(handle, trial_id, config, attempt=took.attempt, run_name=run_name, kind="train",
-                   extra_tags=extra, heartbeat_s=None if pack_id else config["tracking"]["heartbeat_s"])
+def _member(slot: int, index: int, config: dict, trial_id: str, took: Takeover, given_attempt: int,
+            records: PackRuns, summaries: list, started: float) -> _PackMember:
+    """A pack member whose callbacks write its own MLflow run (through the pack's records) and, when it ends, its
+    summary."""
+    run = records.runs[slot]
     # A fault acts once: not again in the retry of a task it killed, nor in a rerun of a lost trial.
     on_step = fault_hook(config) if took.attempt == given_attempt else None
+
+    def on_log(step: int, metrics: dict) -> None:
+        records.log_metrics(slot, step, metrics)
 
     def on_checkpoint(state: dict) -> None:
         run.log_bytes(checkpoint.to_bytes(state, config), checkpoint.LAST)
@@ -176,21 +187,24 @@ def _member(index: int, config: dict, handle: SweepHandle, trial_id: str, took: 
     def on_end(result: Result) -> None:
         if result.error is not None:
             summaries[index] = {"trial_id": trial_id, "run_id": run.run_id, "status": "failed",
-                                "error": run.fail(result.error)}
+                                "error": records.fail(slot, result.error)}
             return
-        run.log_metrics(result.steps, {"wall_time": time.perf_counter() - started})
+        on_log(result.steps, {"wall_time": time.perf_counter() - started})
         run.log_bytes(checkpoint.to_bytes({"params": result.params, "steps": result.steps}, config),
                       checkpoint.FINAL)
-        status = run.finish(result.outcome, check_duplicates=took.earlier_runs > 0)
-        summaries[index] = {"trial_id": trial_id, "run_id": run.run_id, "outcome": result.outcome,
-                            "status": "finished" if status == "FINISHED" else "failed", "metrics": result.metrics,
-                            "error": "" if status == "FINISHED" else "duplicate of a finished run"}
+
+        def ended(status: str) -> None:
+            summaries[index] = {"trial_id": trial_id, "run_id": run.run_id, "outcome": result.outcome,
+                                "status": "finished" if status == "FINISHED" else "failed", "metrics": result.metrics,
+                                "error": "" if status == "FINISHED" else "duplicate of a finished run"}
+
+        records.finish(slot, result.outcome, ended, check_duplicates=took.earlier_runs > 0)
 
     on_params, params_every = (lambda step, params: None), config["probe"]["every"]
     if params_every:  # sharpness along training (imported here: probes load only when asked for)
         from sgdlab.jobs.probe import trajectory_hook
 
-        on_params = trajectory_hook(build_problem(config), config["probe"], run.log_metrics)
-    return _PackMember(config, on_log=run.log_metrics, on_step=on_step, on_checkpoint=on_checkpoint,
-                       on_end=on_end, on_params=on_params, params_every=params_every, resume=took.snapshot,
-                       index=index, trial_id=trial_id, run=run)
+        on_params = trajectory_hook(build_problem(config), config["probe"], on_log)
+    return _PackMember(config, on_log=on_log, on_step=on_step, on_checkpoint=on_checkpoint, on_end=on_end,
+                       on_params=on_params, params_every=params_every, resume=took.snapshot, slot=slot,
+                       index=index, trial_id=trial_id)

@@ -59,7 +59,9 @@ def shutdown() -> None:
 @ray.remote(num_cpus=1)
 def _import_job_modules() -> None:
     import sgdlab.jobs.probe  # noqa: F401  (torch, mlflow, the probes)
-    import sgdlab.jobs.train  # noqa: F401
+    import sgdlab.jobs.train
+
+    sgdlab.jobs.train.preload()
 
 
 def warm_up() -> None:

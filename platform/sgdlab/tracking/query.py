@@ -148,6 +148,33 @@ def ended_since(uri: str, sweep: str, since_ms: int) -> dict[str, str] | None:
     return {trial: status for trial, status in newest.items() if status in ("FINISHED", "FAILED", "KILLED")}
 
 
+def trials_with_runs(uri: str, experiment_id: str, trial_ids: list[str]) -> set[str] | None:
+    """The trial_ids among these that have an active train run in the experiment (those a job must take over
+    from); one indexed query per 500 trials on a SQLite store, None for any other store."""
+    path = sqlite_path(uri)
+    if path is None or not path.is_file():
+        return None
+
+    def read() -> set[str]:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            found = set()
+            for i in range(0, len(trial_ids), 500):
+                chunk = trial_ids[i:i + 500]
+                found.update(row[0] for row in db.execute(
+                    "SELECT DISTINCT trial.value FROM runs "
+                    "JOIN tags AS trial ON trial.run_uuid = runs.run_uuid AND trial.key = ? "
+                    "JOIN tags AS kind ON kind.run_uuid = runs.run_uuid AND kind.key = ? AND kind.value = 'train' "
+                    "WHERE runs.experiment_id = ? AND runs.lifecycle_stage = 'active' "
+                    f"AND trial.value IN ({', '.join('?' * len(chunk))})",
+                    (tags.TRIAL_ID, tags.KIND, int(experiment_id), *chunk)))
+            return found
+        finally:
+            db.close()
+
+    return retried(read)
+
+
 def trial_state(runs: list[RunRecord], stale_after_s: float, now: float | None = None) -> str:
     """State of one trial from its runs (any order)."""
     if not runs:

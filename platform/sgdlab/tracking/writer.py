@@ -1,61 +1,104 @@
-"""One trial attempt's MLflow run, written from the worker that runs it.
+"""One trial attempt's MLflow run, written from the worker that runs it; the runs of a pack, written together.
 
-The run is created RUNNING (tags, flattened config as params, config.yaml artifact); metrics are buffered and
-written with log_batch when the heartbeat is due or the buffer holds 900 values, so that a trial costs a few
-database writes however often it logs; every write refreshes `sgdlab.heartbeat`. A packed member's run has no
-heartbeat of its own (heartbeat_s=None): its pack refreshes one member's run for all (tag `sgdlab.pack`). The run
-ends FINISHED with an outcome, or FAILED with a one-line `sgdlab.error` and a `traceback.txt` artifact.
+A run is created RUNNING (tags, flattened config as params, config.yaml artifact); metrics are buffered and
+written when the heartbeat is due or the buffer holds MAX_BATCH values, so that a trial costs a few database
+writes however often it logs; every write refreshes `sgdlab.heartbeat`. The run ends FINISHED with an outcome, or
+FAILED with a one-line `sgdlab.error` and a `traceback.txt` artifact.
+
+A pack's runs (PackRuns) are created in one write, their metrics are written for all members at once, one member's
+run carries the pack's heartbeat (tag `sgdlab.pack`), and the members that stop between two steps of the pack end in
+one write: on a database store a pack of tiny trials costs a few transactions instead of a few per member
+(tracking/run_writes.py).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried
+from sgdlab.tracking.run_writes import NewRun, RunUpdate, create_runs, update_runs
 from sgdlab.tracking.store import SweepHandle, client
 
-MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+MAX_BATCH = 900  # metric values a run buffers before it writes them
+PACK_VALUES = 1_000_000  # metric values a pack buffers at most (about 250 MB) before it writes them
 MAX_PARAM_CHARS = 6000
+YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: 10x faster than the Python emitter
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass
+class RunSpec:
+    """A trial attempt's run, before it is created."""
+
+    trial_id: str
+    config: dict
+    attempt: int
+    run_name: str
+    kind: str = "train"
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+def start_runs(handle: SweepHandle, specs: list[RunSpec], heartbeat_s: float | None = 15.0) -> list["TrialRun"]:
+    """Create the runs of trial attempts in one write (RUNNING, tags, the flattened config as params), each with
+    its config.yaml artifact."""
+    now, node = f"{time.time():.3f}", socket.gethostname()
+    new = [NewRun(spec.run_name,
+                  {tags.SWEEP: handle.sweep, tags.TRIAL_ID: spec.trial_id, tags.KIND: spec.kind,
+                   tags.ATTEMPT: str(spec.attempt), tags.PARENT: handle.sweep_run_id, tags.NODE: node,
+                   tags.HEARTBEAT: now, **handle.run_tags, **spec.extra_tags},
+                  {k: str(v)[:MAX_PARAM_CHARS] for k, v in tags.flatten(spec.config).items()}) for spec in specs]
+    created = create_runs(handle.uri, handle.experiment_id, new)
+    runs = [TrialRun(handle, spec.trial_id, spec.kind, run_id, artifact_uri, heartbeat_s)
+            for spec, (run_id, artifact_uri) in zip(specs, created)]
+    for run, spec in zip(runs, specs):
+        run.log_text(yaml.dump(spec.config, Dumper=YAML_DUMPER, sort_keys=False), "config.yaml")
+    return runs
+
+
 class TrialRun:
-    def __init__(self, handle: SweepHandle, trial_id: str, config: dict, *, attempt: int, run_name: str,
-                 kind: str = "train", extra_tags: dict[str, str] | None = None, heartbeat_s: float | None = 15.0):
-        self.mlflow = client(handle.uri)
-        self.handle, self.trial_id, self.kind = handle, trial_id, kind
+    """A created run: buffered metrics, artifacts, and its end. heartbeat_s=None: no heartbeat of its own."""
+
+    def __init__(self, handle: SweepHandle, trial_id: str, kind: str, run_id: str, artifact_uri: str,
+                 heartbeat_s: float | None = 15.0):
+        self.handle, self.trial_id, self.kind, self.run_id = handle, trial_id, kind, run_id
         self.heartbeat_s = heartbeat_s
-        self.buffer: list[Metric] = []
-        run_tags = {tags.SWEEP: handle.sweep, tags.TRIAL_ID: trial_id, tags.KIND: kind, tags.ATTEMPT: str(attempt),
-                    tags.PARENT: handle.sweep_run_id, tags.NODE: socket.gethostname(),
-                    tags.HEARTBEAT: f"{time.time():.3f}", **handle.run_tags, **(extra_tags or {})}
-        run = retried(lambda: self.mlflow.create_run(handle.experiment_id, run_name=run_name, tags=run_tags))
-        self.run_id = run.info.run_id
+        self.buffer: list[tuple[str, float, int, int]] = []  # key, value, timestamp (ms), step
         # Artifacts go straight to the run's artifact location (MlflowClient would first read the run back).
-        self.artifacts = get_artifact_repository(run.info.artifact_uri, tracking_uri=handle.uri)
+        self.artifacts = get_artifact_repository(artifact_uri, tracking_uri=handle.uri)
         self.last_write = time.monotonic()
-        params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in tags.flatten(config).items()]
-        for i in range(0, len(params), 100):
-            retried(lambda chunk=params[i:i + 100]: self.mlflow.log_batch(self.run_id, params=chunk))
-        self.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
+
+    @classmethod
+    def start(cls, handle: SweepHandle, trial_id: str, config: dict, *, attempt: int, run_name: str,
+              kind: str = "train", extra_tags: dict[str, str] | None = None,
+              heartbeat_s: float | None = 15.0) -> "TrialRun":
+        """Create the run of one trial attempt."""
+        spec = RunSpec(trial_id, config, attempt, run_name, kind, extra_tags or {})
+        return start_runs(handle, [spec], heartbeat_s)[0]
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        now = _now_ms()
-        self.buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        self.buffer_metrics(step, metrics)
         if len(self.buffer) >= MAX_BATCH or self.beat_due():
             self.flush()
+
+    def buffer_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Keep metrics for the next write."""
+        now = _now_ms()
+        self.buffer.extend((k, float(v), now, step) for k, v in metrics.items())
 
     def beat_due(self) -> bool:
         return self.heartbeat_s is not None and time.monotonic() - self.last_write >= self.heartbeat_s
@@ -65,22 +108,31 @@ class TrialRun:
         if self.beat_due():
             self.flush()
 
+    def pending(self, extra_tags: dict[str, str] | None = None, status: str | None = None) -> RunUpdate:
+        """The buffered metrics, a fresh heartbeat and the given tags and end status, as one update; empties the
+        buffer."""
+        update = RunUpdate(self.run_id, self.buffer, {tags.HEARTBEAT: f"{time.time():.3f}", **(extra_tags or {})},
+                           status)
+        self.buffer, self.last_write = [], time.monotonic()
+        return update
+
     def flush(self, extra_tags: dict[str, str] | None = None) -> None:
-        beat = [RunTag(tags.HEARTBEAT, f"{time.time():.3f}")]
-        beat += [RunTag(k, v) for k, v in (extra_tags or {}).items()]
-        while True:
-            chunk, self.buffer = self.buffer[:MAX_BATCH], self.buffer[MAX_BATCH:]
-            retried(lambda: self.mlflow.log_batch(self.run_id, metrics=chunk, tags=beat))
-            if not self.buffer:
-                break
-        self.last_write = time.monotonic()
+        update_runs(self.handle.uri, [self.pending(extra_tags)])
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.log_bytes(text.encode(), artifact_file)
 
     def log_bytes(self, data: bytes, artifact_file: str) -> None:
-        """Write bytes as an artifact (for example a checkpoint), replacing an earlier one of the same name."""
+        """Write bytes as an artifact (for example a checkpoint), replacing an earlier one of the same name (on a
+        local artifact store the file is written in place and renamed over the old one: never half-written)."""
         folder, _, name = artifact_file.rpartition("/")
+        if isinstance(self.artifacts, LocalArtifactRepository):
+            target = Path(self.artifacts.artifact_dir) / artifact_file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{name}.{os.getpid()}.partial")
+            partial.write_bytes(data)
+            os.replace(partial, target)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             path.write_bytes(data)
@@ -96,11 +148,9 @@ class TrialRun:
                   if r.info.status == "FINISHED" and r.info.run_id != self.run_id] if check_duplicates else []
         if others:
             error = f"duplicate: trial already finished by run {others[0].info.run_id}"
-            self.flush({tags.OUTCOME: outcome, tags.ERROR: error})
-            retried(lambda: self.mlflow.set_terminated(self.run_id, "KILLED"))
+            update_runs(self.handle.uri, [self.pending({tags.OUTCOME: outcome, tags.ERROR: error}, "KILLED")])
             return "KILLED"
-        self.flush({tags.OUTCOME: outcome})
-        retried(lambda: self.mlflow.set_terminated(self.run_id, "FINISHED"))
+        update_runs(self.handle.uri, [self.pending({tags.OUTCOME: outcome}, "FINISHED")])
         return "FINISHED"
 
     def fail(self, exc: BaseException) -> str:
@@ -109,10 +159,65 @@ class TrialRun:
         tb = "".join(traceback.format_exception(exc))
         try:
             self.log_text(tb, "traceback.txt")
-            self.flush({tags.OUTCOME: "error", tags.ERROR: line})
         finally:
-            retried(lambda: self.mlflow.set_terminated(self.run_id, "FAILED"))
+            update_runs(self.handle.uri, [self.pending({tags.OUTCOME: "error", tags.ERROR: line}, "FAILED")])
         return line
+
+
+class PackRuns:
+    """The runs of a pack's members (first attempts of their trials, or attempts after lost ones), written
+    together. Created in one write; a member's metrics are buffered and written with those of all members when
+    one of them holds MAX_BATCH values or the pack PACK_VALUES; the pack's heartbeat goes on the run of one
+    member still training every heartbeat_s; members ended between two ticks are ended in one write, and then
+    their `ended` callbacks run. Call tick() once per step and close() at the end."""
+
+    def __init__(self, handle: SweepHandle, specs: list[RunSpec], heartbeat_s: float):
+        self.runs = start_runs(handle, specs, heartbeat_s=None)
+        self.handle, self.heartbeat_s = handle, heartbeat_s
+        self.training = set(range(len(specs)))
+        self.buffered, self.full = 0, False
+        self.ending: list[tuple[int, str, Callable[[str], None]]] = []
+        self.last_beat = time.monotonic()
+
+    def log_metrics(self, member: int, step: int, metrics: dict[str, float]) -> None:
+        run = self.runs[member]
+        run.buffer_metrics(step, metrics)
+        self.buffered += len(metrics)
+        self.full = self.full or len(run.buffer) >= MAX_BATCH or self.buffered >= PACK_VALUES
+
+    def finish(self, member: int, outcome: str, ended: Callable[[str], None], check_duplicates: bool) -> None:
+        """End a member with an outcome; `ended(status)` runs once that is written. A trial with earlier runs is
+        ended at once (TrialRun.finish checks them for a FINISHED one); the others at the next tick, together."""
+        self.training.discard(member)
+        if check_duplicates:
+            ended(self.runs[member].finish(outcome))
+        else:
+            self.ending.append((member, outcome, ended))
+
+    def fail(self, member: int, exc: BaseException) -> str:
+        """End a member FAILED (TrialRun.fail); returns the one-line error."""
+        self.training.discard(member)
+        return self.runs[member].fail(exc)
+
+    def tick(self) -> None:
+        """Write what is due: members ended since the last tick, full buffers, the pack's heartbeat."""
+        if self.ending:
+            ending, self.ending = self.ending, []
+            update_runs(self.handle.uri, [self.runs[m].pending({tags.OUTCOME: outcome}, "FINISHED")
+                                          for m, outcome, _ in ending])
+            for _, _, ended in ending:
+                ended("FINISHED")
+        if self.full:
+            update_runs(self.handle.uri, [self.runs[m].pending() for m in sorted(self.training)])
+            self.buffered, self.full, self.last_beat = 0, False, time.monotonic()
+        elif self.training and time.monotonic() - self.last_beat >= self.heartbeat_s:
+            self.runs[min(self.training)].flush()
+            self.last_beat = time.monotonic()
+
+    def close(self) -> None:
+        """Write the endings still due (members that ended on the pack's last step)."""
+        if self.ending:
+            self.tick()
 
 
 def trial_runs(handle: SweepHandle, trial_id: str, kind: str = "train") -> list:
@@ -125,10 +230,8 @@ def trial_runs(handle: SweepHandle, trial_id: str, kind: str = "train") -> list:
 
 def end_runs(handle: SweepHandle, run_ids: list[str], status: str, error: str) -> None:
     """End runs whose worker cannot end them (it died, or the driver was interrupted) with a one-line reason."""
-    mlflow = client(handle.uri)
-    for run_id in run_ids:
-        retried(lambda: mlflow.log_batch(run_id, tags=[RunTag(tags.OUTCOME, "error"), RunTag(tags.ERROR, error[:500])]))
-        retried(lambda: mlflow.set_terminated(run_id, status))
+    update_runs(handle.uri, [RunUpdate(run_id, tags={tags.OUTCOME: "error", tags.ERROR: error[:500]}, status=status)
+                             for run_id in run_ids])
 
 
 def end_running(handle: SweepHandle, trial_id: str, status: str, error: str, kind: str = "train") -> list[str]:
