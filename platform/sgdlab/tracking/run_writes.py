@@ -129,10 +129,10 @@ def _database_create(uri: str, experiment_id: str, runs: list[NewRun]) -> list[t
             run_tags = {**run.tags, tags.RUN_NAME: run.run_name}
             tag_rows += [{"run_uuid": run_id, "key": k, "value": v} for k, v in run_tags.items()]
             param_rows += [{"run_uuid": run_id, "key": k, "value": v} for k, v in run.params.items()]
-        session.execute(insert(SqlRun), run_rows)
-        session.execute(insert(SqlTag), tag_rows)
+        session.execute(insert(SqlRun.__table__), run_rows)
+        session.execute(insert(SqlTag.__table__), tag_rows)
         if param_rows:
-            session.execute(insert(SqlParam), param_rows)
+            session.execute(insert(SqlParam.__table__), param_rows)
     return created
 
 
@@ -163,7 +163,7 @@ def _database_update(uri: str, updates: list[RunUpdate]) -> None:
                 newest[key] = row
     with Session(_engine(uri)) as session, session.begin():
         if metric_rows:
-            session.execute(insert(SqlMetric), metric_rows)
+            session.execute(insert(SqlMetric.__table__), metric_rows)
             _update_latest(session, newest)
         by_keys = defaultdict(list)  # tags replace earlier values: delete, then insert
         for one in updates:
@@ -173,7 +173,7 @@ def _database_update(uri: str, updates: list[RunUpdate]) -> None:
             session.execute(delete(SqlTag).where(SqlTag.run_uuid.in_(run_ids), SqlTag.key.in_(keys)))
         tag_rows = [{"run_uuid": one.run_id, "key": k, "value": v} for one in updates for k, v in one.tags.items()]
         if tag_rows:
-            session.execute(insert(SqlTag), tag_rows)
+            session.execute(insert(SqlTag.__table__), tag_rows)
         by_status = defaultdict(list)
         for one in updates:
             if one.status is not None:
@@ -200,6 +200,6 @@ def _update_latest(session: Session, newest: dict[tuple[str, str], dict]) -> Non
     fresh = [row for key, row in newest.items() if key not in stored]
     newer = [row for key, row in newest.items() if key in stored and _order(row) > stored[key]]
     if fresh:
-        session.execute(insert(SqlLatestMetric), fresh)
+        session.execute(insert(SqlLatestMetric.__table__), fresh)
     if newer:
         session.execute(update(SqlLatestMetric), newer)
