@@ -127,17 +127,14 @@ def run_pack(configs: list[dict], handle: SweepHandle, *, trial_ids: list[str], 
     started = time.perf_counter()
     pack_id = uuid.uuid4().hex if len(configs) > 1 else None  # this attempt of the pack (tag sgdlab.pack)
     with_runs = trials_with_runs(handle.uri, handle.experiment_id, trial_ids)  # None: ask each trial
-    todo, took = [], {}
-    for i, (trial_id, attempt) in enumerate(zip(trial_ids, attempts)):
-        took[i] = (take_over(handle, trial_id, attempt) if with_runs is None or trial_id in with_runs
-                   else Takeover(attempt, None, None, 0, None))
-        finished = took[i].finished
+    took = [take_over(handle, trial_id, attempt) if with_runs is None or trial_id in with_runs
+            else Takeover(attempt, None, None, 0, None) for trial_id, attempt in zip(trial_ids, attempts)]
+    for i, finished in enumerate(t.finished for t in took):
         if finished is not None:  # finished before this task's worker died
-            summaries[i] = {"trial_id": trial_id, "run_id": finished.info.run_id, "status": "finished",
+            summaries[i] = {"trial_id": trial_ids[i], "run_id": finished.info.run_id, "status": "finished",
                             "outcome": finished.data.tags.get(tags.OUTCOME), "metrics": dict(finished.data.metrics),
                             "error": ""}
-        else:
-            todo.append(i)
+    todo = [i for i, t in enumerate(took) if t.finished is None]
     records = PackRuns(handle, [RunSpec(trial_ids[i], configs[i], took[i].attempt, run_names[i], "train",
                                         _extra_tags(took[i], pack_id)) for i in todo],
                        configs[0]["tracking"]["heartbeat_s"])
