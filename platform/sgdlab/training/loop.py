@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.func import grad_and_value, vmap
 
@@ -164,10 +165,12 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
             "lr": torch.tensor(per_member(("optim", "lr")), dtype=dtype, device=device),
             "f0_train": initial_outputs(data.x_train), "f0_test": initial_outputs(data.x_test),
             "seed": torch.tensor(per_member(("seed",)), device=device),
-            "max_steps": torch.tensor(per_member(("train", "max_steps")), device=device),
             "step": torch.tensor(steps, device=device),  # updates done
             "t": torch.tensor(t, dtype=torch.float64, device=device),  # sum of lr, in float64 whatever the dtype
             "lr64": torch.tensor(per_member(("optim", "lr")), dtype=torch.float64, device=device)}
+    # Step counts are also kept on the host (in the order of `live`): conditions on steps (logs, checkpoints,
+    # max_steps) then cost no transfer from the device, and a step waits for the device only once.
+    host = {"step": np.array(steps), "max_steps": np.array(per_member(("train", "max_steps")))}
     live = list(range(len(members)))
     hooked: list[int] = []  # rows of the members with an on_step callback
     results: list[Result | None] = [None] * len(members)
@@ -181,8 +184,8 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
     step_fn = _per_member(grad_and_value(member_loss, argnums=1), alone=_autograd_grad_and_value(member_loss))
     update_fn = _per_member(member_update)
 
-    def rows_where(mask: torch.Tensor) -> list[int]:
-        return mask.nonzero().flatten().tolist()
+    def rows_where(mask: np.ndarray) -> list[int]:
+        return np.flatnonzero(mask).tolist()
 
     def set_metrics(rows: list[int], x, y, f0_key: str) -> list[dict[str, float]]:
         """Loss, error, unfitted count and minimum margin on a whole set, for the members at `rows`."""
@@ -216,13 +219,13 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
 
     def retire() -> None:
         """End the members in `stops` with their final metrics at their own step, and drop them from the pack."""
-        nonlocal pack, live, hooked
+        nonlocal pack, host, live, hooked
         if not stops:
             return
         rows = sorted(stops)
         need = [r for r in rows if stops[r][1] is None]
         fresh = dict(zip(need, metrics(need))) if need else {}
-        at = dict(zip(rows, _take(pack["step"], rows).tolist()))
+        at = dict(zip(rows, host["step"][rows].tolist()))
         final_params = _map(lambda x: x.cpu(), _take(pack["params"], rows))  # one transfer for all of them
         for j, r in enumerate(rows):
             i, (outcome, logged, error) = live[r], stops[r]
@@ -235,13 +238,14 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
             members[i].on_end(results[i])
         keep = [r for r in range(len(live)) if r not in stops]
         pack, live = _take(pack, keep), [live[r] for r in keep]
+        host = {k: v[keep] for k, v in host.items()}
         hooked = [r for r, i in enumerate(live) if members[i].on_step is not None]
         stops.clear()
 
-    for r in rows_where(pack["step"] >= pack["max_steps"]):  # resumed at their last step
+    for r in rows_where(host["step"] >= host["max_steps"]):  # resumed at their last step
         stops[r] = ("max_steps", None, None)
     if params_every:
-        for r in rows_where(pack["step"] == 0):
+        for r in rows_where(host["step"] == 0):
             members[live[r]].on_params(0, _take(pack["params"], r))
     hooked = [r for r, i in enumerate(live) if members[i].on_step is not None]
     retire()
@@ -249,7 +253,7 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
     while live:
         on_tick()
         if hooked:
-            current = _take(pack["step"], hooked).tolist()
+            current = host["step"][hooked].tolist()
             for r, step in zip(hooked, current):
                 try:
                     members[live[r]].on_step(step + 1)
@@ -257,10 +261,15 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
                     stops[r] = ("error", None, exc)
         idx = batch_indices(pack["seed"], pack["step"], n_train, batch_size)
         grads, values = step_fn(pack["alpha"], pack["params"], pack["f0_train"], idx)
-        for r in rows_where(~torch.isfinite(values) | (values > tcfg["divergence_loss"])):
+        # The step's one wait for the device: 1 = diverged, 2 = a zero batch loss (hinge), per member.
+        events = (~torch.isfinite(values) | (values > tcfg["divergence_loss"])).to(torch.uint8)
+        if tcfg["stop_when_fitted"] and loss_name == "hinge":
+            events = events + 2 * (values == 0).to(torch.uint8)
+        events = events.cpu().numpy()
+        for r in rows_where(events & 1):
             stops.setdefault(r, ("diverged", None, None))
         if tcfg["stop_when_fitted"] and loss_name == "hinge":
-            zero_loss = [r for r in rows_where(values == 0) if r not in stops]
+            zero_loss = [r for r in rows_where(events & 2) if r not in stops]
             if zero_loss:  # a zero batch loss is necessary for a fitted training set: check the whole set
                 for r, fit in zip(zero_loss, set_metrics(zero_loss, data.x_train, data.y_train, "f0_train")):
                     if fit["unfitted"] == 0:
@@ -272,7 +281,8 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
                 break
         pack["params"], pack["state"] = update_fn(pack["lr"], pack["params"], grads, pack["state"])
         pack["step"], pack["t"] = pack["step"] + 1, pack["t"] + pack["lr64"]
-        step = pack["step"]
+        host["step"] += 1
+        step = host["step"]
         if params_every:
             for r in rows_where(step % params_every == 0):
                 members[live[r]].on_params(int(step[r]), _take(pack["params"], r))
@@ -291,7 +301,7 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
                     tcfg["loss_threshold"] is not None and m["train_loss"] <= tcfg["loss_threshold"]):
                 stops[r] = ("converged", m, None)
         timed_out = tcfg["max_time_s"] is not None and time.monotonic() - started > tcfg["max_time_s"]
-        for r in (range(len(live)) if timed_out else rows_where(step >= pack["max_steps"])):
+        for r in (range(len(live)) if timed_out else rows_where(step >= host["max_steps"])):
             stops.setdefault(r, ("max_steps", logged.get(r), None))
         retire()
     return results
