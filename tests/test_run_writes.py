@@ -4,6 +4,7 @@ exactly like runs written by MlflowClient itself: info, params, tags, latest met
 from __future__ import annotations
 
 import math
+import sqlite3
 import os
 import uuid
 
@@ -115,3 +116,30 @@ def test_many_runs_in_one_write_and_their_ends(store_uri):
         steps = 900 if i % 7 == 0 else 3
         assert run.data.metrics == {"v": float(steps - 1)}
         assert len(mlflow.get_metric_history(run_id, "v")) == steps
+
+
+def test_pack_endings_count_only_once_stored(tmp_path, monkeypatch):
+    """Members ending together are ended in transactions, in order; a member's result (its `ended` callback) is
+    given only once its end is committed, so a failed write leaves its run RUNNING for the job to fail."""
+    from sgdlab.tracking import run_writes
+    from sgdlab.tracking.writer import PackRuns, RunSpec
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    handle = open_sweep(uri, "pack")
+    monkeypatch.setattr(run_writes, "TRANSACTION_VALUES", 1)  # one member per transaction
+    records = PackRuns(handle, [RunSpec(f"t{i}", {"seed": i}, 1, f"m{i}") for i in range(3)], heartbeat_s=15.0)
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # a real failure of the store, on one member's write
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON metrics WHEN NEW.key = 'boom' "
+                   "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    ended = {}
+    for i in range(3):
+        records.log_metrics(i, 5, {"boom" if i == 2 else "loss": 0.5})
+        records.finish(i, "converged", lambda status, i=i: ended.__setitem__(i, status), check_duplicates=False)
+    with pytest.raises(Exception, match="refused by the test"):
+        records.tick()
+    assert ended == {0: "FINISHED", 1: "FINISHED"}
+    mlflow = client(uri)
+    assert [mlflow.get_run(r.run_id).info.status for r in records.runs] == ["FINISHED", "FINISHED", "RUNNING"]
+    records.fail(2, RuntimeError("store refused the end"))
+    run = mlflow.get_run(records.runs[2].run_id)
+    assert run.info.status == "FAILED" and run.data.tags["sgdlab.error"] == "RuntimeError: store refused the end"

@@ -21,6 +21,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Callable
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.db.utils import create_sqlalchemy_engine_with_retry
@@ -76,21 +77,26 @@ def create_runs(uri: str, experiment_id: str, runs: list[NewRun]) -> list[tuple[
     return retried(lambda: _database_create(uri, experiment_id, runs))
 
 
-def update_runs(uri: str, updates: list[RunUpdate]) -> None:
-    """Add metrics, set tags (replacing values) and end runs; several transactions only for large updates."""
+def update_runs(uri: str, updates: list[RunUpdate],
+                written: Callable[[list[RunUpdate]], None] = lambda part: None) -> None:
+    """Add metrics, set tags (replacing values) and end runs. Large updates take several transactions, in order;
+    `written(part)` runs after each part is committed (one run at a time on a client store)."""
     if not is_database(uri):
         for one in updates:
             _client_update(uri, one)
+            written([one])
         return
     group, values = [], 0
     for one in updates:
         if group and values + len(one.metrics) > TRANSACTION_VALUES:
             retried(lambda part=group: _database_update(uri, part))
+            written(group)
             group, values = [], 0
         group.append(one)
         values += len(one.metrics)
     if group:
         retried(lambda: _database_update(uri, group))
+        written(group)
 
 
 def _client_create(uri: str, experiment_id: str, run: NewRun) -> tuple[str, str]:

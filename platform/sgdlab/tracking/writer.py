@@ -203,10 +203,14 @@ class PackRuns:
         """Write what is due: members ended since the last tick, full buffers, the pack's heartbeat."""
         if self.ending:
             ending, self.ending = self.ending, []
+            callbacks = {self.runs[m].run_id: ended for m, _, ended in ending}
+
+            def written(part: list[RunUpdate]) -> None:  # a member's result counts once its end is stored
+                for one in part:
+                    callbacks[one.run_id]("FINISHED")
+
             update_runs(self.handle.uri, [self.runs[m].pending({tags.OUTCOME: outcome}, "FINISHED")
-                                          for m, outcome, _ in ending])
-            for _, _, ended in ending:
-                ended("FINISHED")
+                                          for m, outcome, _ in ending], written)
         if self.full:
             update_runs(self.handle.uri, [self.runs[m].pending() for m in sorted(self.training)])
             self.buffered, self.full, self.last_beat = 0, False, time.monotonic()
