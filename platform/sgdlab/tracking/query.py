@@ -15,6 +15,7 @@ store is read with MlflowClient. A test checks that both readers return the same
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass, field, replace
 
@@ -58,9 +59,18 @@ class RunRecord:
         return float(self.tags.get(tags.HEARTBEAT) or 0)
 
 
-def _sqlite_runs(path, sweep: str) -> list[RunRecord]:
+@contextmanager
+def _read_only(path):
+    """A read-only connection to a SQLite store: reading never creates or changes it."""
     db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
     try:
+        yield db
+    finally:
+        db.close()
+
+
+def _sqlite_runs(path, sweep: str) -> list[RunRecord]:
+    with _read_only(path) as db:
         exp = db.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
                          (sweep,)).fetchone()
         if exp is None:
@@ -77,8 +87,6 @@ def _sqlite_runs(path, sweep: str) -> list[RunRecord]:
                 f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE {run_filter}", exp):
             if run_id in grouped:
                 grouped[run_id]["metrics"][key] = float("nan") if is_nan else float(value)
-    finally:
-        db.close()
     return [RunRecord(run_id=r[0], status=r[1], start_time=r[2] or 0, **grouped[r[0]]) for r in runs]
 
 
@@ -131,8 +139,7 @@ def ended_since(uri: str, sweep: str, since_ms: int) -> dict[str, str] | None:
         return None
 
     def read() -> list[tuple[str, str]]:
-        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
-        try:
+        with _read_only(path) as db:
             return db.execute(
                 "SELECT trial.value, runs.status FROM runs "
                 "JOIN experiments ON experiments.experiment_id = runs.experiment_id "
@@ -141,8 +148,6 @@ def ended_since(uri: str, sweep: str, since_ms: int) -> dict[str, str] | None:
                 "WHERE experiments.name = ? AND experiments.lifecycle_stage = 'active' "
                 "AND runs.lifecycle_stage = 'active' AND runs.start_time >= ? ORDER BY runs.start_time",
                 (tags.TRIAL_ID, tags.KIND, sweep, since_ms)).fetchall()
-        finally:
-            db.close()
 
     newest = dict(retried(read))  # later runs of a trial replace earlier ones
     return {trial: status for trial, status in newest.items() if status in ("FINISHED", "FAILED", "KILLED")}
@@ -156,9 +161,8 @@ def trials_with_runs(uri: str, experiment_id: str, trial_ids: list[str]) -> set[
         return None
 
     def read() -> set[str]:
-        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
-        try:
-            found = set()
+        found = set()
+        with _read_only(path) as db:
             for i in range(0, len(trial_ids), 500):
                 chunk = trial_ids[i:i + 500]
                 found.update(row[0] for row in db.execute(
@@ -168,9 +172,7 @@ def trials_with_runs(uri: str, experiment_id: str, trial_ids: list[str]) -> set[
                     "WHERE runs.experiment_id = ? AND runs.lifecycle_stage = 'active' "
                     f"AND trial.value IN ({', '.join('?' * len(chunk))})",
                     (tags.TRIAL_ID, tags.KIND, int(experiment_id), *chunk)))
-            return found
-        finally:
-            db.close()
+        return found
 
     return retried(read)
 
@@ -200,8 +202,7 @@ History = list[tuple[int, float]]  # (step, value), in the order of step (then o
 
 def _sqlite_histories(path, run_ids: list[str], keys: list[str]) -> dict[str, dict[str, History]]:
     out: dict[str, dict[str, list]] = {run_id: {key: [] for key in keys} for run_id in run_ids}
-    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
-    try:
+    with _read_only(path) as db:
         key_marks = ",".join("?" * len(keys))
         for i in range(0, len(run_ids), 500):  # bounded number of SQL variables per statement
             chunk = run_ids[i:i + 500]
@@ -211,8 +212,6 @@ def _sqlite_histories(path, run_ids: list[str], keys: list[str]) -> dict[str, di
                 "value", [*chunk, *keys])
             for run_id, key, step, value, is_nan in rows:
                 out[run_id][key].append((int(step), float("nan") if is_nan else float(value)))
-    finally:
-        db.close()
     return out
 
 

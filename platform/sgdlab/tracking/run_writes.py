@@ -81,22 +81,25 @@ def update_runs(uri: str, updates: list[RunUpdate],
                 written: Callable[[list[RunUpdate]], None] = lambda part: None) -> None:
     """Add metrics, set tags (replacing values) and end runs. Large updates take several transactions, in order;
     `written(part)` runs after each part is committed (one run at a time on a client store)."""
-    if not is_database(uri):
-        for one in updates:
-            _client_update(uri, one)
-            written([one])
-        return
-    group, values = [], 0
+    if is_database(uri):
+        write, parts = (lambda part: retried(lambda: _database_update(uri, part))), _transactions(updates)
+    else:
+        write, parts = (lambda part: _client_update(uri, part[0])), [[one] for one in updates]
+    for part in parts:
+        write(part)
+        written(part)
+
+
+def _transactions(updates: list[RunUpdate]) -> list[list[RunUpdate]]:
+    """Consecutive updates grouped into transactions of at most TRANSACTION_VALUES metric values (or one update)."""
+    parts, values = [[]], 0
     for one in updates:
-        if group and values + len(one.metrics) > TRANSACTION_VALUES:
-            retried(lambda part=group: _database_update(uri, part))
-            written(group)
-            group, values = [], 0
-        group.append(one)
+        if parts[-1] and values + len(one.metrics) > TRANSACTION_VALUES:
+            parts.append([])
+            values = 0
+        parts[-1].append(one)
         values += len(one.metrics)
-    if group:
-        retried(lambda: _database_update(uri, group))
-        written(group)
+    return [part for part in parts if part]
 
 
 def _client_create(uri: str, experiment_id: str, run: NewRun) -> tuple[str, str]:
@@ -111,9 +114,10 @@ def _client_create(uri: str, experiment_id: str, run: NewRun) -> tuple[str, str]
 def _client_update(uri: str, one: RunUpdate) -> None:
     mlflow = client(uri)
     run_tags = [RunTag(k, v) for k, v in one.tags.items()]
-    for i in range(0, max(1, len(one.metrics)) if one.metrics or run_tags else 0, CLIENT_BATCH):
-        chunk = [Metric(*values) for values in one.metrics[i:i + CLIENT_BATCH]]
-        retried(lambda: mlflow.log_batch(one.run_id, metrics=chunk, tags=run_tags if i == 0 else []))
+    chunks = [one.metrics[i:i + CLIENT_BATCH] for i in range(0, len(one.metrics), CLIENT_BATCH)]
+    for n, chunk in enumerate(chunks or ([[]] if run_tags else [])):  # the tags go with the first chunk
+        retried(lambda: mlflow.log_batch(one.run_id, metrics=[Metric(*m) for m in chunk],
+                                         tags=run_tags if n == 0 else []))
     if one.status is not None:
         retried(lambda: mlflow.set_terminated(one.run_id, one.status))
 
