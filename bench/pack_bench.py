@@ -13,6 +13,7 @@ per process. The last part measures how far packed float32 members are from the 
 Goals: CPU >= 2x one-at-a-time with >= 64 members; GPU >= 1000x one-at-a-time and >= 300x the best of 4-16
 processes with >= 4096 members.
 Run: .venv/bin/python bench/pack_bench.py [--device cuda] [--members 64 256] [--processes 2 4] [--steps 300]
+     [--profile]  (where the largest pack's steps spend their time, op by op)
 """
 
 from __future__ import annotations
@@ -92,12 +93,37 @@ def processes(cfgs: list[dict], n: int, device: str) -> float:
     return sum(c["train"]["max_steps"] for c in cfgs) / (max(ends) - began)
 
 
-def packed(cfgs: list[dict], device: str) -> float:
+def packed(cfgs: list[dict], device: str) -> tuple[float, dict[str, float]]:
+    """(trial-steps/s of the whole pack, where its time went): `set-up` until the first step (data, initial
+    weights, initial outputs), `steps` from the first step to the start of the last, `end` the last step, the final
+    evaluation and the results, and `steady` the trial-steps/s of `steps` alone. A step waits for the device once,
+    so the host's clock between steps is the device's pace."""
     torch.set_num_threads(1)
     train_pack([Member(cfg) for cfg in cfgs[:2]], device=device)  # warm-up
+    ticks: list[float] = []  # the start of every step
     started = time.perf_counter()
-    train_pack([Member(cfg) for cfg in cfgs], device=device)
-    return sum(c["train"]["max_steps"] for c in cfgs) / (time.perf_counter() - started)
+    train_pack([Member(cfg) for cfg in cfgs], device=device, on_tick=lambda: ticks.append(time.perf_counter()))
+    ended = time.perf_counter()
+    stepping = ticks[-1] - ticks[0]
+    parts = {"set-up": ticks[0] - started, "steps": stepping, "end": ended - ticks[-1],
+             "steady": len(cfgs) * (len(ticks) - 1) / stepping if stepping > 0 else float("nan")}
+    return sum(c["train"]["max_steps"] for c in cfgs) / (ended - started), parts
+
+
+def profile_packed(members: int, device: str, warmup: int = 5, active: int = 20) -> None:
+    """The ops of `active` steady steps of a pack of `members` (after `warmup` steps), by their own time on the
+    device (on the CPU when the device is the CPU), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    on_cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    torch.set_num_threads(1)
+    cfgs = configs(members, warmup + active + 1)
+    with profile(activities=activities, schedule=schedule(wait=0, warmup=warmup, active=active, repeat=1)) as prof:
+        train_pack([Member(cfg) for cfg in cfgs], device=device, on_tick=prof.step)
+    print(f"\nprofile: {len(cfgs)} members, {active} steps after {warmup}; times are totals over those steps")
+    print(prof.key_averages().table(sort_by="self_device_time_total" if on_cuda else "self_cpu_time_total",
+                                    row_limit=20))
 
 
 def float32_difference(n: int, steps: int, device: str) -> tuple[float, float]:
@@ -119,6 +145,7 @@ def main() -> None:
     parser.add_argument("--alone", type=int, default=8, help="trials timed one at a time (the rate is per step)")
     parser.add_argument("--base-config", help="JSON file of the base trial config (instead of composing BASE)")
     parser.add_argument("--write-base-config", help="write the composed base trial config to this JSON file, exit")
+    parser.add_argument("--profile", action="store_true", help="also profile the ops of the largest pack's steps")
     args = parser.parse_args()
     BASE_CONFIG.update(compose_base(args.base_config))
     if args.write_base_config:
@@ -128,17 +155,25 @@ def main() -> None:
     rows = [("one at a time", 1, one_at_a_time(configs(args.alone, args.steps), args.device))]
     for n in args.processes:
         rows.append((f"{n} processes", n, processes(configs(max(args.alone, 2 * n), args.steps), n, args.device)))
+    parts = {}
     for m in args.members:
-        rows.append((f"packed, {m} members", m, packed(configs(m, args.steps), args.device)))
+        rate, parts[m] = packed(configs(m, args.steps), args.device)
+        rows.append((f"packed, {m} members", m, rate))
     base, best_processes = rows[0][2], max(r[2] for r in rows if "processes" in r[0])
     print(f"\n{args.device}, {args.steps} steps per trial, MLP 64-128-128-1 on {BASE_CONFIG['data']['name']}, "
           f"hinge, B=16, P=1024 (torch threads per process: 1)")
     print(f"{'way':<22}{'trial-steps/s':>15}{'x one-at-a-time':>17}{'x best processes':>18}")
     for name, _, rate in rows:
         print(f"{name:<22}{rate:>15,.0f}{rate / base:>17.2f}{rate / best_processes:>18.2f}")
+    print(f"\nwhere a pack's time went (s), and its steps alone in trial-steps/s\n"
+          f"{'members':<10}{'set-up':>9}{'steps':>9}{'end':>9}{'steps alone':>14}")
+    for m, p in parts.items():
+        print(f"{m:<10}{p['set-up']:>9.2f}{p['steps']:>9.2f}{p['end']:>9.2f}{p['steady']:>14,.0f}")
     median, worst = float32_difference(16, args.steps, args.device)
     print(f"\nfloat32, 16 members: packed vs alone, relative difference of the final train/test loss and weight "
           f"change: median {median:.1e}, max {worst:.1e} (summation order; float64 is tested to 1e-6)")
+    if args.profile:
+        profile_packed(max(args.members), args.device)
 
 
 if __name__ == "__main__":
