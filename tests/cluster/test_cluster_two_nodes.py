@@ -29,10 +29,13 @@ axes:
   seed: [0, 1]
 """
 
-HOLD = """
+# Long enough (about 4.5 s of compute here) that the node dies mid-trial: it is killed 1-1.5 s after the run starts.
+HOLD_STEPS = 12500
+HOLD = f"""
 description: four longer trials; the second node dies while it runs one
 overrides: [model.depth=1, model.width=8, data.n_train=64, data.batch_size=8, optim.temperature=0.01,
-            train.max_steps=2500, train.stop_when_fitted=false, train.log_every=100, train.checkpoint_every=250]
+            train.max_steps={HOLD_STEPS}, train.stop_when_fitted=false, train.log_every=500,
+            train.checkpoint_every=1000]
 axes:
   model.alpha: [1, 4]
   seed: [0, 1]
@@ -133,7 +136,7 @@ def test_sweeps_on_two_ray_nodes_with_postgres_mlflow(sweeps_dir, tmp_path, monk
             assert lost and all(node_of(r, ids) == "second" for r in lost)
             assert all(r.data.tags["sgdlab.error"].startswith("worker lost") for r in lost)
             assert node_of(done, ids) == "head" and int(done.data.tags["sgdlab.attempt"]) >= 2
-            assert int(done.data.metrics["steps"]) == 2500
+            assert int(done.data.metrics["steps"]) == HOLD_STEPS
         after = [r for r in runs if r.info.start_time > killed_at + 1000]
         assert all(node_of(r, ids) == "head" for r in after)
         report = status_json(work, "hold")
