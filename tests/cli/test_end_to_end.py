@@ -1,0 +1,125 @@
+"""A tiny sweep through the real command, a real local Ray and a real SQLite MLflow store, read back."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import yaml
+
+from sgdlab.sweep import spec
+from sgdlab.sweep.expand import expand
+
+from conftest import SGDLAB, TINY, mlflow_runs, run_sgdlab, status_json
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray head
+
+
+def test_sweep_records_every_trial_and_skips_finished_ones(sweeps_dir, tmp_path):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    work = tmp_path / "work"
+    work.mkdir()
+    assert status_json(work, "tiny")["counts"]["pending"] == 4 and not (work / "mlflow.db").exists()
+
+    out = run_sgdlab("sweep", "tiny", cwd=work)
+    assert out.returncode == 0, out.stderr
+    assert "4 to run" in out.stderr and "4 finished" in out.stderr
+
+    trials = {t.trial_id: t for t in expand(spec.load("tiny").override_strings())}
+    client, runs = mlflow_runs(work / "mlflow.db", "tiny")
+    assert len(runs) == 4 and {r.data.tags["sgdlab.trial_id"] for r in runs} == set(trials)
+    (sweep_run,) = client.search_runs([runs[0].info.experiment_id], "tags.`sgdlab.kind` = 'sweep'")
+    for run in runs:
+        tags, trial = run.data.tags, trials[run.data.tags["sgdlab.trial_id"]]
+        assert run.info.status == "FINISHED"
+        assert tags["sgdlab.sweep"] == "tiny" and tags["sgdlab.attempt"] == "1"
+        assert tags["sgdlab.outcome"] in ("converged", "max_steps")
+        assert tags["mlflow.parentRunId"] == sweep_run.info.run_id
+        assert float(tags["sgdlab.heartbeat"]) > 0 and "sgdlab.git_sha" in tags
+        assert run.info.run_name == f"alpha={trial.swept['model.alpha']} seed={trial.swept['seed']}"
+        assert run.data.params["data.n_train"] == "64" and run.data.params["model.alpha"] == str(
+            trial.config["model"]["alpha"])
+        assert float(run.data.params["optim.lr"]) == pytest.approx(0.01 * 8 * 8)
+        for metric in ("test_error", "weight_change", "train_time", "train_loss", "steps"):
+            assert metric in run.data.metrics
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert len(history) >= 2 and history[-1].step == int(run.data.metrics["steps"])
+        local = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+        assert yaml.safe_load(open(local)) == trial.config
+
+    report = status_json(work, "tiny")
+    assert report["trials"] == 4 and report["counts"]["finished"] == 4 and report["failed"] == []
+    assert sum(report["outcomes"].values()) == 4
+
+    again = run_sgdlab("sweep", "tiny", cwd=work)
+    assert again.returncode == 0 and "4 already finished" in again.stderr and "nothing to run" in again.stderr
+    assert len(mlflow_runs(work / "mlflow.db", "tiny")[1]) == 4
+
+
+def test_report_writes_files_and_attaches_them_to_the_sweep_run(sweeps_dir, tmp_path):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    missing = run_sgdlab("report", "tiny", cwd=tmp_path)
+    assert missing.returncode == 2 and "no runs of sweep 'tiny'" in missing.stderr
+    assert run_sgdlab("sweep", "tiny", "model.alpha=1", cwd=tmp_path).returncode == 0  # a partial sweep
+    out = run_sgdlab("report", "tiny", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "reports" / "tiny"
+    assert (folder / "summary.csv").is_file()
+    summary = (folder / "summary.md").read_text()
+    assert "2 trials recorded: 2 finished" in summary
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    client, runs = mlflow_runs(tmp_path / "mlflow.db", "tiny", kind="sweep")
+    (sweep_run,) = runs
+    attached = sorted(f.path.split("/")[-1] for f in client.list_artifacts(sweep_run.info.run_id, "report"))
+    assert attached == sorted(pngs + ["summary.csv", "summary.md"])
+    for png in folder.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    dashboard_serves_runs_and_report(tmp_path, sweep_run.info.run_id, pngs)
+
+
+def dashboard_serves_runs_and_report(store_dir, sweep_run_id, pngs):
+    """`sgdlab ui` on the store: the REST API lists the trial runs and serves the report files."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    server = subprocess.Popen([*SGDLAB, "ui", "--port", str(port)], cwd=store_dir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(endpoint, **query):
+        url = f"{base}{endpoint}?{urllib.parse.urlencode(query)}"
+        return urllib.request.urlopen(url, timeout=10).read()
+
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                experiment = json.loads(get("/api/2.0/mlflow/experiments/get-by-name", experiment_name="tiny"))
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        exp_id = experiment["experiment"]["experiment_id"]
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"experiment_ids": [exp_id], "filter": "tags.`sgdlab.kind` = 'train'"}).encode())
+        runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
+        assert len(runs) == 2 and all(r["info"]["status"] == "FINISHED" for r in runs)
+        names = sorted(r["info"]["run_name"] for r in runs)
+        assert names == ["seed=0", "seed=1"]  # named by the swept values (alpha is fixed here)
+        summary = get("/get-artifact", path="report/summary.md", run_uuid=sweep_run_id).decode()
+        assert summary.startswith("# sgdlab report: tiny")
+        for png in pngs:
+            assert get("/get-artifact", path=f"report/{png}", run_uuid=sweep_run_id)[:4] == b"\x89PNG"
+        assert b"<html" in get("/").lower()  # the dashboard page itself
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -1,0 +1,105 @@
+"""Sweep files, expansion into trials, and trial identity."""
+
+import subprocess
+import sys
+
+import pytest
+
+from sgdlab.config.schema import ConfigError
+from sgdlab.sweep import spec
+from sgdlab.sweep.expand import expand
+from sgdlab.sweep.identity import trial_id
+
+from conftest import run_sgdlab
+
+TINY = """
+description: tiny
+overrides: [model.depth=1, model.width=8, data.n_train=64, optim.temperature=0.01]
+axes:
+  model.alpha: 1, 16
+  seed: [0, 1, 2]
+"""
+
+
+def test_expansion_is_the_cartesian_product(sweeps_dir):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    trials = expand(spec.load("tiny").override_strings())
+    assert len(trials) == 6
+    assert [(t.swept["model.alpha"], t.swept["seed"]) for t in trials] == [
+        ("1", "0"), ("1", "1"), ("1", "2"), ("16", "0"), ("16", "1"), ("16", "2")]
+    assert len({t.trial_id for t in trials}) == 6
+    assert all(t.config["model"]["width"] == 8 for t in trials)
+
+
+def test_command_line_overrides_replace_or_add_axes(sweeps_dir):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    base = spec.load("tiny").override_strings()
+    assert len(expand(base + ["seed=5"])) == 2  # a plain value replaces the seed axis
+    assert len(expand(base + ["data.n_train=32,64"])) == 12  # a sweep value adds an axis
+    assert len(expand(base + ["seed=range(4)"])) == 8
+
+
+def test_identity_ignores_non_identity_groups_and_lr_spelling(sweeps_dir):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    base = spec.load("tiny").override_strings() + ["seed=0", "model.alpha=1"]
+    (trial,) = expand(base)
+    (same,) = expand(base + ["resources.cpus=2", "cluster.num_cpus=1", "tracking.stale_after_s=5",
+                             "fault.raise_at_step=3"])
+    lr = trial.config["optim"]["lr"]
+    (spelled,) = expand([b for b in base if "temperature" not in b] + [f"optim.lr={lr}"])
+    (other,) = expand(base + ["model.alpha=2"])
+    assert trial.trial_id == same.trial_id == spelled.trial_id != other.trial_id
+
+
+def test_trial_id_is_stable_across_processes():
+    config = {"model": {"alpha": 0.5, "name": "mlp"}, "seed": 3, "optim": {"lr": 1e-3}, "tracking": {"uri": "x"}}
+    code = f"from sgdlab.sweep.identity import trial_id; print(trial_id({config!r}))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert other == trial_id(config) and len(other) == 12
+    assert trial_id({**config, "tracking": {"uri": "y"}}) == trial_id(config)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("no_such_sweep", "unknown sweep 'no_such_sweep'"),
+    ("../etc/passwd", "no paths"),
+    ("a/b", "no paths"),
+])
+def test_bad_sweep_names(sweeps_dir, name, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        spec.load(name)
+
+
+def test_empty_axis_and_unknown_sweep_key(sweeps_dir):
+    (sweeps_dir / "empty.yaml").write_text("axes:\n  seed: []\n")
+    with pytest.raises(ConfigError, match="axes.seed: empty axis"):
+        spec.load("empty")
+    (sweeps_dir / "typo.yaml").write_text("axis:\n  seed: [1]\n")
+    with pytest.raises(ConfigError, match="unknown key 'axis'"):
+        spec.load("typo")
+
+
+def test_repository_sweeps_expand():
+    for name in spec.available():
+        trials = expand(spec.load(name).override_strings())
+        assert trials, name
+    assert len(expand(spec.load("smoke").override_strings())) == 8
+
+
+def test_dry_run_prints_table_and_creates_nothing(sweeps_dir, tmp_path):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    out = run_sgdlab("sweep", "tiny", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for trial in expand(spec.load("tiny").override_strings()):
+        assert trial.trial_id in out.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_scales_select_presets(sweeps_dir):
+    (sweeps_dir / "scaled.yaml").write_text(TINY + "scales:\n  small: []\n  paper: [data.n_train=128, 'seed=range(5)']\n")
+    sweep = spec.load("scaled")
+    assert len(expand(sweep.override_strings())) == 6
+    paper = expand(sweep.override_strings("paper"))
+    assert len(paper) == 10 and {t.config["data"]["n_train"] for t in paper} == {128}
+    with pytest.raises(ConfigError, match="scale=huge: unknown scale"):
+        sweep.override_strings("huge")
+    assert spec.split_scale(["seed=1", "scale=paper"]) == ("paper", ["seed=1"])

@@ -1,0 +1,162 @@
+"""The training loop and its parts on cases with known answers."""
+
+import gzip
+import math
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch.func import grad
+
+from sgdlab.config.compose import Composer
+from sgdlab.training import data as datasets
+from sgdlab.training import models
+from sgdlab.training.losses import Loss
+from sgdlab.training.loop import train
+
+
+@pytest.fixture(scope="module")
+def composer():
+    return Composer()
+
+
+def test_perceptron_on_separable_data_reaches_zero_hinge_loss(composer):
+    cfg = composer(["model=perceptron", "data=teacher_perceptron", "data.dim=8", "data.n_train=64",
+                    "data.n_test=256", "data.batch_size=8", "model.alpha=1", "optim.lr=8", "train.log_every=20"])
+    logged = []
+    result = train(cfg, on_log=lambda step, m: logged.append((step, m)))
+    assert result.outcome == "converged"
+    assert result.metrics["train_loss"] == 0.0 and result.metrics["n_unfitted"] == 0
+    assert result.metrics["min_margin"] >= 1.0
+    assert result.metrics["train_time"] == pytest.approx(8 * result.steps)
+    assert logged[-1][0] == result.steps and [s for s, _ in logged[:-1]] == list(range(20, result.steps, 20))
+
+
+@pytest.mark.parametrize("model", ["mlp", "perceptron", "cnn"])
+def test_hinge_gradient_on_unfitted_points_does_not_depend_on_alpha(model):
+    """d/dw [max(0, 1 - y F) / alpha] = -y df/dw on unfitted points, F = alpha (f(w) - f(w0))."""
+    torch.manual_seed(0)
+    cfg = {"name": model, "depth": 2, "width": 16, "channels": 4, "activation": "tanh"}
+    module = models.build(cfg, (1, 4, 4), 1)
+    f = models.network(module)
+    params0 = {k: v[0] for k, v in models.init_params(module, [0], torch.float64).items()}
+    params = {k: v + 1e-4 * torch.randn_like(v) for k, v in params0.items()}
+    x, y = torch.randn(6, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0])
+    grads = []
+    for alpha in (1e-3, 1.0, 100.0):
+        loss = Loss("hinge", alpha)
+        F = lambda p: alpha * (f(p, x) - f(params0, x))  # noqa: E731
+        assert bool((loss.margin(F(params), y) < 1).all())  # every point unfitted
+        grads.append(grad(lambda p: loss.mean(F(p), y))(params))
+    for g in grads[1:]:
+        for k in g:
+            torch.testing.assert_close(g[k], grads[0][k], rtol=1e-9, atol=1e-12)
+
+
+def test_activation_scale_gives_unit_second_moment():
+    assert models.activation_scale("relu") == pytest.approx(math.sqrt(0.5), rel=1e-10)
+    z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for name in ("tanh", "gelu", "softplus"):
+        second = (models.ACTIVATIONS[name](z) / models.activation_scale(name)).pow(2).mean()
+        assert float(second) == pytest.approx(1.0, abs=5e-3)
+
+
+def test_divergence_is_detected_and_is_an_outcome(composer):
+    cfg = composer(["loss=mse", "model.depth=2", "model.width=16", "data.n_train=64", "optim.lr=1e6",
+                    "train.max_steps=200"])
+    result = train(cfg)
+    assert result.outcome == "diverged" and result.steps < 200
+
+
+def test_max_steps_and_loss_threshold(composer):
+    base = ["loss=cross_entropy", "model.depth=1", "model.width=16", "data.n_train=128", "optim.lr=16",
+            "train.stop_when_fitted=false", "train.log_every=10"]
+    capped = train(composer(base + ["train.max_steps=30"]))
+    assert capped.outcome == "max_steps" and capped.steps == 30
+    stopped = train(composer(base + ["train.max_steps=5000", "train.loss_threshold=0.3"]))
+    assert stopped.outcome == "converged" and stopped.metrics["train_loss"] <= 0.3 and stopped.steps % 10 == 0
+
+
+def test_same_config_same_numbers(composer):
+    cfg = composer(["model.depth=2", "model.width=16", "data.n_train=128", "optim.temperature=0.01",
+                    "train.max_steps=300", "seed=3"])
+    a, b = train(cfg), train(cfg)
+    assert a.metrics == b.metrics
+    c = train({**cfg, "seed": 4})
+    assert c.metrics != a.metrics
+
+
+@pytest.mark.parametrize("alpha", [0.25, 4.0])
+def test_centered_predictor_starts_at_zero(composer, alpha):
+    """F(w0) = 0, so after one step of a negligible lr every hinge loss is 1/alpha and the error is 1."""
+    cfg = composer(["model.depth=2", "model.width=16", "data.n_train=64", "optim.lr=1e-12", "train.max_steps=1",
+                    "train.log_every=1", f"model.alpha={alpha}"])
+    result = train(cfg)
+    assert result.metrics["train_loss"] == pytest.approx(1 / alpha, rel=1e-6)
+    assert result.metrics["weight_change"] < 1e-9 and result.metrics["n_unfitted"] == 64
+
+
+def test_adam_trains(composer):
+    cfg = composer(["optim=adam", "optim.lr=1e-2", "model.depth=1", "model.width=16", "data.n_train=128",
+                    "train.max_steps=2000", "train.log_every=100"])
+    result = train(cfg)
+    assert result.outcome == "converged" and result.metrics["test_error"] < 0.2
+
+
+def test_teacher_perceptron_boundary_density():
+    """P(|x_1| < eps) ~ eps^(chi + 1): chi = 1 depletes the boundary."""
+    base = {"name": "teacher_perceptron", "n_train": 100_000, "n_test": 1, "batch_size": 1, "seed": 0, "dim": 3}
+    eps = 0.05
+    for chi, expected in ((0.0, math.erf(eps / math.sqrt(2))), (1.0, 1 - math.exp(-eps**2 / 2))):
+        x, y, _, _ = datasets.teacher_perceptron({**base, "chi": chi})
+        frac = float(np.mean(np.abs(x[:, 0, 0, 0]) < eps))
+        assert frac == pytest.approx(expected, rel=0.15, abs=2e-4)
+        assert np.array_equal(y, (x[:, 0, 0, 0] > 0).astype(np.int64))
+        assert abs(x[:, 0, 0, 1].std() - 1) < 0.02
+
+
+def test_digits_and_mnist1d_parity():
+    d = datasets.load({"name": "digits_parity", "n_train": 200, "n_test": None, "batch_size": 1, "seed": 0})
+    assert d.x_train.shape == (200, 1, 8, 8) and len(d.x_test) == 1797 - 200
+    assert torch.allclose(d.x_train.flatten(1).norm(dim=1), torch.full((200,), 8.0, dtype=torch.float64))
+    assert 0.4 < float(d.y_train.double().mean()) < 0.6
+    m = datasets.load({"name": "mnist1d_parity", "n_train": 100, "n_test": 50, "batch_size": 1, "seed": 0})
+    assert m.x_train.shape == (100, 1, 1, 40) and m.x_test.shape == (50, 1, 1, 40)
+    with pytest.raises(ValueError, match="digits has 1797 examples"):
+        datasets.load({"name": "digits_parity", "n_train": 1797, "n_test": None, "batch_size": 1, "seed": 0})
+
+
+def _write_idx(path, array):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_idx_reader(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    assert datasets.read_idx(tmp_path / "t10k-labels-idx1-ubyte.gz").tolist() == list(range(10))
+    d = datasets.load({"name": "mnist_parity", "n_train": 20, "n_test": 10, "batch_size": 1, "seed": 0,
+                       "root": str(tmp_path)})
+    assert d.x_train.shape == (20, 1, 28, 28) and sorted(d.y_test.tolist()) == [0] * 5 + [1] * 5
+
+
+def test_cifar_reader_and_missing_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 255, (10, 3072)).astype(np.uint8), b"labels": list(range(10))}, f)
+    d = datasets.load({"name": "cifar10_animals", "n_train": 40, "n_test": 10, "batch_size": 1, "seed": 0,
+                       "root": str(tmp_path)})
+    assert d.x_train.shape == (40, 3, 32, 32) and int(d.y_test.sum()) == 6  # six animal classes of ten
+    with open(tmp_path / "evil", "wb") as f:
+        pickle.dump({b"data": np.zeros(1), b"labels": print}, f)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        datasets.read_cifar_batch(tmp_path / "evil")
+    with pytest.raises(datasets.DataUnavailable, match="not found"):
+        datasets.load({"name": "cifar10_animals", "n_train": 4, "n_test": 1, "batch_size": 1, "seed": 0,
+                       "root": str(tmp_path / "nowhere")})
