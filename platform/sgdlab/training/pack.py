@@ -1,0 +1,219 @@
+"""A pack's state and what the training loop (training/loop.py) computes on it besides the step: the set-up
+(data, initial parameters and outputs, resume) and the full-set metrics. Per-member tensors are stacked along
+dim 0; functions of one member are vmapped over that dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.func import grad_and_value, vmap
+
+from sgdlab.training import models, optim
+from sgdlab.training.data import Dataset
+from sgdlab.training.distributed import Workers
+from sgdlab.training.losses import Loss
+from sgdlab.training.problem import DTYPES, build_problem, centred, load_data
+
+# Memory of the activations of one evaluation chunk (members x examples) of full-set outputs and metrics.
+EVAL_BYTES = {"cpu": 1 << 27, "cuda": 1 << 30}
+
+
+def tree_map(fn, tree, *others):
+    """fn applied leaf by leaf to nested dicts and tuples of tensors (parameters, optimizer states, outputs)."""
+    if isinstance(tree, dict):
+        return {k: tree_map(fn, v, *(o[k] for o in others)) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(tree_map(fn, *leaves) for leaves in zip(tree, *others))
+    return fn(tree, *others)
+
+
+def take(tree, rows):
+    """Members at `rows` (a list) of a stacked tree, or one member (an int) as its own copy."""
+    if isinstance(rows, int):
+        return tree_map(lambda x: x[rows].clone(), tree)
+    index = torch.tensor(rows, dtype=torch.long)
+    return tree_map(lambda x: x[index.to(x.device)], tree)
+
+
+def per_member(fn, alone=None):
+    """fn vmapped over the leading (member) dimension of its arguments, the first a tensor. A pack of one calls
+    `alone` (default fn) directly: the same operations without vmap's cost per call (about a millisecond, as
+    much as a small model's step)."""
+    batched, alone = vmap(fn), alone or fn
+
+    def call(*args):
+        if len(args[0]) > 1:  # the first argument is a tensor with one entry per member
+            return batched(*args)
+        return tree_map(lambda x: x.unsqueeze(0), alone(*tree_map(lambda x: x[0], args)))
+
+    return call
+
+
+def autograd_grad_and_value(loss_fn):
+    """(grad of loss_fn w.r.t. its second argument, a dict of tensors; its value) with torch.autograd: the same
+    numbers as torch.func.grad_and_value(loss_fn, argnums=1), at about half its cost per call for one trial."""
+    def call(first, params, *rest):
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+            value = loss_fn(first, leaves, *rest)
+            grads = torch.autograd.grad(value, list(leaves.values()), materialize_grads=True)
+        return dict(zip(leaves, grads)), value.detach()
+
+    return call
+
+
+@dataclass
+class Shared:
+    """What the members of a pack share: the config (of the first member), data, network, step functions and
+    the workers."""
+
+    cfg: dict
+    data: Dataset  # on the pack's device, in its dtype
+    f: Callable  # f(params, x): the network
+    workers: Workers
+    eval_rows: int  # member x example rows per evaluation chunk
+    grad_and_value: Callable  # (alpha, params, f0_train, idx) -> (grads, batch loss), per member
+    update: Callable  # (lr, params, grads, state) -> (params, state), per member
+    params_every: int | None  # members' on_params every this many steps
+
+    @property
+    def loss_name(self) -> str:
+        return self.cfg["loss"]["name"]
+
+    @property
+    def n_train(self) -> int:
+        return len(self.data.x_train)
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg["data"]["batch_size"]
+
+    @property
+    def log_every(self) -> int:
+        return self.cfg["train"]["log_every"]
+
+    @property
+    def checkpoint_every(self) -> int | None:
+        return self.cfg["train"]["checkpoint_every"]
+
+
+
+TENSORS = ("params", "state", "params0", "alpha", "lr", "lr64", "f0_train", "f0_test", "seed", "step", "t")
+
+
+@dataclass
+class PackState:
+    """The members still training: their tensors stacked along dim 0 in the order of `live` (indices of the
+    pack's members); step counts are also kept on the host (`steps`), so that conditions on steps cost no
+    transfer from the device."""
+
+    params: dict
+    state: dict
+    params0: dict
+    alpha: torch.Tensor
+    lr: torch.Tensor
+    lr64: torch.Tensor  # lr in float64, for t
+    f0_train: torch.Tensor  # f(w0, x) on the training set, (members, n_train, outputs)
+    f0_test: torch.Tensor
+    seed: torch.Tensor
+    step: torch.Tensor  # updates done
+    t: torch.Tensor  # sum of lr, in float64 whatever the dtype
+    steps: np.ndarray
+    max_steps: np.ndarray
+    live: list[int]
+    hooked: list[int] = field(default_factory=list)  # rows of the members with an on_step callback
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only the members at `rows`."""
+        for name in TENSORS:
+            setattr(self, name, take(getattr(self, name), rows))
+        self.steps, self.max_steps, self.live = self.steps[rows], self.max_steps[rows], [self.live[r] for r in rows]
+
+
+def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers: Workers,
+           params_every: int | None) -> tuple[Shared, PackState]:
+    """The data and network (shared), every member's initial parameters and optimizer state (a member's initial
+    parameters depend on its seed only), the snapshots of resumed members, and f(w0, x) on both sets."""
+    cfg = configs[0]
+    data = load_data(cfg, device)
+    problem = build_problem(cfg, device, data, initial_outputs=False)  # the network the members share
+    f, dtype, loss_name = problem.f, DTYPES[cfg["train"]["dtype"]], cfg["loss"]["name"]
+    eval_rows = EVAL_BYTES.get(torch.device(device).type, EVAL_BYTES["cpu"]) // (
+        data.x_train.element_size() * problem.saved_per_example())
+
+    def member_loss(a, p, f0, idx):
+        return Loss(loss_name, a).mean(centred(f, p, data.x_train[idx], f0[idx], a), data.y_train[idx])
+
+    def member_update(rate, p, g, s):
+        return optim.build({**cfg["optim"], "lr": rate}).update(p, g, s)
+
+    shared = Shared(cfg, data, f, workers, eval_rows,
+                    per_member(grad_and_value(member_loss, argnums=1), alone=autograd_grad_and_value(member_loss)),
+                    per_member(member_update), params_every)
+    seeds = [c["seed"] for c in configs]
+    params0 = models.init_params(problem.module, seeds, dtype, device)
+    params, state = tree_map(torch.clone, params0), per_member(optim.build(cfg["optim"]).init)(params0)
+    steps, t = [0] * len(configs), [0.0] * len(configs)
+    for i, snapshot in enumerate(resumes):
+        if snapshot is not None:
+            tree_map(lambda stacked, saved: stacked[i].copy_(saved), (params, state),
+                     (snapshot["params"], snapshot["opt_state"]))
+            steps[i], t[i] = snapshot["steps"], snapshot["t"]
+    alpha = torch.tensor([c["model"]["alpha"] for c in configs], dtype=dtype, device=device)
+    lrs = [c["optim"]["lr"] for c in configs]
+    initial = lambda x: initial_outputs(shared, params0, alpha, x)  # noqa: E731
+    pack = PackState(params, state, params0, alpha, torch.tensor(lrs, dtype=dtype, device=device),
+                     torch.tensor(lrs, dtype=torch.float64, device=device), initial(data.x_train),
+                     initial(data.x_test), torch.tensor(seeds, device=device), torch.tensor(steps, device=device),
+                     torch.tensor(t, dtype=torch.float64, device=device), np.array(steps),
+                     np.array([c["train"]["max_steps"] for c in configs]), list(range(len(configs))))
+    return shared, pack
+
+
+def initial_outputs(shared: Shared, params0: dict, alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """f(w0_m, x) for every member m (zero when model.center is false): F is centred on it."""
+    chunk, scale = max(1, shared.eval_rows // len(alpha)), 1.0 if shared.cfg["model"]["center"] else 0.0
+    with torch.no_grad():
+        return scale * torch.cat([per_member(lambda a, p: shared.f(p, x[i:i + chunk]))(alpha, params0)
+                                  for i in range(0, len(x), chunk)], dim=1)
+
+
+def _sums(loss: Loss, F: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"loss": loss.per_example(F, y).sum(), "errors": loss.error(F, y).double().sum(),
+            "unfitted": (~loss.fitted(F, y)).sum(), "min_margin": loss.margin(F, y).min()}
+
+
+def set_metrics(shared: Shared, pack: PackState, rows: list[int], which: str) -> list[dict[str, float]]:
+    """Mean loss, error rate, unfitted count and minimum margin on the whole train or test set (`which`), for the
+    members at `rows`. Each worker evaluates its contiguous slice of the set; sums and minima are all-reduced."""
+    x, y = (shared.data.x_train, shared.data.y_train) if which == "train" else (shared.data.x_test, shared.data.y_test)
+    n, part, workers = len(x), shared.workers.split(len(x)), shared.workers
+    x, y = x[part], y[part]
+    sub = take({"params": pack.params, "alpha": pack.alpha,
+                "f0": (pack.f0_train if which == "train" else pack.f0_test)[:, part]}, rows)
+    chunk = max(1, shared.eval_rows // len(rows))
+    with torch.no_grad():
+        F = torch.cat([per_member(lambda a, p, f0: centred(shared.f, p, x[i:i + chunk], f0[i:i + chunk], a))(
+            sub["alpha"], sub["params"], sub["f0"]) for i in range(0, len(x), chunk)], dim=1)
+        out = per_member(lambda a, Fm: _sums(Loss(shared.loss_name, a), Fm, y))(sub["alpha"], F)
+    values = {"loss": (workers.sum(out["loss"]) / n).tolist(), "error": (workers.sum(out["errors"]) / n).tolist(),
+              "unfitted": workers.sum(out["unfitted"]).tolist(), "min_margin": workers.min(out["min_margin"]).tolist()}
+    return [{k: v[j] for k, v in values.items()} for j in range(len(rows))]
+
+
+def metrics(shared: Shared, pack: PackState, rows: list[int]) -> list[dict[str, float]]:
+    """Everything logged: full-set metrics, ||w - w0|| and ||w - w0|| / ||w0||, t and the step count."""
+    train_set, test_set = set_metrics(shared, pack, rows, "train"), set_metrics(shared, pack, rows, "test")
+    sub = take({"params": pack.params, "params0": pack.params0}, rows)
+    squares = lambda tree: sum((v.flatten(1) ** 2).sum(1) for v in tree.values())  # noqa: E731
+    deltas = torch.sqrt(squares({k: sub["params"][k] - sub["params0"][k] for k in sub["params"]}))
+    norms0 = torch.sqrt(squares(sub["params0"]))
+    return [{"train_loss": tr["loss"], "train_error": tr["error"], "test_loss": te["loss"],
+             "test_error": te["error"], "n_unfitted": tr["unfitted"], "min_margin": tr["min_margin"],
+             "weight_delta": delta, "weight_change": delta / norm0, "train_time": t_, "steps": float(step)}
+            for tr, te, delta, norm0, t_, step in zip(train_set, test_set, deltas.tolist(), norms0.tolist(),
+                                                       pack.t[rows].tolist(), pack.steps[rows].tolist())]
