@@ -3,7 +3,7 @@
 1. A sweep of 32 trials of about 2 s of compute each, and one of 200 tiny trials, through the real scheduler
    (Ray tasks, MLflow on SQLite): wall time against the trials' own compute divided by the workers, with Ray's
    start-up timed apart (connect, and every worker process started with torch and mlflow imported:
-   runtime.warm_up, which `sgdlab sweep` also runs). A trial's own compute is the time of training/loop.py
+   tasks.warm_up, which `sgdlab sweep` also runs). A trial's own compute is the time of training/loop.py
    train() on its config, no Ray, no MLflow, one thread, in as many processes at once as there are workers
    (the cores are shared as in the sweep). The 200 tiny trials run twice: one trial per task (exec.pack=off)
    and packed as `sgdlab sweep` packs them by default (exec.pack=auto: one pack per worker).
@@ -29,7 +29,8 @@ from sgdlab.config.compose import Composer
 from sgdlab.orchestration import runtime
 from sgdlab.orchestration.packing import pack_jobs
 from sgdlab.orchestration.scheduler import run_trials
-from sgdlab.orchestration.tasks import TrialJob
+from sgdlab.orchestration import tasks
+from sgdlab.orchestration.plan import TrialJob
 from sgdlab.sweep.expand import expand
 from sgdlab.tracking.query import sweep_runs
 from sgdlab.tracking.store import client, open_sweep
@@ -147,7 +148,7 @@ def main() -> None:
         tiny_compute = own_compute(tiny_trials, args.workers)
         t0 = time.perf_counter()
         runtime.connect({"address": None, "num_cpus": args.workers, "dashboard": False})
-        runtime.warm_up()
+        tasks.warm_up()
         startup = time.perf_counter() - t0
         try:
             big = sweep_overhead(uri, "two_seconds", big_trials, args.workers, big_compute)

@@ -9,7 +9,7 @@ import torch
 
 from sgdlab.config.compose import Composer
 from sgdlab.orchestration.packing import AUTO_MIN, pack_jobs, shape_key
-from sgdlab.orchestration.tasks import PackJob, TrialJob
+from sgdlab.orchestration.plan import PackJob, TrialJob
 from sgdlab.training.loop import Member, train, train_pack
 
 from conftest import TINY, mlflow_runs, run_sgdlab, status_json

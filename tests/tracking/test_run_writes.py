@@ -1,5 +1,7 @@
-"""Runs written straight into a database store's tables (tracking/run_writes.py) read back through MlflowClient
-exactly like runs written by MlflowClient itself: info, params, tags, latest metrics and metric histories."""
+"""Runs written through sgdlab's record stores (tracking/record_store.py) read back through MlflowClient exactly
+like runs written by MlflowClient itself: info, params, tags, latest metrics and metric histories. On SQLite and
+PostgreSQL with the tested mlflow they are written straight into the tables (tracking/run_writes.py); with any
+other mlflow through the client, after one warning line."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import os
 import uuid
 
 import pytest
+from mlflow import __version__ as mlflow_version
 from mlflow.entities import Metric, Param, RunTag
 
+from sgdlab.tracking import record_store
 from sgdlab.tracking.query import sweep_runs
-from sgdlab.tracking.run_writes import NewRun, RunUpdate, create_runs, update_runs
+from sgdlab.tracking.record_store import ClientStore, NewRun, RunUpdate, create_runs, update_runs, store_for
 from sgdlab.tracking.store import client, open_sweep
 
 TAGS = {"sgdlab.sweep": "w", "sgdlab.kind": "train", "sgdlab.trial_id": "t", "mlflow.parentRunId": "p"}
@@ -37,7 +41,7 @@ def _by_client(uri: str, experiment_id: str) -> str:
     return run_id
 
 
-def _by_tables(uri: str, experiment_id: str) -> str:
+def _by_record_store(uri: str, experiment_id: str) -> str:
     ((run_id, _),) = create_runs(uri, experiment_id, [NewRun("trial", TAGS, PARAMS)])
     update_runs(uri, [RunUpdate(run_id, FIRST, FIRST_TAGS)])
     update_runs(uri, [RunUpdate(run_id, SECOND, SECOND_TAGS, "FINISHED")])
@@ -67,10 +71,30 @@ def store_uri(request, tmp_path):
 
 
 def test_table_writes_read_back_like_client_writes(store_uri):
+    tested = mlflow_version == record_store.TABLE_STORE_TESTED_MLFLOW
+    assert type(store_for(store_uri)).__name__ == ("TableStore" if tested else "ClientStore")
+    _assert_written_like_client(store_uri)
+
+
+def test_untested_mlflow_writes_through_the_client_after_one_warning(store_uri, monkeypatch, capsys):
+    monkeypatch.setattr(record_store, "TABLE_STORE_TESTED_MLFLOW", "0.0.1")
+    record_store._warn_untested_mlflow.cache_clear()  # as in a fresh process
+    capsys.readouterr()
+    assert isinstance(store_for(store_uri), ClientStore)
+    _assert_written_like_client(store_uri)
+    handle = open_sweep(store_uri, "w")
+    _by_record_store(store_uri, handle.experiment_id)  # more writes, no more warnings
+    ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sgdlab")]  # not MLflow's log
+    assert ours == [
+        f"sgdlab: warning: mlflow {mlflow_version} is not the tested 0.0.1; writing records through MlflowClient "
+        "(slower)"]
+
+
+def _assert_written_like_client(store_uri: str) -> None:
     handle = open_sweep(store_uri, "w")
     mlflow = client(store_uri)
     ref, ours = (mlflow.get_run(_by_client(store_uri, handle.experiment_id)),
-                 mlflow.get_run(_by_tables(store_uri, handle.experiment_id)))
+                 mlflow.get_run(_by_record_store(store_uri, handle.experiment_id)))
     for field in ("status", "lifecycle_stage", "user_id", "run_name", "experiment_id"):
         assert getattr(ours.info, field) == getattr(ref.info, field), field
     assert ours.info.status == "FINISHED" and ours.info.end_time >= ours.info.start_time > 0

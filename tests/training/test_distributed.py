@@ -51,10 +51,10 @@ def test_workers_per_trial_is_checked():
 
 
 def test_shards_split_the_global_batch():
-    from sgdlab.training.distributed import check_batch, shard
+    from sgdlab.training.distributed import Workers, check_batch
 
-    idx = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:12]
-    assert torch.equal(torch.cat([shard(idx, r, 3) for r in range(3)]), idx)
+    idx = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:12].reshape(1, 12)
+    assert torch.equal(torch.cat([Workers(r, 3).shard(idx) for r in range(3)], dim=1), idx)
     with pytest.raises(ValueError, match="not divisible"):
         check_batch(10, 4)
 
@@ -69,18 +69,57 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("overrides", [["optim.lr=2.0"],  # converged (hinge: a zero batch loss, then fitted)
-                                       ["optim.lr=2.0", "train.stop_when_fitted=false", "train.loss_threshold=0.05"],
-                                       ["optim.lr=1e6"]], ids=["fitted", "loss_threshold", "diverged"])
-def test_stopping_rules_are_those_of_the_loop(overrides, one_thread):
-    """Without a process group the distributed loop is one process: same outcome, step and metrics as loop.py."""
-    from sgdlab.training import distributed, loop
+STOPPING = {"fitted": ["optim.lr=2.0"],  # converged (hinge: a zero batch loss, then fitted)
+            "loss_threshold": ["optim.lr=2.0", "train.stop_when_fitted=false", "train.loss_threshold=0.05"],
+            "diverged": ["optim.lr=1e6"],
+            "max_steps": ["optim.lr=0.01", "train.max_steps=40"]}
 
-    cfg = Composer()(["model.depth=1", "model.width=16", "data.n_train=32", "data.batch_size=8",
-                      "train.max_steps=3000", "train.log_every=7", "train.dtype=float64", *overrides])
-    ours, theirs = distributed.train(cfg), loop.train(cfg)
-    assert (ours.outcome, ours.steps) == (theirs.outcome, theirs.steps)
-    assert ours.metrics == pytest.approx(theirs.metrics, rel=1e-12, abs=1e-14)
+
+def stopping_config(overrides: list[str]) -> dict:
+    return Composer()(["model.depth=1", "model.width=16", "data.n_train=32", "data.batch_size=8",
+                       "train.max_steps=3000", "train.log_every=7", "train.dtype=float64", *overrides])
+
+
+def _train_as_rank(rank: int, init_file: str, out: str) -> None:
+    """One of 2 gloo ranks: every STOPPING case as a pack of 2 members (seeds 0 and 1) on the same loop."""
+    import torch.distributed as dist
+
+    from sgdlab.training.distributed import world
+    from sgdlab.training.loop import Member, train_pack
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        results = {}
+        for case, overrides in STOPPING.items():
+            cfg = stopping_config(overrides)
+            pack = train_pack([Member(cfg), Member({**cfg, "seed": 1})], workers=world())
+            results[case] = [(r.outcome, r.steps, r.metrics, r.params) for r in pack]
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_workers_stop_like_one_process(tmp_path, one_thread):
+    """2 data-parallel gloo ranks (each half of every batch and of every evaluation, gradients and sums
+    all-reduced) and one process take the same decisions on the same loop, for each stopping rule, in a pack of
+    two members: the same outcome and step, metrics and parameters to 1e-10 relative (float64)."""
+    import torch.multiprocessing as mp
+
+    from sgdlab.training.loop import Member, train_pack
+
+    out = tmp_path / "ranks.pt"
+    mp.spawn(_train_as_rank, args=(str(tmp_path / "init"), str(out)), nprocs=2)
+    ranks = torch.load(out, weights_only=True)
+    for case, overrides in STOPPING.items():
+        cfg = stopping_config(overrides)
+        alone = train_pack([Member(cfg), Member({**cfg, "seed": 1})])
+        for (outcome, steps, metrics, params), theirs in zip(ranks[case], alone):
+            assert (outcome, steps) == (theirs.outcome, theirs.steps), case
+            assert outcome == ("converged" if case in ("fitted", "loss_threshold") else case)
+            assert metrics == pytest.approx(theirs.metrics, rel=1e-10, abs=1e-12), case
+            assert max(rel(params[k], theirs.params[k]) for k in params) < 1e-10, case
 
 
 def test_sweep_with_two_workers_per_trial_matches_one_process(sweeps_dir, tmp_path, one_thread, shared_ray):
@@ -147,8 +186,7 @@ def test_sweep_with_two_workers_per_trial_matches_one_process(sweeps_dir, tmp_pa
 
 def test_distributed_operator_without_process_group_is_the_operator(one_thread):
     """With one rank the sharded operator is the ordinary one (the all_reduce is skipped)."""
-    from sgdlab.jobs.distributed_train import distributed_operator
-    from sgdlab.jobs.probe import operator
+    from sgdlab.jobs.probe import distributed_operator, operator
     from sgdlab.training.problem import build_problem
 
     cfg = Composer()(["model.depth=1", "model.width=8", "data.n_train=40", "optim.lr=0.1", "train.dtype=float64"])

@@ -37,7 +37,7 @@ LAYER_METRICS = {"layer_trace": "trace", "layer_trace_se": "trace_se", "layer_la
 
 def chosen_matrix(probes: list[RunRecord]) -> str | None:
     """'full' if any finished probe measured it, else the most frequent matrix; None without finished probes."""
-    counts = Counter(p.tags.get("sgdlab.matrix", "") for p in probes if p.status == "FINISHED")
+    counts = Counter(p.tags.get(tags.MATRIX, "") for p in probes if p.status == "FINISHED")
     if not counts:
         return None
     return PREFERRED_MATRIX if PREFERRED_MATRIX in counts else counts.most_common(1)[0][0]
@@ -55,7 +55,7 @@ def probe_frame(probes: list[RunRecord], trains: list[RunRecord]) -> pd.DataFram
     matrix = chosen_matrix(probes)
     if matrix is None:
         return pd.DataFrame(columns=[*META, *PROBE_COLUMNS])
-    finished = [p for p in probes if p.status == "FINISHED" and p.tags.get("sgdlab.matrix", "") == matrix
+    finished = [p for p in probes if p.status == "FINISHED" and p.tags.get(tags.MATRIX, "") == matrix
                 and p.kind == "probe"]
     train_by_id = {r.run_id: r for r in trains}
     by_trial: dict[str, list[RunRecord]] = {}

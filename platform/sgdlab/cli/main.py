@@ -51,48 +51,28 @@ def trial_table(trials, title: str) -> Table:
 
 
 def execute(name: str, jobs: list, config: dict, uri: str, description: str = "") -> None:
-    """Open the sweep's store, run the jobs on Ray, print the summary; exit 1 if any trial failed."""
-    from sgdlab.orchestration.packing import pack_jobs
-    from sgdlab.orchestration.runtime import address, connect, shutdown, warm_up
-    from sgdlab.orchestration.scheduler import run_trials
-    from sgdlab.tracking.store import open_sweep
+    """Run the jobs on Ray and print the summary; exit 1 if any trial failed, 130 when interrupted."""
+    from sgdlab.orchestration.scheduler import run_jobs
 
-    handle = open_sweep(uri, name, description)  # the database exists before any worker starts
-    resources = connect(config["cluster"])
-    if not address(config["cluster"]):
-        warm_up()  # local workers import torch and mlflow once, before the first trial
-    # After Ray's own handlers: SIGTERM (a batch scheduler, `kill`) stops like Ctrl-C, and Ctrl-C works even
-    # where a shell started the driver with SIGINT ignored (background jobs).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    max_in_flight = config["resources"]["max_in_flight"] or max(1, int(2 * resources.get("CPU", 1)))
-    res = config["resources"]
-    slots = resources.get("GPU", 0) / res["gpu"] if res["gpu"] else resources.get("CPU", 1) / max(res["cpus"], 1e-9)
-    jobs = pack_jobs(jobs, max(1, int(slots)))
-    packs = [len(job.members) for job in jobs if hasattr(job, "members")]
-    if packs:
-        err.print(f"packed: {sum(packs)} trials in {len(packs)} packs of {min(packs)}-{max(packs)} (exec.pack)")
     try:
-        results = run_trials(jobs, handle, max_in_flight, console=err)
+        results = run_jobs(name, jobs, config, uri, description, console=err)
     except KeyboardInterrupt:
         err.print(f"Stopped. Rerun the sweep (or make resubmit EXP={name}) to run what is left.")
         raise typer.Exit(130)
-    finally:
-        shutdown()
-    failed = [r for r in results if r["status"] == "failed"]
+    failed = [r for r in results if r.status == "failed"]
     outcomes: dict[str, int] = {}
     for r in results:
-        if r["status"] == "finished" and "outcome" in r:
-            outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-    probes = sum(1 for r in results if r.get("probe") and r["status"] == "finished")
+        if r.status == "finished" and r.outcome:
+            outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
+    probes = sum(1 for r in results if r.probe_run_id and r.status == "finished")
     err.print(f"{len(results) - len(failed)} finished ({', '.join(f'{v} {k}' for k, v in outcomes.items()) or '-'}"
               f"{f', {probes} end probes' if probes else ''}), {len(failed)} failed.")
     if failed:
         for r in failed[:10]:
-            err.print(f"  [red]{r['trial_id']}[/]: {r['error']}", highlight=False)
-        if any(r.get("failed_stage") != "probe" for r in failed):
+            err.print(f"  [red]{r.trial_id}[/]: {r.error}", highlight=False)
+        if any(r.failed_stage != "probe" for r in failed):
             err.print(f"Rerun the failed trials with: make resubmit EXP={name}")
-        if any(r.get("failed_stage") == "probe" for r in failed):
+        if any(r.failed_stage == "probe" for r in failed):
             err.print(f"Failed end probes are retried by running the sweep again: make sweep EXP={name}")
         raise typer.Exit(1)
 
@@ -112,68 +92,21 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
             out.print(spec.description)
         return
 
-    from sgdlab.orchestration.plan import make_plan
-    from sgdlab.orchestration.tasks import TrialJob
+    from sgdlab.orchestration.plan import plan_sweep
     from sgdlab.tracking.location import resolve_uri
-    from sgdlab.tracking.query import by_trial, sweep_runs
-    from sgdlab.sweep.identity import probe_id
-    from sgdlab.tracking.tags import PROBE_ID, run_name
+    from sgdlab.tracking.query import sweep_runs
 
     first = trials[0].config
     uri = resolve_uri(first["tracking"]["uri"])
-    probes = {}
-    for record in sweep_runs(uri, name, kind="probe"):
-        probes.setdefault(record.tags.get(PROBE_ID, ""), []).append(record)
-    plan = make_plan(trials, by_trial(sweep_runs(uri, name)), first["tracking"]["stale_after_s"], time.time(),
-                     probes_by_id=probes, probe_id=lambda t: probe_id(t.config, t.trial_id))
+    plan = plan_sweep(trials, sweep_runs(uri, name, kind=None), first["tracking"]["stale_after_s"], time.time())
     err.print(f"[bold]{name}[/]: {len(trials)} trials; {len(plan.skipped_finished)} already finished (skipped), "
               f"{len(plan.skipped_running)} running elsewhere, {len(plan.to_run)} to run "
               f"({len(plan.rerun)} failed or stale before), {len(plan.probe_only)} end probes of finished trials "
               f"to run. Store: {uri}")
-    if not plan.to_run and not plan.probe_only:
+    if not plan.jobs:
         err.print("nothing to run.")
         return
-    jobs = [TrialJob(t.trial_id, t.config, attempt, run_name(t.swept), probe=t.trial_id in plan.probe_after)
-            for t, attempt in plan.to_run]
-    jobs += [TrialJob(t.trial_id, t.config, 0, run_name(t.swept), train=False, probe=True, train_run_id=run_id,
-                      probe_attempt=attempt) for t, run_id, attempt in plan.probe_only]
-    execute(name, jobs, first, uri, spec.description)
-
-
-def resubmit_jobs(name: str, overrides: list[str], only: list[str]) -> tuple[list, dict, str]:
-    """Jobs that rerun the failed and stale trials of a sweep from their recorded configs."""
-    from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides
-    from sgdlab.sweep.identity import trial_id
-    from sgdlab.sweep.spec import check_name
-    from sgdlab.tracking.location import resolve_uri
-    from sgdlab.tracking.query import by_trial, sweep_runs, trial_state
-
-    check_name(name)
-    changes = parse_runtime_overrides(overrides)
-    uri = resolve_uri(changes.get(("tracking", "uri")))
-    runs = by_trial(sweep_runs(uri, name))
-    if not runs:
-        raise ConfigError(f"no runs of sweep {name!r} in {uri}; run `make sweep EXP={name}` first")
-    unknown = sorted(set(only) - set(runs))
-    if unknown:
-        raise ConfigError(f"--trial {unknown[0]}: no such trial in sweep {name!r}")
-    # Input is checked; only now load ray, torch and mlflow (bad input stays a fast exit 2).
-    from sgdlab.orchestration.tasks import TrialJob
-    from sgdlab.tracking.artifacts import recorded_config
-
-    jobs, config = [], {}
-
-    for tid, trial_runs in runs.items():
-        newest = max(trial_runs, key=lambda r: (r.attempt, r.start_time))
-        stale_after = float(newest.params.get("tracking.stale_after_s", 120))
-        if (only and tid not in only) or trial_state(trial_runs, stale_after) not in ("failed", "stale"):
-            continue
-        config = apply_runtime_overrides(recorded_config(uri, newest.run_id), changes)
-        if trial_id(config) != tid:
-            raise ConfigError(f"trial {tid}: its recorded config no longer hashes to its id; not resubmitting")
-        jobs.append(TrialJob(tid, config, max(r.attempt for r in trial_runs) + 1,
-                             newest.tags.get("mlflow.runName", tid)))
-    return jobs, config, uri
+    execute(name, plan.jobs, first, uri, spec.description)
 
 
 @app.command()
@@ -182,18 +115,29 @@ def resubmit(name: str = typer.Argument(..., help="sweep name"),
                  None, help="non-identity overrides only: fault.*, resources.*, cluster.*, tracking.*"),
              trial: Optional[List[str]] = typer.Option(None, "--trial", help="only these trial ids (repeatable)")):
     """Rerun exactly the failed and stale trials, from their recorded configs, as new attempts."""
+    from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides
+    from sgdlab.orchestration.plan import plan_resubmit
+    from sgdlab.sweep.spec import check_name
+    from sgdlab.tracking.artifacts import recorded_config
+    from sgdlab.tracking.location import resolve_uri
+    from sgdlab.tracking.query import sweep_runs
+
     try:
-        jobs, config, uri = resubmit_jobs(name, overrides or [], trial or [])
+        check_name(name)
+        changes = parse_runtime_overrides(overrides or [])
+        uri = resolve_uri(changes.get(("tracking", "uri")))
+        jobs = plan_resubmit(name, uri, sweep_runs(uri, name), trial or [],
+                             lambda run_id: apply_runtime_overrides(recorded_config(uri, run_id), changes), time.time())
     except ConfigError as exc:
         raise fail_input(str(exc))
     err.print(f"[bold]{name}[/]: {len(jobs)} failed or stale trials to rerun. Store: {uri}")
     if jobs:
-        execute(name, jobs, config, uri)
+        execute(name, jobs, jobs[0].config, uri)
 
 
 def sweep_status(name: str, overrides: list[str]) -> dict:
     """The status object of `sgdlab status --json` (reads the store, never creates it)."""
-    from sgdlab.tracking.query import STATES, by_trial, sweep_runs, trial_state
+    from sgdlab.tracking.query import STATES, by_trial, newest_run, sweep_runs, trial_state
     from sgdlab.tracking.location import resolve_uri
 
     _, trials = load_trials(name, overrides)
@@ -210,7 +154,7 @@ def sweep_status(name: str, overrides: list[str]) -> dict:
             outcome = next(r.outcome for r in trial_runs if r.status == "FINISHED")
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
         elif state == "failed":
-            newest = max(trial_runs, key=lambda r: (r.attempt, r.start_time))
+            newest = newest_run(trial_runs)
             failed.append({"trial_id": trial.trial_id, "error": newest.error or newest.status})
     return {"sweep": name, "trials": len(trials), "counts": counts, "outcomes": outcomes, "failed": failed}
 
@@ -325,21 +269,22 @@ def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED tr
 
     from sgdlab.jobs.probe import run_probe
     from sgdlab.sweep.identity import probe_id
-    from sgdlab.tracking.query import sweep_runs
+    from sgdlab.tracking.query import next_attempt, sweep_runs
     from sgdlab.tracking.store import open_sweep
+    from sgdlab.tracking.tags import PROBE_ID
 
     pid = probe_id(config, info["trial_id"])
-    attempt = 1 + sum(r.tags.get("sgdlab.probe_id") == pid for r in sweep_runs(uri, info["sweep"], kind="probe"))
+    attempt = next_attempt([r for r in sweep_runs(uri, info["sweep"], kind="probe") if r.tags.get(PROBE_ID) == pid])
     err.print(f"probing {info['run_name']} (trial {info['trial_id']}, sweep {info['sweep']})")
     result = run_probe(config, open_sweep(uri, info["sweep"]), trial_id=info["trial_id"], train_run_id=run_id,
                        attempt=attempt, run_name=info["run_name"])
-    if result["status"] != "finished":
-        err.print(f"probe failed: {result['error']}", highlight=False)
+    if result.status != "finished":
+        err.print(f"probe failed: {result.error}", highlight=False)
         raise typer.Exit(1)
-    table = Table(title=f"probe run {result['run_id']}")
+    table = Table(title=f"probe run {result.run_id}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in result["metrics"].items():
+    for key, value in result.metrics.items():
         table.add_row(key, f"{value:.6g}")
     out.print(table)
 

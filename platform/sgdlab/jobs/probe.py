@@ -19,9 +19,11 @@ import time
 import numpy as np
 import torch
 
+from sgdlab.jobs.summary import TrialSummary
 from sgdlab.probes.batch import minibatch_curvature
 from sgdlab.probes.blocks import block_probes
 from sgdlab.probes.density import density_on_grid, slq
+from sgdlab.probes.distributed import DistributedCurvatureOperator, shard_data
 from sgdlab.probes.hvp import CurvatureOperator
 from sgdlab.probes.lanczos import top_eigenpairs
 from sgdlab.probes.trace import hutchinson
@@ -31,6 +33,7 @@ from sgdlab.tracking.artifacts import download_bytes
 from sgdlab.tracking.store import SweepHandle
 from sgdlab.tracking.writer import TrialRun
 from sgdlab.training import checkpoint
+from sgdlab.training.distributed import world
 from sgdlab.training.problem import DTYPES, Problem, build_problem
 
 def operator(problem: Problem, params: dict, pcfg: dict) -> CurvatureOperator:
@@ -42,18 +45,28 @@ def operator(problem: Problem, params: dict, pcfg: dict) -> CurvatureOperator:
                              batches, matrix=pcfg["matrix"])
 
 
+def distributed_operator(problem: Problem, params: dict, pcfg: dict) -> DistributedCurvatureOperator:
+    """The probe's full-data operator on W data-parallel workers: this rank's contiguous share of the probe data
+    (probe.n_examples training points) in chunks of probe.chunk_size, products all-reduced."""
+    workers, dtype = world(), DTYPES[pcfg["dtype"]]
+    x, y, f0 = problem.train_batches(pcfg["n_examples"], 10**12)[0]
+    batches = shard_data((x.to(dtype), y, f0.to(dtype)), workers.rank, workers.size, pcfg["chunk_size"])
+    return DistributedCurvatureOperator(problem.predict, problem.batch_loss,
+                                        {k: v.detach().to(dtype) for k, v in params.items()}, batches,
+                                        matrix=pcfg["matrix"])
+
+
 def description_tags(op: CurvatureOperator) -> dict[str, str]:
     d = op.description
-    return {"sgdlab.matrix": d["matrix"], "sgdlab.normalization": d["normalization"],
-            "sgdlab.probe_data": f"first {d['n_examples']} training points in {d['n_batches']} batches",
-            "sgdlab.hvp_method": d["method"], "sgdlab.probe_dtype": d["dtype"]}
+    return {tags.MATRIX: d["matrix"], tags.NORMALIZATION: d["normalization"],
+            tags.PROBE_DATA: f"first {d['n_examples']} training points in {d['n_batches']} batches",
+            tags.HVP_METHOD: d["method"], tags.PROBE_DTYPE: d["dtype"]}
 
 
-def trajectory_hook(problem: Problem, pcfg: dict, log, make_operator=None) -> callable:
+def trajectory_hook(problem: Problem, pcfg: dict, log, make_operator=operator) -> callable:
     """on_params callback: sharpness (and optionally hessian_trace) of the current parameters, logged at step.
-    make_operator(problem, params, pcfg): the curvature operator (default `operator`; a multi-worker trial passes
-    its distributed one)."""
-    make_operator = make_operator or operator
+    make_operator(problem, params, pcfg): the curvature operator (`operator`, or `distributed_operator` on W
+    data-parallel workers)."""
 
     def hook(step: int, params: dict) -> None:
         op = make_operator(problem, params, pcfg)
@@ -108,7 +121,8 @@ def measure(problem: Problem, params: dict, pcfg: dict, run: TrialRun) -> tuple[
 
 
 def run_probe(config: dict, handle: SweepHandle, *, trial_id: str, train_run_id: str, attempt: int,
-              run_name: str) -> dict:
+              run_name: str) -> TrialSummary:
+    """The end probe of a finished train run, as its own probe run; the summary's run_id is the probe run."""
     torch.set_num_threads(max(1, int(config["resources"]["cpus"])))
     pid = probe_id(config, trial_id)
     run = TrialRun.start(handle, trial_id, config, attempt=attempt, run_name=f"probe {run_name}", kind="probe",
@@ -125,6 +139,6 @@ def run_probe(config: dict, handle: SweepHandle, *, trial_id: str, train_run_id:
         metrics["probe_time"] = time.perf_counter() - started
         run.log_metrics(int(state["steps"]), metrics)
     except Exception as exc:
-        return {"trial_id": trial_id, "run_id": run.run_id, "status": "failed", "error": run.fail(exc)}
+        return TrialSummary.failed(trial_id, run.fail(exc), run.run_id, stage="probe")
     run.finish("converged" if converged else "max_steps", check_duplicates=False)
-    return {"trial_id": trial_id, "run_id": run.run_id, "status": "finished", "metrics": metrics}
+    return TrialSummary(trial_id, "finished", run.run_id, metrics=metrics)

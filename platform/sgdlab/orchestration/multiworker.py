@@ -1,14 +1,12 @@
-"""Multi-worker trials on Ray Train: one trial trained by resources.workers_per_trial data-parallel workers.
+"""Ray Train for multi-worker trials: a function run on W data-parallel workers in one torch.distributed process
+group, and whether such a group fits the cluster at all.
 
-A trial with workers_per_trial = W > 1 is launched by a Ray task that holds no resources (num_cpus=0) and runs a
-Ray Train TorchTrainer with W workers, each asking for resources.cpus CPUs and resources.gpu GPUs; the trainer's
-controller holds none either. So the W workers are the only resources the trial occupies and a 2-CPU machine
-runs a W = 2 trial (a launching task that held a CPU would wait forever for the workers' second CPU). Ray Train
-creates the process group: gloo on CPUs, nccl when resources.gpu > 0. Every worker runs
-jobs/distributed_train.py; rank 0's summary is the trial's summary. A worker that dies makes Ray Train restart
-the whole group (up to resources.max_retries times); the new rank 0 ends the lost run FAILED and resumes from its
-last snapshot. A group that fails more often ends the trial's RUNNING run FAILED. The end probe (probe.at_end)
-is the ordinary one-process probe task of orchestration/tasks.py.
+A trial with resources.workers_per_trial = W > 1 is launched by a Ray task that holds no resources
+(orchestration/tasks.py) and runs a Ray Train TorchTrainer with W workers, each asking for resources.cpus CPUs
+and resources.gpu GPUs; the trainer's controller holds none either. So the W workers are the only resources the
+trial occupies and a 2-CPU machine runs a W = 2 trial (a launching task that held a CPU would wait forever for
+the workers' second CPU). Ray Train creates the process group (gloo on CPUs, nccl when resources.gpu > 0) and
+restarts the whole group when a worker dies (up to resources.max_retries times).
 """
 
 from __future__ import annotations
@@ -22,11 +20,6 @@ import ray
 import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-
-from sgdlab.jobs.distributed_train import run_distributed_train
-from sgdlab.orchestration.tasks import TrialJob, _probe_task, on_this_node
-from sgdlab.tracking.store import SweepHandle
-from sgdlab.tracking.writer import end_running
 
 
 def run_on_workers(fn: Callable[..., Any], *args, workers: int, cpus: float = 1, gpus: float = 0,
@@ -56,31 +49,8 @@ def run_on_workers(fn: Callable[..., Any], *args, workers: int, cpus: float = 1,
         shutil.rmtree(storage, ignore_errors=True)
 
 
-def _train_on_worker(config: dict, handle: SweepHandle, trial_id: str, attempt: int, name: str,
-                     device: str = "cpu") -> dict | None:
-    return run_distributed_train(config, on_this_node(handle), trial_id=trial_id, attempt=attempt, run_name=name,
-                                 device=device)
-
-
-@ray.remote(num_cpus=0)
-def _multiworker_train_task(config: dict, handle: SweepHandle, trial_id: str, attempt: int, name: str) -> dict:
-    res = config["resources"]
-    try:
-        summary = run_on_workers(_train_on_worker, config, handle, trial_id, attempt, name,
-                                 workers=res["workers_per_trial"], cpus=res["cpus"], gpus=res["gpu"],
-                                 max_failures=res["max_retries"], name=f"sgdlab-{trial_id}-{attempt}")
-        if summary is None:
-            raise RuntimeError("rank 0 returned no summary")
-        return summary
-    except Exception as exc:  # the worker group failed more often than resources.max_retries allows
-        text = str(exc).strip()
-        error = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
-        end_running(handle, trial_id, "FAILED", error)
-        return {"trial_id": trial_id, "status": "failed", "error": error}
-
-
-def fits(res: dict) -> str | None:
-    """Why the trial's worker group can never be placed on the connected cluster (None when it can)."""
+def unplaceable(res: dict) -> str | None:
+    """Why a trial's worker group can never be placed on the connected cluster (None when it can)."""
     total = ray.cluster_resources()
     for key, per_worker in (("CPU", res["cpus"]), ("GPU", res["gpu"])):
         need = per_worker * res["workers_per_trial"]
@@ -88,23 +58,3 @@ def fits(res: dict) -> str | None:
             return (f"resources.workers_per_trial = {res['workers_per_trial']} workers x {per_worker} {key} = "
                     f"{need:g} {key}s, but the Ray cluster has {total.get(key, 0):g}")
     return None
-
-
-def submit(job: TrialJob, handle: SweepHandle) -> ray.ObjectRef:
-    """orchestration/tasks.py submit for a trial with workers_per_trial > 1: train on Ray Train workers, then
-    the ordinary end probe if asked."""
-    res = job.config["resources"]
-    if job.train:
-        problem = fits(res)
-        if problem:
-            return ray.put({"trial_id": job.trial_id, "status": "failed", "error": problem})
-        result = _multiworker_train_task.options(name=f"train {job.trial_id} x{res['workers_per_trial']}",
-                                                 max_retries=res["max_retries"], retry_exceptions=False).remote(
-            job.config, handle, job.trial_id, job.attempt, job.run_name)
-    else:
-        result = {"trial_id": job.trial_id, "status": "finished", "run_id": job.train_run_id}
-    if job.probe:
-        result = _probe_task.options(name=f"probe {job.trial_id}", num_cpus=res["cpus"], num_gpus=res["gpu"],
-                                     max_retries=res["max_retries"], retry_exceptions=False).remote(
-            result, job.config, handle, job.probe_attempt, job.run_name)
-    return result

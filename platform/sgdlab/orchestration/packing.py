@@ -16,7 +16,7 @@ import json
 import math
 from collections import defaultdict
 
-from sgdlab.orchestration.tasks import PackJob, TrialJob
+from sgdlab.orchestration.plan import PackJob, TrialJob
 
 AUTO_MIN = 16
 AUTO_MAX = 4096
@@ -40,6 +40,12 @@ def packable(job: TrialJob) -> bool:
     config = job.config
     return (job.train and (config.get("exec") or DEFAULT_EXEC)["pack"] != "off" and not config["probe"]["every"]
             and config["resources"].get("workers_per_trial", 1) == 1)
+
+
+def task_slots(cluster: dict[str, float], res: dict) -> int:
+    """How many tasks of these resources the cluster runs at once (its GPUs or CPUs over one task's share)."""
+    slots = cluster.get("GPU", 0) / res["gpu"] if res["gpu"] else cluster.get("CPU", 1) / max(res["cpus"], 1e-9)
+    return max(1, int(slots))
 
 
 def pack_jobs(jobs: list[TrialJob], slots: int) -> list[TrialJob | PackJob]:

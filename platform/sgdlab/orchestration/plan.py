@@ -1,9 +1,13 @@
-"""Which trials a sweep command runs: a pure function of the trials and the store's records (no Ray, no MLflow).
+"""Which trials a command runs: pure functions of the trials and the store's records (no Ray, no MLflow), which
+return the jobs to submit.
 
-finished trials are skipped; trials running elsewhere (fresh heartbeat) are left alone; pending, failed and
-stale trials run as a new attempt (attempt = highest recorded attempt + 1). A trial that asks for an end probe
-(probe.at_end) gets it after training, or, when it finished before without that probe (same sgdlab.probe_id),
-as a probe-only job on its finished run's checkpoint.
+Sweep (`plan_sweep`): finished trials are skipped; trials running elsewhere (fresh heartbeat) are left alone;
+pending, failed and stale trials run as a new attempt (next_attempt: highest recorded attempt + 1). A trial that
+asks for an end probe (probe.at_end) gets it after training, or, when it finished before without that probe
+(same sgdlab.probe_id), as a probe-only job on its finished run's checkpoint.
+
+Resubmit (`plan_resubmit`): exactly the failed and stale trials of a sweep (or those of them named), rerun from
+their newest run's recorded config with the command's runtime overrides, as new attempts.
 """
 
 from __future__ import annotations
@@ -11,42 +15,96 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from sgdlab.config.schema import ConfigError
 from sgdlab.sweep.expand import Trial
-from sgdlab.tracking.query import RunRecord, trial_state
+from sgdlab.sweep.identity import probe_id, trial_id
+from sgdlab.tracking import tags
+from sgdlab.tracking.query import RunRecord, by_trial, newest_run, next_attempt, trial_state
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial attempt to run (train, then the end probe if `probe`), or only the end probe of a trial
+    that finished before (train=False, train_run_id set)."""
+
+    trial_id: str
+    config: dict
+    attempt: int
+    run_name: str
+    train: bool = True
+    probe: bool = False
+    train_run_id: str | None = None
+    probe_attempt: int = 1
+
+
+@dataclass(frozen=True)
+class PackJob:
+    """Trials of one shape trained together in one task (each member a TrialJob with train=True)."""
+
+    members: tuple[TrialJob, ...]
 
 
 @dataclass
 class Plan:
-    to_run: list[tuple[Trial, int]] = field(default_factory=list)  # (trial, attempt)
+    jobs: list[TrialJob] = field(default_factory=list)
     skipped_finished: list[Trial] = field(default_factory=list)
     skipped_running: list[Trial] = field(default_factory=list)
+    to_run: list[Trial] = field(default_factory=list)  # trained by a job (a new attempt)
     rerun: list[Trial] = field(default_factory=list)  # failed or stale before, in to_run again
-    probe_only: list[tuple[Trial, str, int]] = field(default_factory=list)  # (trial, finished train run, attempt)
-    probe_after: set[str] = field(default_factory=set)  # trial ids in to_run whose end probe follows training
+    probe_only: list[Trial] = field(default_factory=list)  # finished trials whose end probe runs now
 
 
-def make_plan(trials: list[Trial], runs_by_trial: dict[str, list[RunRecord]], stale_after_s: float,
-              now: float, probes_by_id: dict[str, list[RunRecord]] | None = None,
-              probe_id: Callable[[Trial], str] | None = None) -> Plan:
-    """probes_by_id: end-probe runs by sgdlab.probe_id; probe_id(trial) names the end probe a trial asks for."""
-    plan, probes_by_id = Plan(), probes_by_id or {}
+def plan_sweep(trials: list[Trial], records: list[RunRecord], stale_after_s: float, now: float) -> Plan:
+    """The jobs of `sgdlab sweep` from the sweep's trials and every run recorded for it (train and probe)."""
+    plan = Plan()
+    runs_by_trial = by_trial([r for r in records if r.kind == "train"])
+    probes_by_id: dict[str, list[RunRecord]] = {}
+    for record in records:
+        if record.kind == "probe":
+            probes_by_id.setdefault(record.tags.get(tags.PROBE_ID, ""), []).append(record)
     for trial in trials:
         runs = runs_by_trial.get(trial.trial_id, [])
         state = trial_state(runs, stale_after_s, now)
-        wants_probe = trial.config["probe"]["at_end"] and probe_id is not None
+        wants_probe = trial.config["probe"]["at_end"]
+        name = tags.run_name(trial.swept)
         if state == "finished":
             plan.skipped_finished.append(trial)
-            probes = probes_by_id.get(probe_id(trial), []) if wants_probe else []
+            probes = probes_by_id.get(probe_id(trial.config, trial.trial_id), []) if wants_probe else []
             diverged = any(r.status == "FINISHED" and r.outcome == "diverged" for r in runs)
             if wants_probe and not diverged and trial_state(probes, stale_after_s, now) in ("pending", "failed", "stale"):
                 finished = next(r for r in runs if r.status == "FINISHED")
-                plan.probe_only.append((trial, finished.run_id, max((r.attempt for r in probes), default=0) + 1))
+                plan.probe_only.append(trial)
+                plan.jobs.append(TrialJob(trial.trial_id, trial.config, 0, name, train=False, probe=True,
+                                          train_run_id=finished.run_id, probe_attempt=next_attempt(probes)))
         elif state == "running":
             plan.skipped_running.append(trial)
         else:
             if state in ("failed", "stale"):
                 plan.rerun.append(trial)
-            plan.to_run.append((trial, max((r.attempt for r in runs), default=0) + 1))
-            if wants_probe:
-                plan.probe_after.add(trial.trial_id)
+            plan.to_run.append(trial)
+            plan.jobs.append(TrialJob(trial.trial_id, trial.config, next_attempt(runs), name, probe=wants_probe))
     return plan
+
+
+def plan_resubmit(sweep: str, uri: str, records: list[RunRecord], only: list[str],
+                  recorded_config: Callable[[str], dict], now: float) -> list[TrialJob]:
+    """The jobs of `sgdlab resubmit`: the failed and stale trials among the sweep's train runs in the store at
+    `uri` (only those in `only` when it is not empty). recorded_config(run_id): the config a run recorded, with
+    the command's overrides applied. Raises ConfigError for a sweep without runs or an unknown trial id."""
+    runs = by_trial([r for r in records if r.kind == "train"])
+    if not runs:
+        raise ConfigError(f"no runs of sweep {sweep!r} in {uri}; run `make sweep EXP={sweep}` first")
+    unknown = sorted(set(only) - set(runs))
+    if unknown:
+        raise ConfigError(f"--trial {unknown[0]}: no such trial in sweep {sweep!r}")
+    jobs = []
+    for tid, trial_runs in runs.items():
+        newest = newest_run(trial_runs)
+        stale_after = float(newest.params.get("tracking.stale_after_s", 120))
+        if (only and tid not in only) or trial_state(trial_runs, stale_after, now) not in ("failed", "stale"):
+            continue
+        config = recorded_config(newest.run_id)
+        if trial_id(config) != tid:
+            raise ConfigError(f"trial {tid}: its recorded config no longer hashes to its id; not resubmitting")
+        jobs.append(TrialJob(tid, config, next_attempt(trial_runs), newest.tags.get(tags.RUN_NAME, tid)))
+    return jobs

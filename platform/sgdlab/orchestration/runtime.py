@@ -54,17 +54,3 @@ def connect(cluster: dict) -> dict[str, float]:
 def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()
-
-
-@ray.remote(num_cpus=1)
-def _import_job_modules() -> None:
-    import sgdlab.jobs.probe  # noqa: F401  (torch, mlflow, the probes)
-    import sgdlab.jobs.train
-
-    sgdlab.jobs.train.preload()
-
-
-def warm_up() -> None:
-    """Start one worker process per CPU of the cluster and import the job modules in it (torch, mlflow) while the
-    driver is still preparing, so that the first trials do not pay for it; returns when every worker is ready."""
-    ray.get([_import_job_modules.remote() for _ in range(max(1, int(ray.cluster_resources().get("CPU", 1))))])

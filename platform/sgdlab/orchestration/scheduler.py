@@ -1,14 +1,16 @@
-"""Run trials as Ray tasks: a bounded number in flight, results handled in completion order, a live progress bar.
-A job is one trial or a pack of trials (one task, one summary per member). A pack returns when its last member
-ends; meanwhile the bar counts its members whose runs have ended, read from a SQLite store every few seconds.
+"""Run a command's jobs on Ray: connect, pack same-shape trials, a bounded number of tasks in flight, results
+handled in completion order, a live progress bar. A job is one trial or a pack of trials (one task, one summary
+per member). A pack returns when its last member ends; meanwhile the bar counts its members whose runs have
+ended, read from a SQLite store every few seconds.
 
 A task whose worker died more often than resources.max_retries allows comes back as a Ray error: the trial's
-RUNNING run is ended FAILED with that error, and the sweep goes on. Ctrl-C cancels the tasks in flight, ends
-their runs KILLED, and re-raises KeyboardInterrupt.
+RUNNING runs are ended FAILED with that error, and the sweep goes on. Ctrl-C (or SIGTERM) cancels the tasks in
+flight, ends their runs KILLED, and re-raises KeyboardInterrupt.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import deque
 
@@ -17,10 +19,17 @@ from ray.exceptions import RayError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sgdlab.orchestration.tasks import PackJob, TrialJob, submit
+from sgdlab.jobs.summary import TrialSummary
+from sgdlab.orchestration.packing import pack_jobs, task_slots
+from sgdlab.orchestration.plan import PackJob, TrialJob
+from sgdlab.orchestration.runtime import address, connect, shutdown
+from sgdlab.orchestration.tasks import submit, warm_up
 from sgdlab.tracking.query import ended_since
-from sgdlab.tracking.store import SweepHandle
+from sgdlab.tracking.store import SweepHandle, open_sweep
+from sgdlab.tracking.tags import one_line
 from sgdlab.tracking.writer import end_running
+
+POLL_S = 3.0  # seconds between reads of the store for the progress of packs in flight
 
 
 def progress_bar(console: Console) -> Progress:
@@ -30,16 +39,33 @@ def progress_bar(console: Console) -> Progress:
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
 
 
-POLL_S = 3.0  # seconds between reads of the store for the progress of packs in flight
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+def run_jobs(sweep: str, jobs: list[TrialJob], config: dict, uri: str, description: str = "",
+             console: Console | None = None) -> list[TrialSummary]:
+    """Open the sweep's store (the database exists before any worker starts), connect to Ray (a local Ray's
+    workers import the job modules first), pack the jobs for the cluster's task slots (exec.pack) and run them;
+    `config`: any of the jobs' configs (its cluster and resources groups are used)."""
+    console = console or Console(stderr=True)
+    handle = open_sweep(uri, sweep, description)
+    resources = connect(config["cluster"])
+    try:
+        if not address(config["cluster"]):
+            warm_up()
+        # After Ray's own handlers: SIGTERM (a batch scheduler, `kill`) stops like Ctrl-C, and Ctrl-C works even
+        # where a shell started the driver with SIGINT ignored (background jobs).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        max_in_flight = config["resources"]["max_in_flight"] or max(1, int(2 * resources.get("CPU", 1)))
+        packed = pack_jobs(jobs, task_slots(resources, config["resources"]))
+        packs = [len(job.members) for job in packed if isinstance(job, PackJob)]
+        if packs:
+            console.print(f"packed: {sum(packs)} trials in {len(packs)} packs of {min(packs)}-{max(packs)} (exec.pack)")
+        return run_trials(packed, handle, max_in_flight, console)
+    finally:
+        shutdown()
 
 
 def run_trials(jobs: list[TrialJob | PackJob], handle: SweepHandle, max_in_flight: int,
-               console: Console | None = None) -> list[dict]:
+               console: Console | None = None) -> list[TrialSummary]:
     """Submit every job, at most max_in_flight at a time; return the trials' summaries in completion order."""
     console = console or Console(stderr=True)
     waiting, in_flight, results = deque(jobs), {}, []
@@ -54,20 +80,9 @@ def run_trials(jobs: list[TrialJob | PackJob], handle: SweepHandle, max_in_fligh
                     in_flight.update(submit(waiting.popleft(), handle))
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
                 for ref in done:
-                    trials = in_flight.pop(ref)
-                    try:
-                        value = ray.get(ref)
-                        wanted = {t.trial_id for t in trials}
-                        summaries = [s for s in (value if isinstance(value, list) else [value])
-                                     if s["trial_id"] in wanted]
-                    except RayError as exc:  # the worker died more often than max_retries allows
-                        summaries = [{"trial_id": t.trial_id, "status": "failed", "error": one_line(exc)}
-                                     for t in trials]
-                        for summary in summaries:
-                            end_running(handle, summary["trial_id"], "FAILED", summary["error"])
-                            end_running(handle, summary["trial_id"], "FAILED", summary["error"], kind="probe")
+                    summaries = _summaries(ref, in_flight.pop(ref), handle)
                     for summary in summaries:
-                        counts[summary["status"]] += 1
+                        counts[summary.status] += 1
                         results.append(summary)
                 running = sum(len(trials) for trials in in_flight.values())
                 packed = {t.trial_id for trials in in_flight.values() if len(trials) > 1 for t in trials}
@@ -89,3 +104,18 @@ def run_trials(jobs: list[TrialJob | PackJob], handle: SweepHandle, max_in_fligh
                     end_running(handle, trial.trial_id, "KILLED", "interrupted by the user (Ctrl-C)", kind=kind)
             raise
     return results
+
+
+def _summaries(ref: ray.ObjectRef, trials: list[TrialJob], handle: SweepHandle) -> list[TrialSummary]:
+    """The summaries of `trials` that a finished task returned, or failed ones (their RUNNING runs ended FAILED)
+    when its worker died more often than max_retries allows."""
+    try:
+        value = ray.get(ref)
+    except RayError as exc:
+        error = one_line(exc)
+        for trial in trials:
+            end_running(handle, trial.trial_id, "FAILED", error)
+            end_running(handle, trial.trial_id, "FAILED", error, kind="probe")
+        return [TrialSummary.failed(t.trial_id, error) for t in trials]
+    wanted = {t.trial_id for t in trials}
+    return [s for s in (value if isinstance(value, list) else [value]) if s.trial_id in wanted]

@@ -90,6 +90,12 @@ def _sqlite_runs(path, sweep: str) -> list[RunRecord]:
     return [RunRecord(run_id=r[0], status=r[1], start_time=r[2] or 0, **grouped[r[0]]) for r in runs]
 
 
+def record_of(run) -> RunRecord:
+    """The record of an MLflow Run (as MlflowClient returns it)."""
+    return RunRecord(run_id=run.info.run_id, status=run.info.status, start_time=run.info.start_time or 0,
+                     metrics=dict(run.data.metrics), params=dict(run.data.params), tags=dict(run.data.tags))
+
+
 def _client_runs(uri: str, sweep: str) -> list[RunRecord]:
     from mlflow.entities import ViewType
 
@@ -103,9 +109,7 @@ def _client_runs(uri: str, sweep: str) -> list[RunRecord]:
     while True:
         page = retried(lambda: mlflow.search_runs([exp_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=5000,
                                                   order_by=["attributes.start_time ASC"], page_token=token))
-        records += [RunRecord(run_id=run.info.run_id, status=run.info.status, start_time=run.info.start_time or 0,
-                              metrics=dict(run.data.metrics), params=dict(run.data.params), tags=dict(run.data.tags))
-                    for run in page]
+        records += [record_of(run) for run in page]
         token = page.token
         if not token:
             return sorted(records, key=lambda r: (r.start_time, r.run_id))
@@ -177,13 +181,23 @@ def trials_with_runs(uri: str, experiment_id: str, trial_ids: list[str]) -> set[
     return retried(read)
 
 
+def newest_run(runs: list[RunRecord]) -> RunRecord:
+    """A trial's newest run: the highest attempt, then the latest start."""
+    return max(runs, key=lambda r: (r.attempt, r.start_time))
+
+
+def next_attempt(runs: list[RunRecord]) -> int:
+    """The attempt number of a trial's next run: one more than the highest recorded (1 for none)."""
+    return max((r.attempt for r in runs), default=0) + 1
+
+
 def trial_state(runs: list[RunRecord], stale_after_s: float, now: float | None = None) -> str:
     """State of one trial from its runs (any order)."""
     if not runs:
         return "pending"
     if any(r.status == "FINISHED" for r in runs):
         return "finished"
-    newest = max(runs, key=lambda r: (r.attempt, r.start_time))
+    newest = newest_run(runs)
     if newest.status in ("RUNNING", "SCHEDULED"):
         fresh = (now if now is not None else time.time()) - newest.heartbeat <= stale_after_s
         return "running" if fresh else "stale"

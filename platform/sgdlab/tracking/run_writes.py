@@ -1,14 +1,13 @@
-"""Writes of run records, many runs per call: create runs (tags, params) and update them (metrics, tags, an end
-status).
+"""The table store: run records written straight into a SQLite or PostgreSQL store's tables through MLflow's own
+table models (mlflow.store.tracking.dbmodels), every call in one transaction, whatever the number of runs.
 
-A database store (sqlite, postgresql, mysql, mssql URIs) is written straight through MLflow's own table models
-(mlflow.store.tracking.dbmodels), every call in one transaction, whatever the number of runs. MLflow's client
-writes one run per call, about 50 SQL statements over a trial's life, and that costs more than the training of a
-tiny trial; a pack of 100 tiny trials writes its records in a handful of transactions instead. The rows are the
-ones the client writes: runs (status, times, artifact_uri), tags (with mlflow.runName), params, metrics (NaN as
-0 with is_nan, infinities as the largest float) and latest_metrics (the newest by step, timestamp, value). A test
-reads them back through MlflowClient and compares them with runs written by the client. Any other store (an
-`mlflow server` over http) is written through MlflowClient, one run at a time.
+MLflow's client writes one run per call, about 50 SQL statements over a trial's life, and that costs more than the
+training of a tiny trial; a pack of 100 tiny trials writes its records in a handful of transactions instead. The
+rows are the ones the client writes: runs (status, times, artifact_uri), tags (with mlflow.runName), params,
+metrics (NaN as 0 with is_nan, infinities as the largest float) and latest_metrics (the newest by step,
+timestamp, value). A test reads them back through MlflowClient and compares them with runs written by the client;
+since the table models are MLflow's internals, tracking/record_store.py uses this store only with the mlflow
+version that test passed with.
 
 Every call is retried on a transient lock as a whole: a failed transaction leaves nothing behind.
 """
@@ -19,11 +18,8 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable
 
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.db.utils import create_sqlalchemy_engine_with_retry
 from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
 from mlflow.utils.uri import append_to_uri_path
@@ -32,35 +28,14 @@ from sqlalchemy.orm import Session
 
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried
-from sgdlab.tracking.store import client
+from sgdlab.tracking.record_store import NewRun, RunUpdate
 
-DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
-CLIENT_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 TRANSACTION_VALUES = 20_000  # metric values per transaction: keeps a SQLite store's write lock short
 ENDED = ("FINISHED", "FAILED", "KILLED")
 
 
-@dataclass
-class NewRun:
-    run_name: str
-    tags: dict[str, str]
-    params: dict[str, str]
-
-
-@dataclass
-class RunUpdate:
-    run_id: str
-    metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, timestamp (ms), step
-    tags: dict[str, str] = field(default_factory=dict)
-    status: str | None = None  # FINISHED, FAILED or KILLED ends the run (end_time: now)
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def is_database(uri: str) -> bool:
-    return uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES
 
 
 @lru_cache(maxsize=4)
@@ -68,58 +43,29 @@ def _engine(uri: str):
     return create_sqlalchemy_engine_with_retry(uri)
 
 
-def create_runs(uri: str, experiment_id: str, runs: list[NewRun]) -> list[tuple[str, str]]:
-    """Create RUNNING runs in the experiment; returns (run_id, artifact_uri) for each, in order."""
-    if not runs:
-        return []
-    if not is_database(uri):
-        return [_client_create(uri, experiment_id, run) for run in runs]
-    return retried(lambda: _database_create(uri, experiment_id, runs))
+class TableStore:
+    """Records written into the tables of a SQLite or PostgreSQL store, one transaction per call (a RecordStore)."""
 
+    def __init__(self, uri: str):
+        self.uri = uri
 
-def update_runs(uri: str, updates: list[RunUpdate],
-                written: Callable[[list[RunUpdate]], None] = lambda part: None) -> None:
-    """Add metrics, set tags (replacing values) and end runs. Large updates take several transactions, in order;
-    `written(part)` runs after each part is committed (one run at a time on a client store)."""
-    if is_database(uri):
-        write, parts = (lambda part: retried(lambda: _database_update(uri, part))), _transactions(updates)
-    else:
-        write, parts = (lambda part: _client_update(uri, part[0])), [[one] for one in updates]
-    for part in parts:
-        write(part)
-        written(part)
+    def create_runs(self, experiment_id: str, runs: list[NewRun]) -> list[tuple[str, str]]:
+        return retried(lambda: _database_create(self.uri, experiment_id, runs))
 
+    def batches(self, updates: list[RunUpdate]) -> list[list[RunUpdate]]:
+        """Consecutive updates grouped into transactions of at most TRANSACTION_VALUES metric values (or one
+        update)."""
+        parts, values = [[]], 0
+        for one in updates:
+            if parts[-1] and values + len(one.metrics) > TRANSACTION_VALUES:
+                parts.append([])
+                values = 0
+            parts[-1].append(one)
+            values += len(one.metrics)
+        return [part for part in parts if part]
 
-def _transactions(updates: list[RunUpdate]) -> list[list[RunUpdate]]:
-    """Consecutive updates grouped into transactions of at most TRANSACTION_VALUES metric values (or one update)."""
-    parts, values = [[]], 0
-    for one in updates:
-        if parts[-1] and values + len(one.metrics) > TRANSACTION_VALUES:
-            parts.append([])
-            values = 0
-        parts[-1].append(one)
-        values += len(one.metrics)
-    return [part for part in parts if part]
-
-
-def _client_create(uri: str, experiment_id: str, run: NewRun) -> tuple[str, str]:
-    mlflow = client(uri)
-    created = retried(lambda: mlflow.create_run(experiment_id, run_name=run.run_name, tags=run.tags))
-    params = [Param(k, v) for k, v in run.params.items()]
-    for i in range(0, len(params), 100):
-        retried(lambda chunk=params[i:i + 100]: mlflow.log_batch(created.info.run_id, params=chunk))
-    return created.info.run_id, created.info.artifact_uri
-
-
-def _client_update(uri: str, one: RunUpdate) -> None:
-    mlflow = client(uri)
-    run_tags = [RunTag(k, v) for k, v in one.tags.items()]
-    chunks = [one.metrics[i:i + CLIENT_BATCH] for i in range(0, len(one.metrics), CLIENT_BATCH)]
-    for n, chunk in enumerate(chunks or ([[]] if run_tags else [])):  # the tags go with the first chunk
-        retried(lambda: mlflow.log_batch(one.run_id, metrics=[Metric(*m) for m in chunk],
-                                         tags=run_tags if n == 0 else []))
-    if one.status is not None:
-        retried(lambda: mlflow.set_terminated(one.run_id, one.status))
+    def write_batch(self, batch: list[RunUpdate]) -> None:
+        retried(lambda: _database_update(self.uri, batch))
 
 
 def _database_create(uri: str, experiment_id: str, runs: list[NewRun]) -> list[tuple[str, str]]:

@@ -93,7 +93,7 @@ def open_sweep(uri: str, sweep: str, description: str = "") -> SweepHandle:
         run_id = found[0].info.run_id
     else:
         run = retried(lambda: mlflow.create_run(exp_id, run_name=f"sweep {sweep}", tags={
-            tags.SWEEP: sweep, tags.KIND: "sweep", "mlflow.note.content": description, **git}))
+            tags.SWEEP: sweep, tags.KIND: "sweep", tags.NOTE: description, **git}))
         run_id = run.info.run_id
         # The sweep run stays RUNNING only while a driver works on it; it is FINISHED between commands.
         retried(lambda: mlflow.set_terminated(run_id, "FINISHED"))

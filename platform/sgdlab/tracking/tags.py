@@ -16,11 +16,25 @@ NODE = "sgdlab.node"  # where the trial ran: host/ip/ray-node-id from a Ray task
 PROBE_ID = "sgdlab.probe_id"  # identity of an end probe: trial + what is measured
 TRAIN_RUN = "sgdlab.train_run"  # the train run whose checkpoint a probe measured
 RESUMED_FROM = "sgdlab.resumed_from"  # run_id@step of the checkpoint a resumed attempt started from
+WORKERS = "sgdlab.workers"  # multi-worker trials: the number of data-parallel workers
+# What a probe run measured (jobs/probe.py): the matrix, its normalization, the data, the product, the dtype
+MATRIX = "sgdlab.matrix"  # full | ggn
+NORMALIZATION = "sgdlab.normalization"
+PROBE_DATA = "sgdlab.probe_data"
+HVP_METHOD = "sgdlab.hvp_method"
+PROBE_DTYPE = "sgdlab.probe_dtype"
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
+NOTE = "mlflow.note.content"  # the sweep run's description
 
 NAME_ABBREVIATIONS = {"model.alpha": "alpha", "optim.temperature": "T", "optim.lr": "lr",
                       "data.batch_size": "B", "data.n_train": "P"}
+
+
+def one_line(exc: BaseException) -> str:
+    """The `sgdlab.error` of an exception: its type and the first line of its message, at most 500 characters."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
 
 
 def run_name(swept: dict[str, str]) -> str:

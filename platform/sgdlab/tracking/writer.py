@@ -28,7 +28,8 @@ from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried
-from sgdlab.tracking.run_writes import NewRun, RunUpdate, create_runs, update_runs
+from sgdlab.tracking.query import RunRecord, record_of
+from sgdlab.tracking.record_store import NewRun, RunUpdate, create_runs, update_runs
 from sgdlab.tracking.store import SweepHandle, client
 
 MAX_BATCH = 900  # metric values a run buffers before it writes them
@@ -145,9 +146,9 @@ class TrialRun:
         back), this one ends KILLED with the reason instead. The caller may skip that query when the trial had
         no other run when this one started."""
         others = [r for r in trial_runs(self.handle, self.trial_id, self.kind)
-                  if r.info.status == "FINISHED" and r.info.run_id != self.run_id] if check_duplicates else []
+                  if r.status == "FINISHED" and r.run_id != self.run_id] if check_duplicates else []
         if others:
-            error = f"duplicate: trial already finished by run {others[0].info.run_id}"
+            error = f"duplicate: trial already finished by run {others[0].run_id}"
             update_runs(self.handle.uri, [self.pending({tags.OUTCOME: outcome, tags.ERROR: error}, "KILLED")])
             return "KILLED"
         update_runs(self.handle.uri, [self.pending({tags.OUTCOME: outcome}, "FINISHED")])
@@ -155,7 +156,7 @@ class TrialRun:
 
     def fail(self, exc: BaseException) -> str:
         """Record an exception: FAILED, one-line error tag, traceback artifact. Returns the one-line error."""
-        line = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+        line = tags.one_line(exc)
         tb = "".join(traceback.format_exception(exc))
         try:
             self.log_text(tb, "traceback.txt")
@@ -199,6 +200,12 @@ class PackRuns:
         self.training.discard(member)
         return self.runs[member].fail(exc)
 
+    def log_bytes(self, member: int, data: bytes, artifact_file: str) -> None:
+        self.runs[member].log_bytes(data, artifact_file)
+
+    def run_id(self, member: int) -> str:
+        return self.runs[member].run_id
+
     def tick(self) -> None:
         """Write what is due: members ended since the last tick, full buffers, the pack's heartbeat."""
         if self.ending:
@@ -224,12 +231,38 @@ class PackRuns:
             self.tick()
 
 
-def trial_runs(handle: SweepHandle, trial_id: str, kind: str = "train") -> list:
-    """MLflow runs of one trial (all attempts), oldest first."""
+class NoRuns:
+    """The records of a pack on a data-parallel rank other than 0: nothing is written (rank 0 writes the runs);
+    the same calls as PackRuns."""
+
+    def log_metrics(self, member: int, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_bytes(self, member: int, data: bytes, artifact_file: str) -> None:
+        pass
+
+    def finish(self, member: int, outcome: str, ended: Callable[[str], None], check_duplicates: bool) -> None:
+        ended("FINISHED")
+
+    def fail(self, member: int, exc: BaseException) -> str:
+        return tags.one_line(exc)
+
+    def run_id(self, member: int) -> None:
+        return None
+
+    def tick(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def trial_runs(handle: SweepHandle, trial_id: str, kind: str = "train") -> list[RunRecord]:
+    """The records of one trial's runs of one kind (all attempts), oldest first."""
     mlflow = client(handle.uri)
     flt = f"tags.`{tags.TRIAL_ID}` = '{trial_id}' and tags.`{tags.KIND}` = '{kind}'"
-    return list(retried(lambda: mlflow.search_runs([handle.experiment_id], filter_string=flt,
-                                                   order_by=["attributes.start_time ASC"])))
+    return [record_of(run) for run in retried(lambda: mlflow.search_runs(
+        [handle.experiment_id], filter_string=flt, order_by=["attributes.start_time ASC"]))]
 
 
 def end_runs(handle: SweepHandle, run_ids: list[str], status: str, error: str) -> None:
@@ -240,6 +273,6 @@ def end_runs(handle: SweepHandle, run_ids: list[str], status: str, error: str) -
 
 def end_running(handle: SweepHandle, trial_id: str, status: str, error: str, kind: str = "train") -> list[str]:
     """End the RUNNING runs of a trial (of one kind); returns their ids."""
-    ids = [r.info.run_id for r in trial_runs(handle, trial_id, kind) if r.info.status == "RUNNING"]
+    ids = [r.run_id for r in trial_runs(handle, trial_id, kind) if r.status == "RUNNING"]
     end_runs(handle, ids, status, error)
     return ids

@@ -1,0 +1,130 @@
+"""Writes of run records, many runs per call: create runs (tags, params) and update them (metrics, tags, an end
+status), through one of two record stores.
+
+The client store writes through MLflow's public client API (MlflowClient.create_run, log_batch, set_terminated),
+one run per call: it works on any store MLflow serves (an `mlflow server` over http, a database) and any mlflow
+3.x that pyproject.toml admits. The table store (tracking/run_writes.py) writes straight into MLflow's tables, many
+runs per transaction: the fast path on SQLite and PostgreSQL stores, but it relies on MLflow's internal table
+models, so it is used only with the mlflow version it was tested against (TABLE_STORE_TESTED_MLFLOW). With any
+other version a database store is written through the client, after one warning line per process on stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+
+from sgdlab.tracking.location import retried
+from sgdlab.tracking.store import client
+
+TABLE_STORE_TESTED_MLFLOW = "3.17.2"  # tests/tracking/test_run_writes.py compares its rows with the client's
+TABLE_STORE_SCHEMES = ("sqlite", "postgresql")  # the databases that test runs on
+CLIENT_PARAMS = 100  # MLflow accepts at most 100 params per log_batch
+CLIENT_METRICS = 900  # and at most 1000 metrics
+
+
+@dataclass
+class NewRun:
+    run_name: str
+    tags: dict[str, str]
+    params: dict[str, str]
+
+
+@dataclass
+class RunUpdate:
+    run_id: str
+    metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, timestamp (ms), step
+    tags: dict[str, str] = field(default_factory=dict)
+    status: str | None = None  # FINISHED, FAILED or KILLED ends the run (end_time: now)
+
+
+class RecordStore(Protocol):
+    """Where run records are written. Tags replace earlier values of the same keys; metrics add to a run's
+    history and its latest values (newest by step, timestamp, value), as MlflowClient does."""
+
+    def create_runs(self, experiment_id: str, runs: list[NewRun]) -> list[tuple[str, str]]:
+        """Create RUNNING runs in the experiment; returns (run_id, artifact_uri) for each, in order."""
+
+    def batches(self, updates: list[RunUpdate]) -> list[list[RunUpdate]]:
+        """The updates, in order, grouped into the batches this store writes one at a time."""
+
+    def write_batch(self, batch: list[RunUpdate]) -> None:
+        """Write one batch of `batches`; when this returns, the batch is stored."""
+
+
+class ClientStore:
+    """Records written through MlflowClient, one run per call (each call retried on a transient lock)."""
+
+    def __init__(self, uri: str):
+        self.client = client(uri)
+
+    def create_runs(self, experiment_id: str, runs: list[NewRun]) -> list[tuple[str, str]]:
+        return [self._create(experiment_id, run) for run in runs]
+
+    def _create(self, experiment_id: str, run: NewRun) -> tuple[str, str]:
+        created = retried(lambda: self.client.create_run(experiment_id, run_name=run.run_name, tags=run.tags))
+        params = [Param(k, v) for k, v in run.params.items()]
+        for i in range(0, len(params), CLIENT_PARAMS):
+            chunk = params[i:i + CLIENT_PARAMS]
+            retried(lambda: self.client.log_batch(created.info.run_id, params=chunk))
+        return created.info.run_id, created.info.artifact_uri
+
+    def batches(self, updates: list[RunUpdate]) -> list[list[RunUpdate]]:
+        return [[one] for one in updates]
+
+    def write_batch(self, batch: list[RunUpdate]) -> None:
+        for one in batch:
+            self._update(one)
+
+    def _update(self, one: RunUpdate) -> None:
+        run_tags = [RunTag(k, v) for k, v in one.tags.items()]
+        chunks = [one.metrics[i:i + CLIENT_METRICS] for i in range(0, len(one.metrics), CLIENT_METRICS)]
+        for n, chunk in enumerate(chunks or ([[]] if run_tags else [])):  # the tags go with the first chunk
+            retried(lambda: self.client.log_batch(one.run_id, metrics=[Metric(*m) for m in chunk],
+                                                  tags=run_tags if n == 0 else []))
+        if one.status is not None:
+            retried(lambda: self.client.set_terminated(one.run_id, one.status))
+
+
+@functools.cache
+def _warn_untested_mlflow() -> None:
+    """One line on stderr, once per process."""
+    print(f"sgdlab: warning: mlflow {mlflow.__version__} is not the tested {TABLE_STORE_TESTED_MLFLOW}; "
+          "writing records through MlflowClient (slower)", file=sys.stderr, flush=True)
+
+
+def store_for(uri: str) -> RecordStore:
+    """The table store on a SQLite or PostgreSQL URI while mlflow is the version it was tested against; the client
+    store on any other URI, and (after the warning) on those too with any other mlflow."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in TABLE_STORE_SCHEMES:
+        return ClientStore(uri)
+    if mlflow.__version__ != TABLE_STORE_TESTED_MLFLOW:
+        _warn_untested_mlflow()
+        return ClientStore(uri)
+    from sgdlab.tracking.run_writes import TableStore  # MLflow internals: imported only for the tested version
+
+    return TableStore(uri)
+
+
+def create_runs(uri: str, experiment_id: str, runs: list[NewRun]) -> list[tuple[str, str]]:
+    """Create RUNNING runs in the experiment; returns (run_id, artifact_uri) for each, in order."""
+    if not runs:
+        return []
+    return store_for(uri).create_runs(experiment_id, runs)
+
+
+def update_runs(uri: str, updates: list[RunUpdate],
+                written: Callable[[list[RunUpdate]], None] = lambda part: None) -> None:
+    """Add metrics, set tags (replacing values) and end runs, in order, in the store's batches (several
+    transactions for a large update on the table store, one run at a time on the client store); `written(part)`
+    runs after each batch is stored."""
+    store = store_for(uri)
+    for part in store.batches(updates):
+        store.write_batch(part)
+        written(part)
