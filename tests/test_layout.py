@@ -35,17 +35,18 @@ PACKAGE = REPO / "platform" / "sgdlab"
 ALLOWED_IMPORTS: dict[str, set[str]] = {
     "sgdlab": set(),  # `import sgdlab` stays light
     "paths": set(),
+    "numerics": set(),
     "config": {"paths"},  # compose finds conf/
     "sweep": {"config", "paths"},  # spec finds sweeps/, expand composes, identity drops the non-identity keys
     "training": set(),  # torch only
     "probes": set(),  # torch only
-    "tracking": {"paths"},  # the default store
+    "tracking": {"paths", "numerics"},  # the default store; every run records its numerics version
     "jobs": {"training", "probes", "tracking", "sweep"},  # sweep: the identity of an end probe (probe_id)
     # jobs, plus what the data flow feeds the plan and the scheduler: trials (sweep) and records (tracking);
     # config: a plan rejects bad input with ConfigError; runtime ships the package itself to Ray workers
     "orchestration": {"sgdlab", "config", "jobs", "tracking", "sweep"},
     "analysis": {"config", "tracking"},  # records, and the non-identity keys of trial configs
-    "cli": {"sgdlab", "paths", "config", "sweep", "training", "probes", "tracking", "jobs", "orchestration",
+    "cli": {"sgdlab", "paths", "numerics", "config", "sweep", "training", "probes", "tracking", "jobs", "orchestration",
             "analysis"},
 }
 

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.parse
@@ -12,6 +13,7 @@ import urllib.request
 import pytest
 import yaml
 
+from sgdlab import numerics
 from sgdlab.sweep import spec
 from sgdlab.sweep.expand import expand
 
@@ -59,6 +61,22 @@ def test_sweep_records_every_trial_and_skips_finished_ones(sweeps_dir, tmp_path)
     again = run_sgdlab("sweep", "tiny", cwd=work)
     assert again.returncode == 0 and "4 already finished" in again.stderr and "nothing to run" in again.stderr
     assert len(mlflow_runs(work / "mlflow.db", "tiny")[1]) == 4
+
+    # Runs of another numerics version are outdated: status counts them, the sweep reruns them as new attempts.
+    assert {r.data.tags["sgdlab.numerics"] for r in runs} == {str(numerics.VERSION)}
+    old = sorted(trials)[:2]
+    with sqlite3.connect(work / "mlflow.db") as db:
+        db.execute("UPDATE tags SET value = '0' WHERE key = 'sgdlab.numerics' AND run_uuid IN (SELECT run_uuid "
+                   f"FROM tags WHERE key = 'sgdlab.trial_id' AND value IN ('{old[0]}', '{old[1]}'))")
+    assert status_json(work, "tiny")["counts"] == {"finished": 2, "failed": 0, "running": 0, "stale": 0,
+                                                        "pending": 0, "outdated": 2}
+    rerun = run_sgdlab("sweep", "tiny", cwd=work)
+    assert rerun.returncode == 0 and "2 to run (0 failed or stale before, 2 outdated)" in rerun.stderr
+    assert status_json(work, "tiny")["counts"]["finished"] == 4
+    runs = mlflow_runs(work / "mlflow.db", "tiny")[1]
+    assert sorted((r.data.tags["sgdlab.trial_id"], r.data.tags["sgdlab.attempt"], r.data.tags["sgdlab.numerics"])
+                  for r in runs if r.data.tags["sgdlab.trial_id"] in old) == sorted(
+        [(tid, "1", "0") for tid in old] + [(tid, "2", str(numerics.VERSION)) for tid in old])
 
 
 def test_report_writes_files_and_attaches_them_to_the_sweep_run(sweeps_dir, tmp_path):

@@ -28,17 +28,13 @@ import pandas as pd
 
 from sgdlab.config.schema import NON_IDENTITY_GROUPS, NON_IDENTITY_KEYS
 from sgdlab.tracking import tags
-from sgdlab.tracking.query import RunRecord, by_trial, trial_state
+from sgdlab.tracking.query import RunRecord, by_trial, current, newest_run, trial_state
 
 PARAMS = {**tags.NAME_ABBREVIATIONS, "seed": "seed", "optim.name": "optimizer"}
 TEXT_PARAMS = ("optimizer",)
 META = ("trial_id", "status", "outcome", "attempt", "n_attempts", "run_id", "error")
-STATUS = {"finished": "finished", "failed": "failed", "running": "unfinished"}
+STATUS = {"finished": "finished", "failed": "failed", "running": "unfinished", "outdated": "outdated"}
 AXIS_PREFERENCE = ("alpha", "T", "P", "B", "optimizer", "seed", "lr")
-
-
-def _latest(runs: list[RunRecord]) -> RunRecord:
-    return max(runs, key=lambda r: (r.attempt, r.start_time))
 
 
 def _is_identity_param(key: str) -> bool:
@@ -46,8 +42,8 @@ def _is_identity_param(key: str) -> bool:
 
 
 def _trial_row(trial_id: str, runs: list[RunRecord]) -> dict:
-    finished = [r for r in runs if r.status == "FINISHED"]
-    chosen = _latest(finished or runs)
+    finished = [r for r in current(runs) if r.status == "FINISHED"]  # numbers of other numerics are left out
+    chosen = newest_run(finished or runs)
     row = {"trial_id": trial_id, "status": STATUS[trial_state(runs, stale_after_s=math.inf)],
            "outcome": chosen.outcome if finished else "", "attempt": chosen.attempt, "n_attempts": len(runs),
            "run_id": chosen.run_id, "error": "" if finished else chosen.error}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from typing import List, Optional
@@ -101,7 +100,7 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
     plan = plan_sweep(trials, sweep_runs(uri, name, kind=None), first["tracking"]["stale_after_s"], time.time())
     err.print(f"[bold]{name}[/]: {len(trials)} trials; {len(plan.skipped_finished)} already finished (skipped), "
               f"{len(plan.skipped_running)} running elsewhere, {len(plan.to_run)} to run "
-              f"({len(plan.rerun)} failed or stale before), {len(plan.probe_only)} end probes of finished trials "
+              f"({len(plan.rerun)} failed or stale before, {len(plan.outdated)} outdated), {len(plan.probe_only)} end probes of finished trials "
               f"to run. Store: {uri}")
     if not plan.jobs:
         err.print("nothing to run.")
@@ -137,7 +136,7 @@ def resubmit(name: str = typer.Argument(..., help="sweep name"),
 
 def sweep_status(name: str, overrides: list[str]) -> dict:
     """The status object of `sgdlab status --json` (reads the store, never creates it)."""
-    from sgdlab.tracking.query import STATES, by_trial, newest_run, sweep_runs, trial_state
+    from sgdlab.tracking.query import STATES, by_trial, finished_run, newest_run, sweep_runs, trial_state
     from sgdlab.tracking.location import resolve_uri
 
     _, trials = load_trials(name, overrides)
@@ -151,7 +150,7 @@ def sweep_status(name: str, overrides: list[str]) -> dict:
         state = trial_state(trial_runs, first["tracking"]["stale_after_s"], now)
         counts[state] += 1
         if state == "finished":
-            outcome = next(r.outcome for r in trial_runs if r.status == "FINISHED")
+            outcome = finished_run(trial_runs).outcome
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
         elif state == "failed":
             newest = newest_run(trial_runs)

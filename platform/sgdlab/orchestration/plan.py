@@ -2,7 +2,7 @@
 return the jobs to submit.
 
 Sweep (`plan_sweep`): finished trials are skipped; trials running elsewhere (fresh heartbeat) are left alone;
-pending, failed and stale trials run as a new attempt (next_attempt: highest recorded attempt + 1). A trial that
+pending, failed, stale and outdated (another numerics version) trials run as a new attempt (next_attempt: highest recorded attempt + 1). A trial that
 asks for an end probe (probe.at_end) gets it after training, or, when it finished before without that probe
 (same sgdlab.probe_id), as a probe-only job on its finished run's checkpoint.
 
@@ -19,7 +19,7 @@ from sgdlab.config.schema import ConfigError
 from sgdlab.sweep.expand import Trial
 from sgdlab.sweep.identity import probe_id, trial_id
 from sgdlab.tracking import tags
-from sgdlab.tracking.query import RunRecord, by_trial, newest_run, next_attempt, trial_state
+from sgdlab.tracking.query import RunRecord, by_trial, finished_run, newest_run, next_attempt, trial_state
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Plan:
     skipped_running: list[Trial] = field(default_factory=list)
     to_run: list[Trial] = field(default_factory=list)  # trained by a job (a new attempt)
     rerun: list[Trial] = field(default_factory=list)  # failed or stale before, in to_run again
+    outdated: list[Trial] = field(default_factory=list)  # recorded under another numerics version, in to_run
     probe_only: list[Trial] = field(default_factory=list)  # finished trials whose end probe runs now
 
 
@@ -70,9 +71,10 @@ def plan_sweep(trials: list[Trial], records: list[RunRecord], stale_after_s: flo
         if state == "finished":
             plan.skipped_finished.append(trial)
             probes = probes_by_id.get(probe_id(trial.config, trial.trial_id), []) if wants_probe else []
-            diverged = any(r.status == "FINISHED" and r.outcome == "diverged" for r in runs)
-            if wants_probe and not diverged and trial_state(probes, stale_after_s, now) in ("pending", "failed", "stale"):
-                finished = next(r for r in runs if r.status == "FINISHED")
+            diverged = finished_run(runs).outcome == "diverged"
+            if wants_probe and not diverged and trial_state(probes, stale_after_s, now) in (
+                    "pending", "failed", "stale", "outdated"):
+                finished = finished_run(runs)
                 plan.probe_only.append(trial)
                 plan.jobs.append(TrialJob(trial.trial_id, trial.config, 0, name, train=False, probe=True,
                                           train_run_id=finished.run_id, probe_attempt=next_attempt(probes)))
@@ -81,6 +83,8 @@ def plan_sweep(trials: list[Trial], records: list[RunRecord], stale_after_s: flo
         else:
             if state in ("failed", "stale"):
                 plan.rerun.append(trial)
+            if state == "outdated":
+                plan.outdated.append(trial)
             plan.to_run.append(trial)
             plan.jobs.append(TrialJob(trial.trial_id, trial.config, next_attempt(runs), name, probe=wants_probe))
     return plan

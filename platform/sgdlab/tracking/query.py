@@ -6,7 +6,9 @@ A trial's state, from all of its runs (attempts):
             heartbeat is the newest of its pack's runs: tag sgdlab.pack);
   stale     its newest run is RUNNING with an older heartbeat (the worker or the driver died);
   failed    its newest run is FAILED or KILLED;
-  pending   it has no run.
+  pending   it has no run;
+  outdated  all of its runs were computed under another numerics version (sgdlab/numerics.py).
+Only runs of the current numerics version count for the other states.
 Reading never creates a store. A SQLite store is read directly and read-only from MLflow's tables (runs, tags,
 params, latest_metrics, experiments), which keeps `sgdlab status` free of the 2-3 s mlflow import; any other
 store is read with MlflowClient. A test checks that both readers return the same records.
@@ -19,10 +21,11 @@ from contextlib import contextmanager
 import time
 from dataclasses import dataclass, field, replace
 
+from sgdlab import numerics
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried, sqlite_path
 
-STATES = ("finished", "failed", "running", "stale", "pending")
+STATES = ("finished", "failed", "running", "stale", "pending", "outdated")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,11 @@ class RunRecord:
     @property
     def error(self) -> str:
         return self.tags.get(tags.ERROR, "")
+
+    @property
+    def numerics(self) -> int:
+        """The numerics version the run was computed with (1 before runs recorded it)."""
+        return int(self.tags.get(tags.NUMERICS) or 1)
 
     @property
     def heartbeat(self) -> float:
@@ -191,11 +199,24 @@ def next_attempt(runs: list[RunRecord]) -> int:
     return max((r.attempt for r in runs), default=0) + 1
 
 
+def current(runs: list[RunRecord]) -> list[RunRecord]:
+    """The runs computed under this code's numerics version."""
+    return [r for r in runs if r.numerics == numerics.VERSION]
+
+
+def finished_run(runs: list[RunRecord]) -> RunRecord | None:
+    """A trial's FINISHED run of the current numerics version (there is at most one), or None."""
+    return next((r for r in current(runs) if r.status == "FINISHED"), None)
+
+
 def trial_state(runs: list[RunRecord], stale_after_s: float, now: float | None = None) -> str:
     """State of one trial from its runs (any order)."""
     if not runs:
         return "pending"
-    if any(r.status == "FINISHED" for r in runs):
+    runs = current(runs)
+    if not runs:
+        return "outdated"
+    if finished_run(runs) is not None:
         return "finished"
     newest = newest_run(runs)
     if newest.status in ("RUNNING", "SCHEDULED"):

@@ -16,6 +16,7 @@ NODE = "sgdlab.node"  # where the trial ran: host/ip/ray-node-id from a Ray task
 PROBE_ID = "sgdlab.probe_id"  # identity of an end probe: trial + what is measured
 TRAIN_RUN = "sgdlab.train_run"  # the train run whose checkpoint a probe measured
 RESUMED_FROM = "sgdlab.resumed_from"  # run_id@step of the checkpoint a resumed attempt started from
+NUMERICS = "sgdlab.numerics"  # the numerics version the run was computed with (sgdlab/numerics.py)
 WORKERS = "sgdlab.workers"  # multi-worker trials: the number of data-parallel workers
 # What a probe run measured (jobs/probe.py): the matrix, its normalization, the data, the product, the dtype
 MATRIX = "sgdlab.matrix"  # full | ggn

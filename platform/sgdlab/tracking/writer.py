@@ -26,9 +26,10 @@ import yaml
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
+from sgdlab import numerics
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried
-from sgdlab.tracking.query import RunRecord, record_of
+from sgdlab.tracking.query import RunRecord, current, record_of
 from sgdlab.tracking.record_store import NewRun, RunUpdate, create_runs, update_runs
 from sgdlab.tracking.store import SweepHandle, client
 
@@ -61,7 +62,7 @@ def start_runs(handle: SweepHandle, specs: list[RunSpec], heartbeat_s: float | N
     new = [NewRun(spec.run_name,
                   {tags.SWEEP: handle.sweep, tags.TRIAL_ID: spec.trial_id, tags.KIND: spec.kind,
                    tags.ATTEMPT: str(spec.attempt), tags.PARENT: handle.sweep_run_id, tags.NODE: node,
-                   tags.HEARTBEAT: now, **handle.run_tags, **spec.extra_tags},
+                   tags.HEARTBEAT: now, tags.NUMERICS: str(numerics.VERSION), **handle.run_tags, **spec.extra_tags},
                   {k: str(v)[:MAX_PARAM_CHARS] for k, v in tags.flatten(spec.config).items()}) for spec in specs]
     created = create_runs(handle.uri, handle.experiment_id, new)
     runs = [TrialRun(handle, spec.trial_id, spec.kind, run_id, artifact_uri, heartbeat_s)
@@ -142,10 +143,10 @@ class TrialRun:
     def finish(self, outcome: str, check_duplicates: bool = True) -> str:
         """End FINISHED with an outcome; returns the status written.
 
-        A trial never has two FINISHED runs: if another run of it finished meanwhile (a run thought lost came
+        A trial never has two FINISHED runs (of one numerics version): if another run of it finished meanwhile (a run thought lost came
         back), this one ends KILLED with the reason instead. The caller may skip that query when the trial had
         no other run when this one started."""
-        others = [r for r in trial_runs(self.handle, self.trial_id, self.kind)
+        others = [r for r in current(trial_runs(self.handle, self.trial_id, self.kind))
                   if r.status == "FINISHED" and r.run_id != self.run_id] if check_duplicates else []
         if others:
             error = f"duplicate: trial already finished by run {others[0].run_id}"

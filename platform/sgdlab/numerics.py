@@ -1,0 +1,13 @@
+"""The numerics version: with the trial_id (sweep/identity.py), the identity of what a trial computes.
+
+A trial_id hashes a trial's config; the numbers that config produces also depend on the code: the sampler, the
+initialization, the loss normalization, the parametrization. Every change that alters them bumps VERSION. Each
+run records the version it was computed with (tag `sgdlab.numerics`; runs recorded before the tag existed are
+version 1). Runs of another version are not skipped as finished: `sgdlab status` counts their trials as
+`outdated`, `sgdlab sweep` reruns them as new attempts, and reports leave their numbers out.
+
+History:
+  1  counter-based batches of (seed, step) and initial weights of (seed, tensor, index) (2026-11-27).
+"""
+
+VERSION = 1
