@@ -16,7 +16,8 @@ from mlflow.entities import Metric, Param, RunTag
 
 from sgdlab.tracking import record_store
 from sgdlab.tracking.query import sweep_runs
-from sgdlab.tracking.record_store import ClientStore, NewRun, RunUpdate, create_runs, update_runs, store_for
+from sgdlab.tracking.record_store import ClientStore, create_runs, store_for, update_runs
+from sgdlab.tracking.run_records import NewRun, RunUpdate
 from sgdlab.tracking.store import client, open_sweep
 
 TAGS = {"sgdlab.sweep": "w", "sgdlab.kind": "train", "sgdlab.trial_id": "t", "mlflow.parentRunId": "p"}

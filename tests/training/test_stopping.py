@@ -10,36 +10,36 @@ RULES = {"divergence_loss": 1e3, "stop_when_fitted": True, "loss_threshold": Non
 
 def test_diverged_on_a_non_finite_loss_or_one_above_divergence_loss():
     loss = np.array([np.nan, np.inf, -np.inf, 1e3, 1001.0, 0.5], dtype=np.float32)
-    assert stop_outcomes(RULES, loss=loss).tolist() == ["diverged"] * 3 + ["", "diverged", ""]
+    assert stop_outcomes(RULES, loss=loss) == {0: "diverged", 1: "diverged", 2: "diverged", 4: "diverged"}
 
 
 def test_converged_when_fitted_and_only_where_measured():
     unfitted = np.array([0, 3, np.nan])
-    assert stop_outcomes(RULES, unfitted=unfitted).tolist() == ["converged", "", ""]
-    assert stop_outcomes({**RULES, "stop_when_fitted": False}, unfitted=unfitted).tolist() == ["", "", ""]
+    assert stop_outcomes(RULES, unfitted=unfitted) == {0: "converged"}
+    assert stop_outcomes({**RULES, "stop_when_fitted": False}, unfitted=unfitted) == {}
 
 
 def test_converged_at_the_loss_threshold_on_the_full_training_set_only():
     rules, loss = {**RULES, "loss_threshold": 0.05, "stop_when_fitted": False}, np.array([0.05, 0.04, 0.06])
-    assert stop_outcomes(rules, loss=loss, full_set=True).tolist() == ["converged", "converged", ""]
-    assert stop_outcomes(rules, loss=loss).tolist() == ["", "", ""]  # a batch loss never triggers it
+    assert stop_outcomes(rules, loss=loss, full_set=True) == {0: "converged", 1: "converged"}
+    assert stop_outcomes(rules, loss=loss) == {}  # a batch loss never triggers it
 
 
 def test_max_steps_per_member():
     steps, max_steps = np.array([10, 9, 12]), np.array([10, 10, 11])
-    assert stop_outcomes(RULES, steps=steps, max_steps=max_steps).tolist() == ["max_steps", "", "max_steps"]
+    assert stop_outcomes(RULES, steps=steps, max_steps=max_steps) == {0: "max_steps", 2: "max_steps"}
 
 
 def test_max_time_stops_every_member():
     rules, steps, max_steps = {**RULES, "max_time_s": 2.0}, np.array([1, 2]), np.array([10, 10])
-    assert stop_outcomes(rules, steps=steps, max_steps=max_steps, elapsed=2.5).tolist() == ["max_steps"] * 2
-    assert stop_outcomes(rules, steps=steps, max_steps=max_steps, elapsed=1.5).tolist() == ["", ""]
-    assert stop_outcomes(RULES, steps=steps, max_steps=max_steps, elapsed=1e9).tolist() == ["", ""]
+    assert stop_outcomes(rules, steps=steps, max_steps=max_steps, elapsed=2.5) == {0: "max_steps", 1: "max_steps"}
+    assert stop_outcomes(rules, steps=steps, max_steps=max_steps, elapsed=1.5) == {}
+    assert stop_outcomes(RULES, steps=steps, max_steps=max_steps, elapsed=1e9) == {}  # no limit set
 
 
 @pytest.mark.parametrize("loss,unfitted,steps,expected", [(np.inf, 0, 10, "diverged"), (0.0, 0, 10, "converged"),
-                                                          (0.5, 1, 10, "max_steps"), (0.5, 1, 9, "")])
+                                                          (0.5, 1, 10, "max_steps"), (0.5, 1, 9, None)])
 def test_rules_apply_in_order_diverged_converged_max_steps(loss, unfitted, steps, expected):
     out = stop_outcomes({**RULES, "loss_threshold": 0.1}, loss=np.array([loss]), full_set=True,
                         unfitted=np.array([unfitted]), steps=np.array([steps]), max_steps=np.array([10]))
-    assert out.tolist() == [expected]
+    assert out.get(0) == expected

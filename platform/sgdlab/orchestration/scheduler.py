@@ -25,6 +25,7 @@ from sgdlab.orchestration.plan import PackJob, TrialJob
 from sgdlab.orchestration.runtime import address, connect, shutdown
 from sgdlab.orchestration.tasks import submit, warm_up
 from sgdlab.tracking.query import ended_since
+from sgdlab.tracking.record_store import store_for
 from sgdlab.tracking.store import SweepHandle, open_sweep
 from sgdlab.tracking.tags import one_line
 from sgdlab.tracking.writer import end_running
@@ -46,6 +47,7 @@ def run_jobs(sweep: str, jobs: list[TrialJob], config: dict, uri: str, descripti
     `config`: any of the jobs' configs (its cluster and resources groups are used)."""
     console = console or Console(stderr=True)
     handle = open_sweep(uri, sweep, description)
+    store_for(uri)  # warns here, in the driver, when records will go through the slower client store
     resources = connect(config["cluster"])
     try:
         if not address(config["cluster"]):

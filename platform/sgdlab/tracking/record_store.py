@@ -13,48 +13,19 @@ from __future__ import annotations
 
 import functools
 import sys
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 
 from sgdlab.tracking.location import retried
+from sgdlab.tracking.run_records import NewRun, RecordStore, RunUpdate
 from sgdlab.tracking.store import client
 
 TABLE_STORE_TESTED_MLFLOW = "3.17.2"  # tests/tracking/test_run_writes.py compares its rows with the client's
 TABLE_STORE_SCHEMES = ("sqlite", "postgresql")  # the databases that test runs on
 CLIENT_PARAMS = 100  # MLflow accepts at most 100 params per log_batch
 CLIENT_METRICS = 900  # and at most 1000 metrics
-
-
-@dataclass
-class NewRun:
-    run_name: str
-    tags: dict[str, str]
-    params: dict[str, str]
-
-
-@dataclass
-class RunUpdate:
-    run_id: str
-    metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, timestamp (ms), step
-    tags: dict[str, str] = field(default_factory=dict)
-    status: str | None = None  # FINISHED, FAILED or KILLED ends the run (end_time: now)
-
-
-class RecordStore(Protocol):
-    """Where run records are written. Tags replace earlier values of the same keys; metrics add to a run's
-    history and its latest values (newest by step, timestamp, value), as MlflowClient does."""
-
-    def create_runs(self, experiment_id: str, runs: list[NewRun]) -> list[tuple[str, str]]:
-        """Create RUNNING runs in the experiment; returns (run_id, artifact_uri) for each, in order."""
-
-    def batches(self, updates: list[RunUpdate]) -> list[list[RunUpdate]]:
-        """The updates, in order, grouped into the batches this store writes one at a time."""
-
-    def write_batch(self, batch: list[RunUpdate]) -> None:
-        """Write one batch of `batches`; when this returns, the batch is stored."""
 
 
 class ClientStore:

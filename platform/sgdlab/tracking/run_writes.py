@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried
-from sgdlab.tracking.record_store import NewRun, RunUpdate
+from sgdlab.tracking.run_records import NewRun, RunUpdate
 
 TRANSACTION_VALUES = 20_000  # metric values per transaction: keeps a SQLite store's write lock short
 ENDED = ("FINISHED", "FAILED", "KILLED")

@@ -30,7 +30,8 @@ from sgdlab import numerics
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried
 from sgdlab.tracking.query import RunRecord, current, record_of
-from sgdlab.tracking.record_store import NewRun, RunUpdate, create_runs, update_runs
+from sgdlab.tracking.record_store import create_runs, update_runs
+from sgdlab.tracking.run_records import NewRun, RunUpdate
 from sgdlab.tracking.store import SweepHandle, client
 
 MAX_BATCH = 900  # metric values a run buffers before it writes them

@@ -73,21 +73,27 @@ class Stop:
 
 
 def stop_outcomes(tcfg: dict, *, loss=None, full_set: bool = False, unfitted=None, steps=None, max_steps=None,
-                  elapsed: float | None = None) -> np.ndarray:
-    """The stopping rules, per member: the outcome that stops it now, or '' (arrays of one entry per member; an
-    argument left out is not checked). In order: 'diverged' when `loss` is non-finite or above
+                  elapsed: float | None = None) -> dict[int, str]:
+    """The stopping rules: {row: outcome} for the members that stop now (arguments are arrays of one entry per
+    member; one left out is not checked). In order: 'diverged' when `loss` is non-finite or above
     train.divergence_loss; 'converged' when `unfitted` == 0 with train.stop_when_fitted (NaN: not measured), or
     when a `full_set` loss is <= train.loss_threshold; 'max_steps' when steps >= max_steps or `elapsed` (wall
     seconds of the pack) > train.max_time_s."""
-    n = len(next(a for a in (loss, unfitted, steps) if a is not None))
-    never = np.zeros(n, dtype=bool)
-    diverged = never if loss is None else ~np.isfinite(loss) | (loss > tcfg["divergence_loss"])
-    fitted = never if unfitted is None or not tcfg["stop_when_fitted"] else np.asarray(unfitted) == 0
-    below = never if loss is None or not full_set or tcfg["loss_threshold"] is None else loss <= tcfg["loss_threshold"]
-    out_of_steps = never if steps is None else np.asarray(steps) >= np.asarray(max_steps)
-    out_of_time = elapsed is not None and tcfg["max_time_s"] is not None and elapsed > tcfg["max_time_s"]
-    return np.select([diverged, fitted | below, out_of_steps | out_of_time], ["diverged", "converged", "max_steps"],
-                     default="")
+    rules = []
+    if loss is not None:
+        rules.append(("diverged", ~np.isfinite(loss) | (loss > tcfg["divergence_loss"])))
+        if full_set and tcfg["loss_threshold"] is not None:
+            rules.append(("converged", loss <= tcfg["loss_threshold"]))
+    if unfitted is not None and tcfg["stop_when_fitted"]:
+        rules.append(("converged", np.asarray(unfitted) == 0))
+    if steps is not None:
+        out_of_time = elapsed is not None and tcfg["max_time_s"] is not None and elapsed > tcfg["max_time_s"]
+        rules.append(("max_steps", (np.asarray(steps) >= np.asarray(max_steps)) | out_of_time))
+    stopping: dict[int, str] = {}
+    for outcome, mask in rules:  # in the order of the rules: the first that applies wins
+        for r in np.flatnonzero(mask).tolist():
+            stopping.setdefault(r, outcome)
+    return stopping
 
 
 def train(cfg: dict, device: str = "cpu", **callbacks) -> Result:
@@ -128,9 +134,8 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
         # This is the step's one wait for the device.
         batch_loss = batch_loss.cpu().numpy()
         unfitted = unfitted_where_zero_loss(shared, pack, batch_loss)
-        for r, outcome in enumerate(stop_outcomes(tcfg, loss=batch_loss, unfitted=unfitted).tolist()):
-            if outcome:
-                stops.setdefault(r, Stop(outcome))
+        for r, outcome in stop_outcomes(tcfg, loss=batch_loss, unfitted=unfitted).items():
+            stops.setdefault(r, Stop(outcome))
         if stops:  # stopped members leave before the update: their parameters are those of their stop step
             grads = take(grads, [r for r in range(len(pack.live)) if r not in stops])
             retire(shared, pack, members, stops, results)
@@ -149,14 +154,12 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
             rows = list(logged)
             loss = np.array([logged[r]["train_loss"] for r in rows])
             unfitted = np.array([logged[r]["n_unfitted"] for r in rows])
-            for r, outcome in zip(rows, stop_outcomes(tcfg, loss=loss, full_set=True, unfitted=unfitted).tolist()):
-                if outcome:
-                    stops[r] = Stop(outcome, logged[r])
+            for j, outcome in stop_outcomes(tcfg, loss=loss, full_set=True, unfitted=unfitted).items():
+                stops[rows[j]] = Stop(outcome, logged[rows[j]])
         # The wall-time limit is read on rank 0's clock (a broadcast), so that every rank stops at the same step.
         elapsed = None if tcfg["max_time_s"] is None else workers.first(time.monotonic() - started, device)
-        limits = stop_outcomes(tcfg, steps=pack.steps, max_steps=pack.max_steps, elapsed=elapsed)
-        for r in np.flatnonzero(limits).tolist():
-            stops.setdefault(r, Stop("max_steps", logged.get(r)))
+        for r, outcome in stop_outcomes(tcfg, steps=pack.steps, max_steps=pack.max_steps, elapsed=elapsed).items():
+            stops.setdefault(r, Stop(outcome, logged.get(r)))
         retire(shared, pack, members, stops, results)
     return results
 
@@ -217,8 +220,8 @@ def retire(shared: Shared, pack: PackState, members: list[Member], stops: dict[i
     for j, r in enumerate(rows):
         i, stop, steps = pack.live[r], stops[r], int(pack.steps[r])
         final, outcome = stop.logged or fresh[r], stop.outcome
-        if outcome not in ("diverged", "error") and stop_outcomes(
-                shared.cfg["train"], loss=np.array([final["train_loss"]]))[0] == "diverged":
+        if outcome not in ("diverged", "error") and stop_outcomes(shared.cfg["train"],
+                                                                  loss=np.array([final["train_loss"]])):
             outcome = "diverged"
         if stop.logged is None and (steps == 0 or steps % shared.log_every != 0):
             members[i].on_log(steps, final)  # otherwise these metrics were just logged
