@@ -170,10 +170,14 @@ def status(name: str = typer.Argument(..., help="sweep name"),
     if as_json:
         print(json.dumps(report))
         return
-    table = Table(title=f"{name}: {report['trials']} trials")
-    for key in (*report["counts"], *report["outcomes"]):
-        table.add_column(key, justify="right")
-    table.add_row(*(str(v) for v in (*report["counts"].values(), *report["outcomes"].values())))
+    table = Table(title=f"{name}: {report['trials']} trials")  # one row per state: readable in a narrow terminal
+    table.add_column("state")
+    table.add_column("trials", justify="right")
+    for state, count in report["counts"].items():
+        table.add_row(state, str(count))
+    table.add_section()
+    for outcome, count in report["outcomes"].items():
+        table.add_row(f"finished: {outcome}", str(count))
     out.print(table)
     if report["failed"]:
         failed = Table(title="failed trials")
