@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from sgdlab import paths
 from sgdlab.config.compose import Composer
-from sgdlab.config.schema import ConfigError, validate
+from sgdlab.config.schema import ConfigError
+from sgdlab.config.validation import validate
 from sgdlab.sweep import spec
 from sgdlab.sweep.expand import expand, parse_axes
 

@@ -23,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sgdlab import paths
-from sgdlab.config.schema import OPTIONS, SINGLE, ConfigError, validate
+from sgdlab.config.schema import OPTIONS, SINGLE, ConfigError
+from sgdlab.config.validation import validate
 
 
-def one_line(exc: BaseException) -> str:
+def hydra_error_line(exc: BaseException) -> str:
     """A Hydra/OmegaConf error (several lines, with hints and search paths) as one line naming the key."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     if not lines:
@@ -48,7 +49,7 @@ def parse_override(line: str) -> Override:
     try:
         (override,) = OverridesParser.create().parse_overrides([line])
     except HydraException as exc:
-        raise ConfigError(f"override {line!r}: {one_line(exc)}") from None
+        raise ConfigError(f"override {line!r}: {hydra_error_line(exc)}") from None
     return override
 
 
@@ -100,12 +101,12 @@ class Composer:
                     out.append(OmegaConf.to_container(cfg, resolve=True))
             return out
         except (HydraException, OmegaConfBaseException) as exc:
-            raise ConfigError(one_line(exc)) from None
+            raise ConfigError(hydra_error_line(exc)) from None
         finally:
             GlobalHydra.instance().clear()
 
     def many(self, override_lists: Sequence[Sequence[str]]) -> list[dict]:
-        """Validated, resolved trial configs (see sgdlab.config.schema.validate)."""
+        """Validated, resolved trial configs (see sgdlab.config.validation.validate)."""
         return [validate(raw) for raw in self.raw_many(override_lists)]
 
     def __call__(self, overrides: Sequence[str]) -> dict:

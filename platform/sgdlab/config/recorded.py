@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 
 from sgdlab.config.compose import Composer, parse_override
-from sgdlab.config.schema import NON_IDENTITY_GROUPS, SINGLE, ConfigError, check_group
+from sgdlab.config.schema import NON_IDENTITY_GROUPS, SINGLE, ConfigError
+from sgdlab.config.typecheck import check_group
 
 
 def parse_runtime_overrides(overrides: list[str]) -> dict[tuple[str, str], object]:

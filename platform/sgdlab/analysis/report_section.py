@@ -1,0 +1,28 @@
+"""A section of the sweep report: (markdown lines for summary.md, figures, tables), each file with a caption.
+
+Values are written as mean ± standard error; a table shows at most MAX_ROWS rows in summary.md, its CSV holds
+all of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+MAX_ROWS = 30  # table rows written into summary.md (the CSVs hold all)
+Files = list[tuple[Path, str]]  # path, caption
+
+
+def plus_minus(mean: float, se: float, digits: int = 3) -> str:
+    """'1.83 ± 0.05', or '1.83' without a standard error."""
+    if not np.isfinite(mean):
+        return "-"
+    return f"{mean:.{digits}g}" + (f" ± {se:.2g}" if np.isfinite(se) else "")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[:MAX_ROWS]]
+    return lines + ([f"| ... {len(rows) - MAX_ROWS} more rows in the CSV |" + " |" * (len(header) - 1)]
+                    if len(rows) > MAX_ROWS else [])

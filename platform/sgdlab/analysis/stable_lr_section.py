@@ -1,0 +1,100 @@
+"""The largest stable learning rate against the batch size B, per optimizer.
+
+Needs train runs where, for one optimizer, 2 batch sizes each have >= MIN_LRS learning rates and a stable lr
+below a diverged one (a bracketed lr_max). lr_max_vs_B.png: the largest stable lr (stability.largest_stable_lr)
+against B per optimizer, a bar up to the first unstable lr, the fitted power law and the reference slope
+(1 SGD, 1/2 Adam). lr_max.csv and lr_max_fits.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sgdlab.analysis import plots
+from sgdlab.analysis.figure_layout import LEGEND_WIDTH, batch_axis
+from sgdlab.analysis.figure_lines import line_parts
+from sgdlab.analysis.frames import grid_axes, key_columns, swept_columns
+from sgdlab.analysis.report_section import Files, markdown_table
+from sgdlab.analysis.stability import REFERENCE_TEXT, largest_stable_lr, reference_slope, stable_lr_fit
+
+MIN_LRS = 3  # learning rates per (optimizer, B) for a largest stable lr
+OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam"}
+
+
+def _optimizer_text(name) -> str:
+    return OPTIMIZER_NAMES.get(str(name).lower(), str(name))
+
+
+def stable_lr(frame: pd.DataFrame, out_dir: Path) -> tuple[list[str], Files, Files]:
+    if not {"lr", "B", "optimizer"} <= set(frame.columns) or frame.empty:
+        return [], [], []
+    placed = frame[(pd.to_numeric(frame["lr"], errors="coerce") > 0) & (pd.to_numeric(frame["B"], errors="coerce") > 0)]
+    if placed["B"].nunique() < 2 or not (placed["outcome"] == "diverged").any():
+        return [], [], []
+    others = [c for c in swept_columns(placed) if c not in ("lr", "T", "B", "optimizer", "seed")]
+    extras = key_columns(placed, others, given=["optimizer", "B", "lr", "seed"]) if others else []
+    by = ["optimizer", *extras, "B"]
+    table = largest_stable_lr(placed, by)
+    bracketed = table[(table["n_lr"] >= MIN_LRS) & np.isfinite(table["lr_max"]) & ~table["censored"].astype(bool)]
+    if bracketed.empty or bracketed.groupby(["optimizer", *extras], dropna=False)["B"].nunique().max() < 2:
+        if {"lr", "B"} <= set(grid_axes(placed)):
+            return ["", f"- Largest stable lr against B: not drawn (needs, for one optimizer, 2 batch sizes with "
+                        f"at least {MIN_LRS} learning rates and a stable lr below a diverged one)."], [], []
+        return [], [], []
+    sentences, fit_rows = [], []
+    with plots.styled():
+        fig, (ax,) = plots.new_figure(extra_width=LEGEND_WIDTH)
+        handles = []
+        for i, (name, part) in enumerate(line_parts(table, ["optimizer", *extras])):
+            colour, part = f"C{i % 10}", part.sort_values("B")
+            label = ", ".join([_optimizer_text(part["optimizer"].iloc[0]), *name.split(", ")[1:]])
+            known = part[np.isfinite(part["lr_max"].astype(float))]
+            bounded = known[~known["censored"].astype(bool)]
+            censored = known[known["censored"].astype(bool)]
+            upper = (bounded["lr_unstable"] - bounded["lr_max"]).to_numpy(dtype=float)
+            handles.append(ax.errorbar(bounded["B"], bounded["lr_max"], yerr=[np.zeros_like(upper), upper], fmt="o",
+                                       color=colour, label=label, capsize=2))
+            if len(censored):
+                ax.plot(censored["B"], censored["lr_max"], "^", mfc="none", color=colour)
+            fit, ref = stable_lr_fit(part), reference_slope(part["optimizer"].iloc[0])
+            if fit is not None:
+                grid = np.geomspace(bounded["B"].min(), bounded["B"].max(), 50)
+                handles += ax.plot(grid, fit(grid), "--", color=colour, label=f"fit {fit.exponent_text()}")
+                if ref is not None:
+                    u, v = np.log(bounded["B"].astype(float)), np.log(bounded["lr_max"].astype(float))
+                    handles += ax.plot(grid, np.exp(v.mean() + ref * (np.log(grid) - u.mean())), ":", color=colour,
+                                       lw=1.2, label=f"reference slope {REFERENCE_TEXT.get(ref, f'{ref:g}')}")
+                error = f" ± {fit.stderr:.2f}" if np.isfinite(fit.stderr) else " (no error bar: 2 points)"
+                ref_text = f" (reference {REFERENCE_TEXT.get(ref, f'{ref:g}')})" if ref is not None else ""
+                sentences.append(f"~ B^{fit.exponent:.2f}{error} for {label}{ref_text}")
+            fit_rows.append({"line": label, "exponent": fit.exponent if fit else np.nan,
+                             "exponent_se": fit.stderr if fit else np.nan,
+                             "prefactor": fit.prefactor if fit else np.nan,
+                             "n_points": fit.n if fit else 0, "reference": ref if ref is not None else np.nan})
+        batch_axis(ax, table["B"])
+        ax.set(yscale="log", ylabel=plots.label("lr_max"),
+               title="largest stable lr\n(bar: up to the first unstable lr; ^: lower bound)")
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        path = plots.save(fig, out_dir / "lr_max_vs_B.png")
+    csv = out_dir / "lr_max.csv"
+    table.to_csv(csv, index=False)
+    fits_csv = out_dir / "lr_max_fits.csv"
+    pd.DataFrame(fit_rows).to_csv(fits_csv, index=False)
+    lines = ["", "Largest stable learning rate: an lr is stable when every seed at it finished without diverging; "
+                 "lr_max is the largest stable lr below the smallest lr at which a seed diverged (grid lrs with a "
+                 "failed or unfinished trial and no divergence are skipped; where no lr diverged, the largest is "
+                 "only a lower bound and is left out of the fit).", ""]
+    lines.append("- largest stable lr " + ", ".join(sentences) + "." if sentences
+                 else "- largest stable lr ~ B^b: not fitted (fewer than 2 batch sizes with a bracketed lr_max).")
+    lines.append("")
+    rows = [[*(_optimizer_text(r[c]) if c == "optimizer" else plots.number(r[c]) for c in by),
+             plots.number(r["lr_max"]) + (" (lower bound)" if r["censored"] else ""),
+             plots.number(r["lr_unstable"]) if np.isfinite(r["lr_unstable"]) else "-",
+             f"{r['n_stable']}/{r['n_unstable']}/{r['n_lr']}"] for _, r in table.iterrows()]
+    lines += markdown_table([*by, "lr_max", "first unstable lr", "lrs stable/unstable/grid"], rows)
+    return lines, [(path, "largest stable lr against B per optimizer, fitted slopes and reference slopes")], [
+        (csv, "largest stable lr per optimizer and B (criterion in summary.md)"),
+        (fits_csv, "fitted exponents of lr_max ~ B^b per optimizer, with the reference")]
