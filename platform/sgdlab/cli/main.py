@@ -189,30 +189,6 @@ def status(name: str = typer.Argument(..., help="sweep name"),
         out.print(f"Rerun them with: make resubmit EXP={name}")
 
 
-def report_inputs(uri: str, trains: list, probes: list) -> tuple[dict, dict, list[str]]:
-    """What the curvature figures need beyond the run records: sharpness (and train loss) histories of the train
-    runs that logged a sharpness, and the spectral densities of finished probes that computed one (probe.slq_starts
-    > 0). Returns (histories, densities, warnings about unreadable densities)."""
-    from sgdlab.analysis.spectra import read_density
-    from sgdlab.tracking.artifacts import download_bytes
-    from sgdlab.tracking.query import metric_histories
-
-    with_sharpness = [r.run_id for r in trains if r.status == "FINISHED" and "sharpness" in r.metrics]
-    histories = metric_histories(uri, with_sharpness, ["sharpness", "train_loss"])
-    densities, warnings = {}, []
-    for record in probes:
-        if record.status != "FINISHED" or record.params.get("probe.slq_starts", "1") in ("0", "None", ""):
-            continue
-        data = download_bytes(uri, record.run_id, "spectrum/density.csv")
-        if data is None:
-            continue
-        try:
-            densities[record.run_id] = read_density(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            warnings.append(f"probe run {record.run_id}: spectrum/density.csv not read ({exc})")
-    return histories, densities, warnings
-
-
 @app.command()
 def report(name: str = typer.Argument(..., help="sweep name"),
            out_dir: Optional[str] = typer.Option(None, "--out", help="folder for the report (default reports/NAME)")):
@@ -235,6 +211,7 @@ def report(name: str = typer.Argument(..., help="sweep name"),
         raise fail_input(str(exc))
 
     from sgdlab.analysis.report import build_report
+    from sgdlab.analysis.report_inputs import report_inputs
     from sgdlab.tracking.store import log_sweep_files, open_sweep
 
     histories, densities, warnings = report_inputs(uri, trains, probes)

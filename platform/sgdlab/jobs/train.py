@@ -80,6 +80,15 @@ def memory_budget(device: str) -> int:
     return int(0.25 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
+def members_at_once(config: dict, n_members: int, device: str, workers: Workers) -> int:
+    """How many members of a pack train together: all of them for a trial alone or on data-parallel workers,
+    otherwise as many as the memory budget holds (the others train after them)."""
+    if n_members <= 1 or workers.size > 1:
+        return max(1, n_members)
+    per_member = member_bytes(build_problem(config, device), config["data"]["batch_size"])
+    return max(1, memory_budget(device) // per_member)
+
+
 def preload() -> None:
     """Import what a pack's first step would import on its own: torch.func's transforms load torch._dynamo
     (about 2 s) the first time a process uses them."""
@@ -103,8 +112,7 @@ def run_train(configs: list[dict], handle: SweepHandle, *, trial_ids: list[str],
     members = [_member(slot, i, configs[i], trial_ids[i], took[i], attempts[i], records, summaries, started,
                        device, workers) for slot, i in enumerate(todo)]
     try:
-        capacity = max(1, len(members)) if len(members) <= 1 or workers.size > 1 else max(1, memory_budget(device) // (
-            member_bytes(build_problem(configs[0], device), configs[0]["data"]["batch_size"])))
+        capacity = members_at_once(configs[0], len(members), device, workers)
         for first in range(0, len(members), capacity):
             train_pack(members[first:first + capacity], device, on_tick=records.tick, workers=workers)
         records.close()
