@@ -234,14 +234,14 @@ def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED tr
               None, help="probe.* (what to measure) and resources.*, e.g. probe.top_k=5 probe.slq_starts=4")):
     """Measure the curvature of an existing finished trial (its checkpoint/final.pt) as a new probe run."""
     from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides
-    from sgdlab.tracking.artifacts import recorded_config, run_summary
+    from sgdlab.tracking.artifacts import recorded_config, run_record
     from sgdlab.tracking.location import resolve_uri
 
     try:
         changes = parse_runtime_overrides(overrides or [])
         uri = resolve_uri(changes.get(("tracking", "uri")))
-        info = run_summary(uri, run_id)
-        if info is None or info["kind"] != "train" or info["status"] != "FINISHED":
+        info = run_record(uri, run_id)
+        if info is None or info.kind != "train" or info.status != "FINISHED":
             raise ConfigError(f"run {run_id}: not a FINISHED train run in {uri}")
         config = apply_runtime_overrides(recorded_config(uri, run_id), changes)
     except ConfigError as exc:
@@ -253,11 +253,11 @@ def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED tr
     from sgdlab.tracking.store import open_sweep
     from sgdlab.tracking.tags import PROBE_ID
 
-    pid = probe_id(config, info["trial_id"])
-    attempt = next_attempt([r for r in sweep_runs(uri, info["sweep"], kind="probe") if r.tags.get(PROBE_ID) == pid])
-    err.print(f"probing {info['run_name']} (trial {info['trial_id']}, sweep {info['sweep']})")
-    result = run_probe(config, open_sweep(uri, info["sweep"]), trial_id=info["trial_id"], train_run_id=run_id,
-                       attempt=attempt, run_name=info["run_name"])
+    pid = probe_id(config, info.trial_id)
+    attempt = next_attempt([r for r in sweep_runs(uri, info.sweep, kind="probe") if r.tags.get(PROBE_ID) == pid])
+    err.print(f"probing {info.run_name} (trial {info.trial_id}, sweep {info.sweep})")
+    result = run_probe(config, open_sweep(uri, info.sweep), trial_id=info.trial_id, train_run_id=run_id,
+                       attempt=attempt, run_name=info.run_name)
     if result.status != "finished":
         err.print(f"probe failed: {result.error}", highlight=False)
         raise typer.Exit(1)

@@ -29,10 +29,10 @@ def recorded_config(uri: str, run_id: str) -> dict:
     return yaml.safe_load(data)
 
 
-def run_summary(uri: str, run_id: str) -> dict | None:
-    """Sweep, trial, kind, status and name of a run, or None if the store has no such run."""
-    from sgdlab.tracking import tags
+def run_record(uri: str, run_id: str):
+    """The RunRecord of one run, or None if the store has no such run."""
     from sgdlab.tracking.location import retried
+    from sgdlab.tracking.query import record_of
 
     mlflow = client(uri)
     try:
@@ -41,6 +41,4 @@ def run_summary(uri: str, run_id: str) -> dict | None:
         if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
             return None
         raise
-    t = run.data.tags
-    return {"sweep": t.get(tags.SWEEP, ""), "trial_id": t.get(tags.TRIAL_ID, ""), "kind": t.get(tags.KIND, ""),
-            "status": run.info.status, "run_name": run.info.run_name}
+    return record_of(run)

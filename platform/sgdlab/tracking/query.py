@@ -42,6 +42,14 @@ class RunRecord:
         return self.tags.get(tags.TRIAL_ID, "")
 
     @property
+    def sweep(self) -> str:
+        return self.tags.get(tags.SWEEP, "")
+
+    @property
+    def run_name(self) -> str:
+        return self.tags.get(tags.RUN_NAME, "")
+
+    @property
     def kind(self) -> str:
         return self.tags.get(tags.KIND, "")
 
