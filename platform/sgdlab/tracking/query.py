@@ -25,6 +25,7 @@ from sgdlab import numerics
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried, sqlite_path
 
+READ_TABLES = ("experiments", "runs", "tags", "params", "metrics", "latest_metrics")
 STATES = ("finished", "failed", "running", "stale", "pending", "outdated")
 
 
@@ -77,16 +78,20 @@ class RunRecord:
 
 @contextmanager
 def _read_only(path):
-    """A read-only connection to a SQLite store: reading never creates or changes it."""
+    """A read-only connection to a SQLite store (reading never creates or changes it), or None while the store
+    is being created (MLflow has not made all the tables read here yet): then it holds no runs."""
     db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
     try:
-        yield db
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        yield db if tables.issuperset(READ_TABLES) else None
     finally:
         db.close()
 
 
 def _sqlite_runs(path, sweep: str) -> list[RunRecord]:
     with _read_only(path) as db:
+        if db is None:
+            return []
         exp = db.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
                          (sweep,)).fetchone()
         if exp is None:
@@ -160,7 +165,7 @@ def ended_since(uri: str, sweep: str, since_ms: int) -> dict[str, str] | None:
 
     def read() -> list[tuple[str, str]]:
         with _read_only(path) as db:
-            return db.execute(
+            return [] if db is None else db.execute(
                 "SELECT trial.value, runs.status FROM runs "
                 "JOIN experiments ON experiments.experiment_id = runs.experiment_id "
                 "JOIN tags AS trial ON trial.run_uuid = runs.run_uuid AND trial.key = ? "
@@ -183,6 +188,8 @@ def trials_with_runs(uri: str, experiment_id: str, trial_ids: list[str]) -> set[
     def read() -> set[str]:
         found = set()
         with _read_only(path) as db:
+            if db is None:
+                return found
             for i in range(0, len(trial_ids), 500):
                 chunk = trial_ids[i:i + 500]
                 found.update(row[0] for row in db.execute(
@@ -246,6 +253,8 @@ History = list[tuple[int, float]]  # (step, value), in the order of step (then o
 def _sqlite_histories(path, run_ids: list[str], keys: list[str]) -> dict[str, dict[str, History]]:
     out: dict[str, dict[str, list]] = {run_id: {key: [] for key in keys} for run_id in run_ids}
     with _read_only(path) as db:
+        if db is None:
+            return out
         key_marks = ",".join("?" * len(keys))
         for i in range(0, len(run_ids), 500):  # bounded number of SQL variables per statement
             chunk = run_ids[i:i + 500]
