@@ -1,8 +1,8 @@
 """One config group checked against the dataclass of its option: unknown keys, missing keys, types.
 
 `check_group(prefix, values, schema)` returns the group with every key of the dataclass: a given value converted
-to the field's type (int -> float is allowed, bool -> int is not), a left-out key its default; an unknown key,
-a missing key without default or a value of the wrong type raises `ConfigError` naming `prefix.key` and what is
+to the field's type (int -> float is allowed, bool -> int is not; a number must be finite), a left-out key its
+default; an unknown key, a missing key without default or a value of the wrong type raises `ConfigError` naming `prefix.key` and what is
 allowed.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -37,7 +38,9 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         for arm in typing.get_args(tp):
             try:
                 return coerce(value, arm, key)
-            except ConfigError:
+            except ConfigError as exc:
+                if "finite" in str(exc):  # the right type, an impossible value: say so
+                    raise
                 continue
     elif origin is Literal:
         if value in typing.get_args(tp):
@@ -56,6 +59,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # no config value means NaN or infinity
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -60,6 +60,7 @@ def validate(raw: dict) -> dict:
     for key in ("data.n_test", "train.max_time_s", "train.checkpoint_every"):
         _positive(cfg, key, allow_none=True)
     _positive(cfg, "resources.cpus", allow_zero=True)
+    _positive(cfg, "resources.max_in_flight", allow_none=True)  # null: twice the cluster's CPUs
     _positive(cfg, "resources.gpu", allow_zero=True)
     if cfg["resources"]["max_retries"] < 0:
         raise ConfigError(f"resources.max_retries: must be >= 0, got {cfg['resources']['max_retries']}")

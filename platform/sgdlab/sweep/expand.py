@@ -33,7 +33,10 @@ def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
         key = parsed.get_key_element()
         name = key.lstrip("+~")  # '+key' and 'key' name the same axis
         if parsed.is_sweep_override():
-            values = list(parsed.sweep_string_iterator())
+            try:
+                values = list(parsed.sweep_string_iterator())
+            except ValueError as exc:  # e.g. range(0,5,0)
+                raise ConfigError(f"{name}: {exc} in {line!r}") from None
             if not values:
                 raise ConfigError(f"{name}: empty axis in {line!r}")
             axes[name] = [f"{key}={v}" for v in values]

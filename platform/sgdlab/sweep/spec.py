@@ -27,6 +27,7 @@ from sgdlab import paths
 from sgdlab.config.schema import ConfigError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_NAME = 100  # characters: a sweep name is a file name and an MLflow experiment name
 
 
 DEFAULT_SCALE = "small"
@@ -56,6 +57,8 @@ def available() -> list[str]:
 
 
 def check_name(name: str) -> str:
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"sweep name {name[:20]!r}...: at most {MAX_NAME} characters, got {len(name)}")
     if not NAME_PATTERN.fullmatch(name) or name.endswith(".yaml"):
         raise ConfigError(f"sweep name {name!r}: use letters, digits, '_', '-' and '.' only (no paths); "
                           f"available: {', '.join(available()) or 'none'}")
@@ -82,6 +85,9 @@ def load(name: str) -> SweepSpec:
         body = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path.name}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
+                          f"{exc.start})") from None
     allowed = {"description", "overrides", "axes", "scales"}
     if not isinstance(body, dict) or set(body) - allowed:
         extra = sorted(set(body) - allowed) if isinstance(body, dict) else ["<not a mapping>"]
