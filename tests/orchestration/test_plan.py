@@ -5,7 +5,7 @@ import pytest
 
 from sgdlab import numerics
 from sgdlab.config.schema import ConfigError
-from sgdlab.orchestration.plan import plan_resubmit, plan_sweep
+from sgdlab.orchestration.plan import plan_resubmit, plan_sweep, unplaceable
 from sgdlab.sweep.expand import expand
 from sgdlab.sweep.identity import probe_id
 from sgdlab.tracking import tags
@@ -56,6 +56,17 @@ def test_a_finished_trial_without_its_end_probe_gets_a_probe_only_job(trials):
     assert (job.train, job.probe, job.train_run_id, job.probe_attempt) == (False, True, records[0].run_id, 2)
     diverged = [RunRecord(**{**records[0].__dict__, "tags": {**records[0].tags, tags.OUTCOME: "diverged"}})]
     assert plan_sweep([done], diverged, STALE, NOW).jobs == []  # nothing to measure on a diverged trial
+
+
+def test_resources_the_cluster_can_never_provide_are_named():
+    res = {"cpus": 1, "gpu": 0, "workers_per_trial": 1}
+    cluster = {"CPU": 2.0}
+    assert unplaceable(res, cluster) is None
+    assert unplaceable({**res, "gpu": 1}, cluster) == "resources.gpu = 1: a trial needs 1 GPU, but the Ray cluster has 0"
+    assert unplaceable({**res, "cpus": 1.5, "workers_per_trial": 2}, cluster) == (
+        "resources.workers_per_trial = 2 workers x resources.cpus = 1.5: a trial needs 3 CPU, but the Ray cluster "
+        "has 2")
+    assert unplaceable({**res, "gpu": 0.5}, {"CPU": 2.0, "GPU": 1.0}) is None
 
 
 def test_resubmit_reruns_exactly_the_failed_and_stale_trials_from_their_recorded_configs(trials):

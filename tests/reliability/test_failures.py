@@ -1,10 +1,18 @@
 """A trial that raises is recorded and the others go on; resubmit reruns exactly the failed ones."""
 
+import sqlite3
+
 import pytest
 
 from conftest import TINY, mlflow_runs, run_sgdlab, status_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray head
+
+
+def dump(store) -> list[str]:
+    """Every row of a SQLite store, as SQL (the log of a store in write-ahead-log mode included)."""
+    with sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True) as db:
+        return list(db.iterdump())
 
 
 def test_raise_is_recorded_then_resubmit_reruns_exactly_the_failed(sweeps_dir, tmp_path):
@@ -28,6 +36,13 @@ def test_raise_is_recorded_then_resubmit_reruns_exactly_the_failed(sweeps_dir, t
     assert refused.returncode == 2 and "only single values of" in refused.stderr
     unknown = run_sgdlab("resubmit", "tiny", "--trial", "ffffffffffff", cwd=tmp_path)
     assert unknown.returncode == 2 and "no such trial" in unknown.stderr
+    store = dump(tmp_path / "mlflow.db")
+    for bad, message in (("resources.cpus=-1", "resources.cpus: must be >= 0, got -1.0"),
+                         ("exec.pack_size=0", "exec.pack_size: must be >= 1 or auto, got 0"),
+                         ("probe.top_k=0", "probe.top_k: must be >= 1, got 0")):
+        out = run_sgdlab("resubmit", "tiny", bad, cwd=tmp_path)  # range-checked before Ray starts
+        assert out.returncode == 2 and out.stderr == f"sgdlab: error: {message}\n", out.stderr
+    assert dump(tmp_path / "mlflow.db") == store  # nothing written
 
     rerun = run_sgdlab("resubmit", "tiny", "resources.cpus=1", cwd=tmp_path)  # the fault is not inherited
     assert rerun.returncode == 0, rerun.stderr

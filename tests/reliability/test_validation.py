@@ -30,6 +30,11 @@ from conftest import TINY, run_sgdlab
     (("resubmit", "tiny"), "no runs of sweep 'tiny'"),
     (("resubmit", "../tiny"), "no paths"),
     (("resubmit", "tiny", "data.n_train=32"), "only single values of"),
+    (("report", "tiny", "--out", "/etc/passwd"), "--out /etc/passwd: /etc/passwd is not a folder"),
+    (("probe", "../x"), "run '../x': not an MLflow run id (32 hexadecimal digits)"),
+    (("probe", "0123456789abcdef0123456789abcdef"), "no store at "),
+    (("resubmit", "tiny", "resources.cpus=abc"), "resources.cpus: expected a number, got 'abc'"),
+    (("sweep", "tiny", "seed=100000000000000000000000000000"), "seed: must be in [-2**63, 2**63)"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, args, message):
     (sweeps_dir / "tiny.yaml").write_text(TINY)
@@ -42,6 +47,17 @@ def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, args
     assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("sgdlab: error: ")
     assert message in out.stderr
     assert list(work.iterdir()) == []
+
+
+def test_resources_the_cluster_lacks_exit_2_before_the_store_is_made(sweeps_dir, tmp_path):
+    """A GPU asked for where there is none would wait forever: refused once Ray has counted the resources, before
+    the store exists. (Ray's own line about token authentication comes first: it is Ray's, not sgdlab's.)"""
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    out = run_sgdlab("sweep", "tiny", "resources.gpu=1", "cluster.num_cpus=1", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "sgdlab: error: resources.gpu = 1: a trial needs 1 GPU, but the Ray cluster has 0")
+    assert "sgdlab" not in "".join(out.stderr.strip().splitlines()[:-1]) and list(tmp_path.iterdir()) == [sweeps_dir]
 
 
 def test_empty_axis_in_a_sweep_file(sweeps_dir, tmp_path):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -21,6 +23,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Sweeps over SGD noise and curvature: Hydra configs, Ray scheduling, MLflow records.")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
+
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def why_not_writable(folder: Path) -> str | None:
+    """Why a report cannot be written into `folder` (created if missing), or None if it can."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # the folder, or where it would be made
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
 
 
 def fail_input(message: str) -> typer.Exit:
@@ -49,14 +64,17 @@ def trial_table(trials, title: str) -> Table:
     return table
 
 
-def execute(name: str, jobs: list, config: dict, uri: str, description: str = "") -> None:
-    """Run the jobs on Ray and print the summary; exit 1 if any trial failed, 130 when interrupted."""
+def execute(name: str, jobs: list, config: dict, uri: str, plan: str, description: str = "") -> None:
+    """Run the jobs on Ray (`plan`, what will run, is printed once they are known to fit the cluster) and print
+    the summary; exit 2 if the cluster can never run them, 1 if any trial failed, 130 when interrupted."""
     from sgdlab.orchestration.scheduler import run_jobs
 
     try:
-        results = run_jobs(name, jobs, config, uri, description, console=err)
+        results = run_jobs(name, jobs, config, uri, description, console=err, announce=plan)
+    except ConfigError as exc:  # resources the cluster can never provide
+        raise fail_input(str(exc))
     except KeyboardInterrupt:
-        err.print(f"Stopped. Rerun the sweep (or make resubmit EXP={name}) to run what is left.")
+        err.print(f"Stopped. Run what is left with: make sweep EXP={name}")
         raise typer.Exit(130)
     failed = [r for r in results if r.status == "failed"]
     outcomes: dict[str, int] = {}
@@ -69,8 +87,12 @@ def execute(name: str, jobs: list, config: dict, uri: str, description: str = ""
     if failed:
         for r in failed[:10]:
             err.print(f"  [red]{r.trial_id}[/]: {r.error}", highlight=False)
-        if any(r.failed_stage != "probe" for r in failed):
+        lost = [r for r in failed if r.failed_stage != "probe" and r.run_id is None]  # no run: still pending
+        if any(r.failed_stage != "probe" and r.run_id is not None and "duplicate" not in r.error for r in failed):
             err.print(f"Rerun the failed trials with: make resubmit EXP={name}")
+        if lost:
+            err.print(f"{len(lost)} trials were lost before their runs were recorded; run them with: "
+                      f"make sweep EXP={name}")
         if any(r.failed_stage == "probe" for r in failed):
             err.print(f"Failed end probes are retried by running the sweep again: make sweep EXP={name}")
         raise typer.Exit(1)
@@ -98,14 +120,15 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
     first = trials[0].config
     uri = resolve_uri(first["tracking"]["uri"])
     plan = plan_sweep(trials, sweep_runs(uri, name, kind=None), first["tracking"]["stale_after_s"], time.time())
-    err.print(f"[bold]{name}[/]: {len(trials)} trials; {len(plan.skipped_finished)} already finished (skipped), "
-              f"{len(plan.skipped_running)} running elsewhere, {len(plan.to_run)} to run "
-              f"({len(plan.rerun)} failed or stale before, {len(plan.outdated)} outdated), {len(plan.probe_only)} end probes of finished trials "
-              f"to run. Store: {uri}")
+    summary = (f"[bold]{name}[/]: {len(trials)} trials; {len(plan.skipped_finished)} already finished (skipped), "
+               f"{len(plan.skipped_running)} running elsewhere, {len(plan.to_run)} to run ({len(plan.rerun)} failed "
+               f"or stale before, {len(plan.outdated)} outdated), {len(plan.probe_only)} end probes of finished "
+               f"trials to run. Store: {uri}")
     if not plan.jobs:
+        err.print(summary)
         err.print("nothing to run.")
         return
-    execute(name, plan.jobs, first, uri, spec.description)
+    execute(name, plan.jobs, first, uri, summary, spec.description)
 
 
 @app.command()
@@ -129,9 +152,11 @@ def resubmit(name: str = typer.Argument(..., help="sweep name"),
                              lambda run_id: apply_runtime_overrides(recorded_config(uri, run_id), changes), time.time())
     except ConfigError as exc:
         raise fail_input(str(exc))
-    err.print(f"[bold]{name}[/]: {len(jobs)} failed or stale trials to rerun. Store: {uri}")
-    if jobs:
-        execute(name, jobs, jobs[0].config, uri)
+    summary = f"[bold]{name}[/]: {len(jobs)} failed or stale trials to rerun. Store: {uri}"
+    if not jobs:
+        err.print(summary)
+        return
+    execute(name, jobs, jobs[0].config, uri, summary)
 
 
 def sweep_status(name: str, overrides: list[str]) -> dict:
@@ -193,14 +218,16 @@ def status(name: str = typer.Argument(..., help="sweep name"),
 def report(name: str = typer.Argument(..., help="sweep name"),
            out_dir: Optional[str] = typer.Option(None, "--out", help="folder for the report (default reports/NAME)")):
     """Phase diagrams, curvature figures, fits and summaries of a sweep: reports/NAME/ and the sweep's MLflow run."""
-    from pathlib import Path
-
     from sgdlab.sweep.spec import check_name
     from sgdlab.tracking.location import resolve_uri
     from sgdlab.tracking.query import sweep_runs
 
+    folder = Path(out_dir or Path("reports") / name)
     try:
         check_name(name)
+        unwritable = why_not_writable(folder)
+        if unwritable:
+            raise ConfigError(f"--out {folder}: {unwritable}")
         uri = resolve_uri()
         records = sweep_runs(uri, name, kind=None)
         trains = [r for r in records if r.kind == "train"]
@@ -217,7 +244,6 @@ def report(name: str = typer.Argument(..., help="sweep name"),
     histories, densities, warnings = report_inputs(uri, trains, probes)
     for warning in warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False)
-    folder = Path(out_dir or Path("reports") / name)
     folder.mkdir(parents=True, exist_ok=True)
     result = build_report(trains, name, folder, probes=probes, histories=histories, densities=densities)
     files = [*result.figures, *result.tables, folder / "summary.csv", folder / "summary.md"]
@@ -235,11 +261,16 @@ def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED tr
     """Measure the curvature of an existing finished trial (its checkpoint/final.pt) as a new probe run."""
     from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides
     from sgdlab.tracking.artifacts import recorded_config, run_record
-    from sgdlab.tracking.location import resolve_uri
+    from sgdlab.tracking.location import resolve_uri, sqlite_path
 
     try:
+        if not RUN_ID.fullmatch(run_id):
+            raise ConfigError(f"run {run_id!r}: not an MLflow run id (32 hexadecimal digits)")
         changes = parse_runtime_overrides(overrides or [])
         uri = resolve_uri(changes.get(("tracking", "uri")))
+        store = sqlite_path(uri)
+        if store is not None and not store.is_file():
+            raise ConfigError(f"no store at {store}; run a sweep first or set MLFLOW_TRACKING_URI")
         info = run_record(uri, run_id)
         if info is None or info.kind != "train" or info.status != "FINISHED":
             raise ConfigError(f"run {run_id}: not a FINISHED train run in {uri}")

@@ -12,6 +12,7 @@ import copy
 from sgdlab.config.compose import Composer, parse_override
 from sgdlab.config.schema import NON_IDENTITY_GROUPS, SINGLE, ConfigError
 from sgdlab.config.typecheck import check_group
+from sgdlab.config.validation import validate
 
 
 def parse_runtime_overrides(overrides: list[str]) -> dict[tuple[str, str], object]:
@@ -25,15 +26,23 @@ def parse_runtime_overrides(overrides: list[str]) -> dict[tuple[str, str], objec
             raise ConfigError(f"{key}: resubmit reruns trials exactly as recorded; only single values of "
                               f"{', '.join(f'{g}.*' for g in NON_IDENTITY_GROUPS)} may be overridden")
         changes[(group, name)] = override.value()
+    defaults = Composer().raw_many([[]])[0]
+    for group in {group for group, _ in changes}:  # types now, whether or not a trial will rerun
+        check_group(group, {**defaults[group], **{n: v for (g, n), v in changes.items() if g == group}},
+                    SINGLE[group])
     return changes
 
 
 def apply_runtime_overrides(config: dict, changes: dict[tuple[str, str], object]) -> dict:
-    """A copy of a recorded config with the fault group reset and the changes applied and validated."""
+    """A copy of a recorded config with the fault group reset and the changes applied and validated (types and
+    ranges, as for a new trial)."""
     out = copy.deepcopy(config)
-    out["fault"] = Composer().raw_many([[]])[0]["fault"]
+    defaults = Composer().raw_many([[]])[0]
+    out["fault"] = defaults["fault"]
+    out.setdefault("exec", defaults["exec"])  # configs recorded before the exec group existed
     for (group, name), value in changes.items():
         out[group][name] = value
     for group in NON_IDENTITY_GROUPS:
         out[group] = check_group(group, out[group], SINGLE[group])
+    validate({**out, "optim": {**out["optim"], "temperature": None}})  # the recorded lr stands
     return out

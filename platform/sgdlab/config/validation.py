@@ -52,6 +52,8 @@ def validate(raw: dict) -> dict:
     for group, schema in SINGLE.items():
         cfg[group] = check_group(group, raw.get(group), schema)
     cfg["seed"] = coerce(raw.get("seed"), int, "seed")
+    if not -2**63 <= cfg["seed"] < 2**63:  # seeds are int64 tensors (training/sampler.py, counter_random.py)
+        raise ConfigError(f"seed: must be in [-2**63, 2**63), got {cfg['seed']}")
 
     data, model, optim, train = cfg["data"], cfg["model"], cfg["optim"], cfg["train"]
     for key in ("data.n_train", "data.batch_size", "model.alpha", "train.max_steps", "train.log_every",

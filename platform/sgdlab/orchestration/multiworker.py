@@ -1,5 +1,5 @@
 """Ray Train for multi-worker trials: a function run on W data-parallel workers in one torch.distributed process
-group, and whether such a group fits the cluster at all.
+group.
 
 A trial with resources.workers_per_trial = W > 1 is launched by a Ray task that holds no resources
 (orchestration/tasks.py) and runs a Ray Train TorchTrainer with W workers, each asking for resources.cpus CPUs
@@ -16,7 +16,6 @@ import shutil
 import tempfile
 from typing import Any, Callable
 
-import ray
 import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -47,14 +46,3 @@ def run_on_workers(fn: Callable[..., Any], *args, workers: int, cpus: float = 1,
         return torch.load(io.BytesIO(trainer.fit().return_value), weights_only=True)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
-
-
-def unplaceable(res: dict) -> str | None:
-    """Why a trial's worker group can never be placed on the connected cluster (None when it can)."""
-    total = ray.cluster_resources()
-    for key, per_worker in (("CPU", res["cpus"]), ("GPU", res["gpu"])):
-        need = per_worker * res["workers_per_trial"]
-        if need > total.get(key, 0):
-            return (f"resources.workers_per_trial = {res['workers_per_trial']} workers x {per_worker} {key} = "
-                    f"{need:g} {key}s, but the Ray cluster has {total.get(key, 0):g}")
-    return None

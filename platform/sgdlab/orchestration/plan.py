@@ -90,6 +90,19 @@ def plan_sweep(trials: list[Trial], records: list[RunRecord], stale_after_s: flo
     return plan
 
 
+def unplaceable(res: dict, cluster: dict[str, float]) -> str | None:
+    """Why a trial with these resources can never run on a cluster with these total resources (None when it
+    can): its task, or for a multi-worker trial its W workers together, needs more CPUs or GPUs than there are."""
+    workers = res.get("workers_per_trial", 1)
+    for key, name, per_task in (("CPU", "cpus", res["cpus"]), ("GPU", "gpu", res["gpu"])):
+        need, have = per_task * workers, cluster.get(key, 0)
+        if need > have:
+            asked = (f"resources.workers_per_trial = {workers} workers x resources.{name} = {per_task:g}"
+                     if workers > 1 else f"resources.{name} = {per_task:g}")
+            return f"{asked}: a trial needs {need:g} {key}, but the Ray cluster has {have:g}"
+    return None
+
+
 def plan_resubmit(sweep: str, uri: str, records: list[RunRecord], only: list[str],
                   recorded_config: Callable[[str], dict], now: float) -> list[TrialJob]:
     """The jobs of `sgdlab resubmit`: the failed and stale trials among the sweep's train runs in the store at

@@ -19,9 +19,10 @@ from ray.exceptions import RayError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from sgdlab.config.schema import ConfigError
 from sgdlab.jobs.summary import TrialSummary
 from sgdlab.orchestration.packing import pack_jobs, task_slots
-from sgdlab.orchestration.plan import PackJob, TrialJob
+from sgdlab.orchestration.plan import PackJob, TrialJob, unplaceable
 from sgdlab.orchestration.runtime import address, connect, shutdown
 from sgdlab.orchestration.tasks import submit, warm_up
 from sgdlab.tracking.query import ended_since
@@ -41,15 +42,22 @@ def progress_bar(console: Console) -> Progress:
 
 
 def run_jobs(sweep: str, jobs: list[TrialJob], config: dict, uri: str, description: str = "",
-             console: Console | None = None) -> list[TrialSummary]:
-    """Open the sweep's store (the database exists before any worker starts), connect to Ray (a local Ray's
-    workers import the job modules first), pack the jobs for the cluster's task slots (exec.pack) and run them;
-    `config`: any of the jobs' configs (its cluster and resources groups are used)."""
+             console: Console | None = None, announce: str = "") -> list[TrialSummary]:
+    """Connect to Ray, refuse (ConfigError) jobs whose resources the cluster can never provide, open the sweep's
+    store (the database exists before any worker starts), warm a local Ray's workers up (they import the job
+    modules), pack the jobs for the cluster's task slots (exec.pack) and run them; `config`: any of the jobs'
+    configs (its cluster and resources groups are used); `announce` is printed once the jobs fit the cluster."""
     console = console or Console(stderr=True)
-    handle = open_sweep(uri, sweep, description)
-    store_for(uri)  # warns here, in the driver, when records will go through the slower client store
     resources = connect(config["cluster"])
     try:
+        for job in jobs:
+            problem = unplaceable(job.config["resources"], resources)
+            if problem:
+                raise ConfigError(problem)
+        if announce:
+            console.print(announce)
+        handle = open_sweep(uri, sweep, description)
+        store_for(uri)  # warns here, in the driver, when records will go through the slower client store
         if not address(config["cluster"]):
             warm_up()
         # After Ray's own handlers: SIGTERM (a batch scheduler, `kill`) stops like Ctrl-C, and Ctrl-C works even

@@ -27,7 +27,7 @@ import ray
 from sgdlab.jobs.probe import run_probe
 from sgdlab.jobs.summary import TrialSummary
 from sgdlab.jobs.train import preload, run_train
-from sgdlab.orchestration.multiworker import run_on_workers, unplaceable
+from sgdlab.orchestration.multiworker import run_on_workers
 from sgdlab.orchestration.plan import PackJob, TrialJob
 from sgdlab.tracking import tags
 from sgdlab.tracking.store import SweepHandle
@@ -117,11 +117,9 @@ def submit(job: TrialJob | PackJob, handle: SweepHandle) -> list[tuple[ray.Objec
     if not first.train:  # the end probe of a trial that finished before
         trained = [TrialSummary(first.trial_id, "finished", first.train_run_id)]
     elif res.get("workers_per_trial", 1) > 1:
-        problem = unplaceable(res)
-        trained = ray.put([TrialSummary.failed(first.trial_id, problem)]) if problem else \
-            multiworker_train_task.options(name=f"train {first.trial_id} x{res['workers_per_trial']}",
-                                           max_retries=res["max_retries"], retry_exceptions=False).remote(
-                first.config, handle, first.trial_id, first.attempt, first.run_name)
+        trained = multiworker_train_task.options(name=f"train {first.trial_id} x{res['workers_per_trial']}",
+                                                 max_retries=res["max_retries"], retry_exceptions=False).remote(
+            first.config, handle, first.trial_id, first.attempt, first.run_name)
     else:
         name = f"train {first.trial_id}" if len(members) == 1 else f"pack of {len(members)} ({first.trial_id}...)"
         trained = train_task.options(name=name, **options).remote(
