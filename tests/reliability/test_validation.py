@@ -6,8 +6,9 @@ from conftest import TINY, run_sgdlab
 
 
 @pytest.mark.parametrize("args, message", [
-    (("sweep", "no_such_sweep"), "unknown sweep 'no_such_sweep'; available: empty, latin1, tiny"),
+    (("sweep", "no_such_sweep"), "unknown sweep 'no_such_sweep'; available: empty, latin1, tiny, twice"),
     (("sweep", "x" * 300), "at most 100 characters, got 300"),
+    (("sweep", "twice"), "twice.yaml: not valid YAML (key 'seed' given twice)"),
     (("sweep", "latin1"), "latin1.yaml: not UTF-8 text (byte 0xe9 at position 16)"),
     (("sweep", "tiny", "train.loss_threshold=nan"), "train.loss_threshold: must be a finite number, got nan"),
     (("sweep", "tiny", "train.loss_threshold=inf"), "train.loss_threshold: must be a finite number, got inf"),
@@ -39,6 +40,7 @@ from conftest import TINY, run_sgdlab
 def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, args, message):
     (sweeps_dir / "tiny.yaml").write_text(TINY)
     (sweeps_dir / "empty.yaml").write_text("axes:\n  seed: []\n")
+    (sweeps_dir / "twice.yaml").write_text("axes:\n  seed: [0, 1]\n  model.alpha: [1]\n  seed: [2]\n")
     (sweeps_dir / "latin1.yaml").write_bytes("description: caf\u00e9\naxes:\n  seed: [0]\n".encode("latin-1"))
     work = tmp_path / "empty_folder"
     work.mkdir()

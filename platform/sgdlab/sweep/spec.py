@@ -75,6 +75,17 @@ def _axis_string(key: str, values: object) -> str:
     return str(values)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+        if twice is not None:
+            raise yaml.constructor.ConstructorError(None, None, f"key {twice!r} given twice", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(name: str) -> SweepSpec:
     """Read and check sweeps/NAME.yaml; unknown names and malformed files raise ConfigError."""
     check_name(name)
@@ -82,7 +93,7 @@ def load(name: str) -> SweepSpec:
     if not path.is_file():
         raise ConfigError(f"unknown sweep {name!r}; available: {', '.join(available()) or 'none'}")
     try:
-        body = yaml.safe_load(path.read_text()) or {}
+        body = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
     except UnicodeDecodeError as exc:
