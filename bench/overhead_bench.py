@@ -127,7 +127,7 @@ def logging_share(uri: str, steps: int, log_every: int) -> dict:
     started = time.perf_counter()
     train(cfg, on_log=timed)
     t0 = time.perf_counter()
-    run.finish("max_steps", check_duplicates=False)  # as a job does on a trial's first run
+    run.finish("max_steps")  # with its claim check, as a job does
     spent[0] += time.perf_counter() - t0
     total = time.perf_counter() - started
     return {"log_every": log_every, "values": values[0], "trial_s": total, "logging_s": spent[0],

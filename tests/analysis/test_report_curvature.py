@@ -360,7 +360,7 @@ def same(a, b) -> bool:
 def test_metric_histories_and_the_report_command_on_a_real_store(sweeps_dir, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from sgdlab.tracking.query import _client_histories, metric_histories
+    from sgdlab.tracking.histories import _client_histories, metric_histories
 
     uri, runs, logged, probe_run = write_store(tmp_path)
     keys = ["sharpness", "train_loss", "never_logged"]

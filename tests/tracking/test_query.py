@@ -2,7 +2,8 @@
 
 import sqlite3
 
-from sgdlab.tracking.query import ended_since, metric_histories, sweep_runs, trials_with_runs
+from sgdlab.tracking.histories import metric_histories, metric_points
+from sgdlab.tracking.query import ended_since, sweep_runs, trial_records
 
 
 def test_a_store_being_created_reads_as_empty(tmp_path):
@@ -13,5 +14,6 @@ def test_a_store_being_created_reads_as_empty(tmp_path):
         db.execute("CREATE TABLE experiments (experiment_id INTEGER, name TEXT, lifecycle_stage TEXT)")
     uri = f"sqlite:///{path}"
     assert sweep_runs(uri, "s") == [] and ended_since(uri, "s", 0) == {}
-    assert trials_with_runs(uri, "1", ["t"]) == set()
+    assert trial_records(uri, "1", ["t"]) == {"t": []}
     assert metric_histories(uri, ["r"], ["train_loss"]) == {"r": {"train_loss": []}}
+    assert metric_points(uri, "r") == []

@@ -152,14 +152,15 @@ def test_pack_endings_count_only_once_stored(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     handle = open_sweep(uri, "pack")
     monkeypatch.setattr(run_writes, "TRANSACTION_VALUES", 1)  # one member per transaction
-    records = PackRuns(handle, [RunSpec(f"t{i}", {"seed": i}, 1, f"m{i}") for i in range(3)], heartbeat_s=15.0)
+    records = PackRuns(handle, [RunSpec(f"t{i}", {"seed": i}, 1, f"m{i}") for i in range(3)], heartbeat_s=15.0,
+                       stale_after_s=120.0)
     with sqlite3.connect(tmp_path / "mlflow.db") as db:  # a real failure of the store, on one member's write
         db.execute("CREATE TRIGGER refuse BEFORE INSERT ON metrics WHEN NEW.key = 'boom' "
                    "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
     ended = {}
     for i in range(3):
         records.log_metrics(i, 5, {"boom" if i == 2 else "loss": 0.5})
-        records.finish(i, "converged", lambda status, i=i: ended.__setitem__(i, status), check_duplicates=False)
+        records.finish(i, "converged", lambda status, reason, i=i: ended.__setitem__(i, status))
     with pytest.raises(Exception, match="refused by the test"):
         records.tick()
     assert ended == {0: "FINISHED", 1: "FINISHED"}

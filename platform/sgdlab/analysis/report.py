@@ -186,7 +186,7 @@ def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes:
     """Write out_dir/summary.csv, out_dir/summary.md and the figures of the sweep's runs.
 
     records: the train runs (other kinds are ignored); probes: the probe runs; histories: {train run_id: {metric:
-    [(step, value), ...]}} (tracking.query.metric_histories of `sharpness`, optionally `train_loss`);
+    [(step, value), ...]}} (tracking.histories.metric_histories of `sharpness`, optionally `train_loss`);
     densities: {probe run_id: table (eigenvalue, density)} (spectra.read_density of spectrum/density.csv).
     """
     out_dir = Path(out_dir)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sgdlab.analysis.spectra import read_density
 from sgdlab.tracking.artifacts import download_bytes
-from sgdlab.tracking.query import RunRecord, metric_histories
+from sgdlab.tracking.histories import metric_histories
+from sgdlab.tracking.query import RunRecord
 
 
 def report_inputs(uri: str, trains: list[RunRecord], probes: list[RunRecord]) -> tuple[dict, dict, list[str]]:

@@ -77,18 +77,21 @@ def execute(name: str, jobs: list, config: dict, uri: str, plan: str, descriptio
         err.print(f"Stopped. Run what is left with: make sweep EXP={name}")
         raise typer.Exit(130)
     failed = [r for r in results if r.status == "failed"]
+    elsewhere = sum(r.status == "elsewhere" for r in results)
     outcomes: dict[str, int] = {}
     for r in results:
         if r.status == "finished" and r.outcome:
             outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
     probes = sum(1 for r in results if r.probe_run_id and r.status == "finished")
-    err.print(f"{len(results) - len(failed)} finished ({', '.join(f'{v} {k}' for k, v in outcomes.items()) or '-'}"
-              f"{f', {probes} end probes' if probes else ''}), {len(failed)} failed.")
+    err.print(f"{len(results) - len(failed) - elsewhere} finished "
+              f"({', '.join(f'{v} {k}' for k, v in outcomes.items()) or '-'}"
+              f"{f', {probes} end probes' if probes else ''}), {len(failed)} failed"
+              f"{f', {elsewhere} left to another driver running this sweep' if elsewhere else ''}.")
     if failed:
         for r in failed[:10]:
             err.print(f"  [red]{r.trial_id}[/]: {r.error}", highlight=False)
         lost = [r for r in failed if r.failed_stage != "probe" and r.run_id is None]  # no run: still pending
-        if any(r.failed_stage != "probe" and r.run_id is not None and "duplicate" not in r.error for r in failed):
+        if any(r.failed_stage != "probe" and r.run_id is not None for r in failed):
             err.print(f"Rerun the failed trials with: make resubmit EXP={name}")
         if lost:
             err.print(f"{len(lost)} trials were lost before their runs were recorded; run them with: "

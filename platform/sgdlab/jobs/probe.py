@@ -127,7 +127,7 @@ def run_probe(config: dict, handle: SweepHandle, *, trial_id: str, train_run_id:
     pid = probe_id(config, trial_id)
     run = TrialRun.start(handle, trial_id, config, attempt=attempt, run_name=f"probe {run_name}", kind="probe",
                    extra_tags={tags.PROBE_ID: pid, tags.TRAIN_RUN: train_run_id},
-                   heartbeat_s=config["tracking"]["heartbeat_s"])
+                   heartbeat_s=config["tracking"]["heartbeat_s"], stale_after_s=config["tracking"]["stale_after_s"])
     started = time.perf_counter()
     try:
         data = download_bytes(handle.uri, train_run_id, checkpoint.FINAL)
@@ -140,5 +140,7 @@ def run_probe(config: dict, handle: SweepHandle, *, trial_id: str, train_run_id:
         run.log_metrics(int(state["steps"]), metrics)
     except Exception as exc:
         return TrialSummary.failed(trial_id, run.fail(exc), run.run_id, stage="probe")
-    run.finish("converged" if converged else "max_steps", check_duplicates=False)
+    duplicate = run.finish("converged" if converged else "max_steps")  # another driver probed it meanwhile
+    if duplicate:
+        return TrialSummary.elsewhere(trial_id, run.run_id, duplicate)
     return TrialSummary(trial_id, "finished", run.run_id, metrics=metrics)

@@ -103,14 +103,20 @@ def run_train(configs: list[dict], handle: SweepHandle, *, trial_ids: list[str],
     workers, device = world(), device or device_for(configs[0]["resources"])
     started = time.perf_counter()
     pack_id = uuid.uuid4().hex if len(configs) > 1 else None  # this attempt of the pack (tag sgdlab.pack)
-    took = workers.from_rank0(take_over_all(handle, trial_ids, attempts) if workers.rank == 0 else None)
-    summaries: list[TrialSummary | None] = [t.finished for t in took]  # finished before this task's worker died
-    todo = [i for i, t in enumerate(took) if t.finished is None]
+    tracking = configs[0]["tracking"]
+    took = workers.from_rank0(take_over_all(handle, trial_ids, attempts, tracking["stale_after_s"])
+                              if workers.rank == 0 else None)
+    # Finished before (this task's worker died after) or held by another driver's run: nothing to train.
+    summaries: list[TrialSummary | None] = [t.finished or t.elsewhere for t in took]
+    todo = [i for i, t in enumerate(took) if summaries[i] is None]
     records = PackRuns(handle, [RunSpec(trial_ids[i], configs[i], took[i].attempt, run_names[i], "train",
                                         _extra_tags(took[i], pack_id, workers)) for i in todo],
-                       configs[0]["tracking"]["heartbeat_s"]) if workers.rank == 0 else NoRuns()
+                       tracking["heartbeat_s"], tracking["stale_after_s"]) if workers.rank == 0 else NoRuns()
+    lost = workers.from_rank0(records.claim() if workers.rank == 0 else None)  # claims rule 2
+    for slot, reason in lost.items():
+        summaries[todo[slot]] = TrialSummary.elsewhere(trial_ids[todo[slot]], records.run_id(slot), reason)
     members = [_member(slot, i, configs[i], trial_ids[i], took[i], attempts[i], records, summaries, started,
-                       device, workers) for slot, i in enumerate(todo)]
+                       device, workers) for slot, i in enumerate(todo) if slot not in lost]
     try:
         capacity = members_at_once(configs[0], len(members), device, workers)
         for first in range(0, len(members), capacity):
@@ -149,12 +155,14 @@ def _member(slot: int, index: int, config: dict, trial_id: str, took: Takeover, 
     # A fault acts once: not again in the retry of a task it killed, nor in a rerun of a lost trial.
     on_step = fault_hook(config) if took.attempt == given_attempt else None
     run_id = records.run_id(slot)
+    if took.history:
+        records.log_points(slot, took.history)
 
     def on_log(step: int, metrics: dict) -> None:
         records.log_metrics(slot, step, metrics)
 
     def on_checkpoint(state: dict) -> None:
-        records.log_bytes(slot, checkpoint.to_bytes(state, config), checkpoint.LAST)
+        records.checkpoint(slot, checkpoint.to_bytes(state, config), checkpoint.LAST)
 
     def on_end(result: Result) -> None:
         if result.error is not None:
@@ -164,12 +172,11 @@ def _member(slot: int, index: int, config: dict, trial_id: str, took: Takeover, 
         records.log_bytes(slot, checkpoint.to_bytes({"params": result.params, "steps": result.steps}, config),
                           checkpoint.FINAL)
 
-        def ended(status: str) -> None:
+        def ended(status: str, reason: str) -> None:  # KILLED: another run holds the trial (claims rule 3)
             summaries[index] = (TrialSummary(trial_id, "finished", run_id, result.outcome, result.metrics)
-                                if status == "FINISHED" else
-                                TrialSummary.failed(trial_id, "duplicate of a finished run", run_id))
+                                if status == "FINISHED" else TrialSummary.elsewhere(trial_id, run_id, reason))
 
-        records.finish(slot, result.outcome, ended, check_duplicates=took.earlier_runs > 0)
+        records.finish(slot, result.outcome, ended)
 
     on_params, params_every = (lambda step, params: None), config["probe"]["every"]
     if params_every:  # sharpness along training (imported here: probes load only when asked for)

@@ -5,7 +5,8 @@ ended, read from a SQLite store every few seconds.
 
 A task whose worker died more often than resources.max_retries allows comes back as a Ray error: the trial's
 RUNNING runs are ended FAILED with that error, and the sweep goes on. Ctrl-C (or SIGTERM) cancels the tasks in
-flight, ends their runs KILLED, and re-raises KeyboardInterrupt.
+flight, ends their runs KILLED, and re-raises KeyboardInterrupt. Either way only runs of this driver's submission
+are ended, never those of another driver working on the same sweep (tracking/claims.py).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def run_trials(jobs: list[TrialJob | PackJob], handle: SweepHandle, max_in_fligh
     """Submit every job, at most max_in_flight at a time; return the trials' summaries in completion order."""
     console = console or Console(stderr=True)
     waiting, in_flight, results = deque(jobs), {}, []
-    counts = {"finished": 0, "failed": 0}
+    counts = {"finished": 0, "failed": 0, "elsewhere": 0}  # elsewhere: held by another driver's run
     total = sum(len(job.members) if isinstance(job, PackJob) else 1 for job in jobs)
     started_ms, polled, ended = int(time.time() * 1000), time.monotonic(), {}
     with progress_bar(console) as bar:

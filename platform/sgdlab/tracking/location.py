@@ -36,3 +36,40 @@ def retried(call: Callable[[], T], attempts: int = 12) -> T:
                 raise
             time.sleep(min(8.0, 0.05 * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+class StoreError(Exception):
+    """The store cannot be used as it is; the message is one line that names it and says what to do."""
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+DAMAGED = ("file is not a database", "database disk image is malformed", "malformed database schema")
+
+
+def damaged_store(path: Path, why: str) -> StoreError:
+    return StoreError(f"{path} is not a readable MLflow store ({why}); move it away (the next `sgdlab sweep` "
+                      "creates a new one) or point MLFLOW_TRACKING_URI at the right store")
+
+
+def check_sqlite_store(path: Path) -> None:
+    """Raise StoreError when the file at `path` (if any) is not a whole SQLite database: another kind of file,
+    or one shorter than its header says (truncated). An empty file is a store not yet created."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return
+    if not header:
+        return
+    if len(header) < 100 or header[:16] != SQLITE_HEADER:
+        raise damaged_store(path, "not an SQLite database")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages, valid_for, changes = (int.from_bytes(header[a:a + 4], "big") for a in (28, 92, 24))
+    if pages and valid_for == changes and path.stat().st_size < page_size * pages:
+        raise damaged_store(path, f"truncated: {path.stat().st_size} of {page_size * pages} bytes")
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether a store error (sqlite3 or SQLAlchemy around it) says the database file is damaged."""
+    return any(phrase in str(exc) for phrase in DAMAGED)

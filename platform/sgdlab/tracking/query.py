@@ -16,14 +16,15 @@ store is read with MlflowClient. A test checks that both readers return the same
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from contextlib import contextmanager
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from sgdlab import numerics
 from sgdlab.tracking import tags
-from sgdlab.tracking.location import retried, sqlite_path
+from sgdlab.tracking.location import check_sqlite_store, damaged_store, is_damage, retried, sqlite_path
 
 READ_TABLES = ("experiments", "runs", "tags", "params", "metrics", "latest_metrics")
 STATES = ("finished", "failed", "running", "stale", "pending", "outdated")
@@ -77,19 +78,28 @@ class RunRecord:
 
 
 @contextmanager
-def _read_only(path):
+def read_only(path):
     """A read-only connection to a SQLite store (reading never creates or changes it), or None while the store
-    is being created (MLflow has not made all the tables read here yet): then it holds no runs."""
-    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
+    is being created (MLflow has not made all the tables read here yet): then it holds no runs. A store in a
+    folder this process cannot write (a read-only mount, another user's) is opened as immutable: SQLite then needs
+    no -shm file beside it. A damaged file raises StoreError (one line)."""
+    check_sqlite_store(path)
+    immutable = "&immutable=1" if not os.access(path.parent, os.W_OK) else ""
     try:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        yield db if tables.issuperset(READ_TABLES) else None
-    finally:
-        db.close()
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro{immutable}", uri=True, timeout=30)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            yield db if tables.issuperset(READ_TABLES) else None
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        if is_damage(exc):
+            raise damaged_store(path, str(exc)) from None
+        raise
 
 
 def _sqlite_runs(path, sweep: str) -> list[RunRecord]:
-    with _read_only(path) as db:
+    with read_only(path) as db:
         if db is None:
             return []
         exp = db.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
@@ -147,12 +157,11 @@ def sweep_runs(uri: str, sweep: str, kind: str | None = "train") -> list[RunReco
 
 def _pack_heartbeats(records: list[RunRecord]) -> list[RunRecord]:
     """RUNNING runs of a pack carry the newest heartbeat of the pack's runs (the pack refreshes one run for all)."""
-    newest: dict[str, float] = {}
+    beats: dict[str, float] = {}
     for r in records:
         if tags.PACK in r.tags:
-            newest[r.tags[tags.PACK]] = max(newest.get(r.tags[tags.PACK], 0.0), r.heartbeat)
-    return [replace(r, tags={**r.tags, tags.HEARTBEAT: f"{newest[r.tags[tags.PACK]]:.3f}"})
-            if r.status == "RUNNING" and tags.PACK in r.tags else r for r in records]
+            beats[r.tags[tags.PACK]] = max(beats.get(r.tags[tags.PACK], 0.0), r.heartbeat)
+    return _with_beats(records, beats)
 
 
 def ended_since(uri: str, sweep: str, since_ms: int) -> dict[str, str] | None:
@@ -164,7 +173,7 @@ def ended_since(uri: str, sweep: str, since_ms: int) -> dict[str, str] | None:
         return None
 
     def read() -> list[tuple[str, str]]:
-        with _read_only(path) as db:
+        with read_only(path) as db:
             return [] if db is None else db.execute(
                 "SELECT trial.value, runs.status FROM runs "
                 "JOIN experiments ON experiments.experiment_id = runs.experiment_id "
@@ -178,30 +187,74 @@ def ended_since(uri: str, sweep: str, since_ms: int) -> dict[str, str] | None:
     return {trial: status for trial, status in newest.items() if status in ("FINISHED", "FAILED", "KILLED")}
 
 
-def trials_with_runs(uri: str, experiment_id: str, trial_ids: list[str]) -> set[str] | None:
-    """The trial_ids among these that have an active train run in the experiment (those a job must take over
-    from); one indexed query per 500 trials on a SQLite store, None for any other store."""
+def trial_records(uri: str, experiment_id: str, trial_ids: list[str], kind: str = "train") -> dict[str, list[RunRecord]]:
+    """{trial_id: its active runs of one kind, oldest first} for these trials (every one present), with tags and
+    statuses (no params or metrics) and the heartbeats of packed runs resolved (_pack_heartbeats): what the claim
+    protocol reads (tracking/claims.py). A few indexed queries per 500 trials on a SQLite store, one search per
+    trial and per pack of a RUNNING run on any other."""
     path = sqlite_path(uri)
-    if path is None or not path.is_file():
-        return None
+    records = (retried(lambda: _sqlite_trial_records(path, experiment_id, trial_ids, kind)) if path is not None
+               else _client_trial_records(uri, experiment_id, trial_ids, kind))
+    out: dict[str, list[RunRecord]] = {trial: [] for trial in trial_ids}
+    for record in records:
+        out[record.trial_id].append(record)
+    return out
 
-    def read() -> set[str]:
-        found = set()
-        with _read_only(path) as db:
-            if db is None:
-                return found
-            for i in range(0, len(trial_ids), 500):
-                chunk = trial_ids[i:i + 500]
-                found.update(row[0] for row in db.execute(
-                    "SELECT DISTINCT trial.value FROM runs "
-                    "JOIN tags AS trial ON trial.run_uuid = runs.run_uuid AND trial.key = ? "
-                    "JOIN tags AS kind ON kind.run_uuid = runs.run_uuid AND kind.key = ? AND kind.value = 'train' "
-                    "WHERE runs.experiment_id = ? AND runs.lifecycle_stage = 'active' "
-                    f"AND trial.value IN ({', '.join('?' * len(chunk))})",
-                    (tags.TRIAL_ID, tags.KIND, int(experiment_id), *chunk)))
-        return found
 
-    return retried(read)
+def _sqlite_trial_records(path, experiment_id: str, trial_ids: list[str], kind: str) -> list[RunRecord]:
+    if not path.is_file():
+        return []
+    with read_only(path) as db:
+        if db is None:
+            return []
+        runs = []
+        for i in range(0, len(trial_ids), 500):
+            chunk = trial_ids[i:i + 500]
+            runs += db.execute(
+                "SELECT runs.run_uuid, runs.status, runs.start_time FROM runs "
+                "JOIN tags AS trial ON trial.run_uuid = runs.run_uuid AND trial.key = ? "
+                "JOIN tags AS kind ON kind.run_uuid = runs.run_uuid AND kind.key = ? AND kind.value = ? "
+                "WHERE runs.experiment_id = ? AND runs.lifecycle_stage = 'active' "
+                f"AND trial.value IN ({', '.join('?' * len(chunk))})",
+                (tags.TRIAL_ID, tags.KIND, kind, int(experiment_id), *chunk)).fetchall()
+        run_tags: dict[str, dict[str, str]] = {run[0]: {} for run in runs}
+        ids = list(run_tags)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            for run_id, key, value in db.execute(
+                    f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({', '.join('?' * len(chunk))})", chunk):
+                run_tags[run_id][key] = value
+        packs = sorted({run_tags[run_id][tags.PACK] for run_id, status, _ in runs
+                        if status == "RUNNING" and tags.PACK in run_tags[run_id]})
+        beats = dict(db.execute(
+            "SELECT pack.value, MAX(CAST(beat.value AS REAL)) FROM tags AS pack "
+            "JOIN tags AS beat ON beat.run_uuid = pack.run_uuid AND beat.key = ? "
+            f"WHERE pack.key = ? AND pack.value IN ({', '.join('?' * len(packs))}) GROUP BY pack.value",
+            (tags.HEARTBEAT, tags.PACK, *packs)).fetchall()) if packs else {}
+    records = [RunRecord(run_id=r[0], status=r[1], start_time=r[2] or 0, tags=run_tags[r[0]]) for r in runs]
+    return _with_beats(sorted(records, key=lambda r: (r.start_time, r.run_id)), beats)
+
+
+def _client_trial_records(uri: str, experiment_id: str, trial_ids: list[str], kind: str) -> list[RunRecord]:
+    from sgdlab.tracking.store import client
+
+    mlflow = client(uri)
+
+    def search(flt: str) -> list[RunRecord]:
+        return [record_of(run) for run in retried(lambda: mlflow.search_runs(
+            [experiment_id], filter_string=flt, max_results=5000, order_by=["attributes.start_time ASC"]))]
+
+    records = [r for trial in trial_ids
+               for r in search(f"tags.`{tags.TRIAL_ID}` = '{trial}' and tags.`{tags.KIND}` = '{kind}'")]
+    packs = sorted({r.tags[tags.PACK] for r in records if r.status == "RUNNING" and tags.PACK in r.tags})
+    beats = {pack: max(r.heartbeat for r in search(f"tags.`{tags.PACK}` = '{pack}'")) for pack in packs}
+    return _with_beats(records, beats)
+
+
+def _with_beats(records: list[RunRecord], beats: dict[str, float]) -> list[RunRecord]:
+    """RUNNING packed runs with their pack's newest heartbeat."""
+    return [replace(r, tags={**r.tags, tags.HEARTBEAT: f"{beats[r.tags[tags.PACK]]:.3f}"})
+            if r.status == "RUNNING" and r.tags.get(tags.PACK) in beats else r for r in records]
 
 
 def newest_run(runs: list[RunRecord]) -> RunRecord:
@@ -225,7 +278,9 @@ def finished_run(runs: list[RunRecord]) -> RunRecord | None:
 
 
 def trial_state(runs: list[RunRecord], stale_after_s: float, now: float | None = None) -> str:
-    """State of one trial from its runs (any order)."""
+    """State of one trial from its runs (any order). Runs that lost the trial's claim to another (outcome
+    'duplicate', tracking/claims.py) never trained it and do not count."""
+    runs = [r for r in runs if r.outcome != tags.DUPLICATE]
     if not runs:
         return "pending"
     runs = current(runs)
@@ -245,55 +300,3 @@ def by_trial(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
     for r in records:
         out.setdefault(r.trial_id, []).append(r)
     return out
-
-
-History = list[tuple[int, float]]  # (step, value), in the order of step (then of logging time)
-
-
-def _sqlite_histories(path, run_ids: list[str], keys: list[str]) -> dict[str, dict[str, History]]:
-    out: dict[str, dict[str, list]] = {run_id: {key: [] for key in keys} for run_id in run_ids}
-    with _read_only(path) as db:
-        if db is None:
-            return out
-        key_marks = ",".join("?" * len(keys))
-        for i in range(0, len(run_ids), 500):  # bounded number of SQL variables per statement
-            chunk = run_ids[i:i + 500]
-            rows = db.execute(
-                f"SELECT run_uuid, key, step, value, is_nan FROM metrics WHERE run_uuid IN "
-                f"({','.join('?' * len(chunk))}) AND key IN ({key_marks}) ORDER BY run_uuid, key, step, timestamp, "
-                "value", [*chunk, *keys])
-            for run_id, key, step, value, is_nan in rows:
-                out[run_id][key].append((int(step), float("nan") if is_nan else float(value)))
-    return out
-
-
-def _client_histories(uri: str, run_ids: list[str], keys: list[str]) -> dict[str, dict[str, History]]:
-    from sgdlab.tracking.store import client
-
-    mlflow = client(uri)
-    out: dict[str, dict[str, list]] = {}
-    for run_id in run_ids:
-        out[run_id] = {}
-        for key in keys:
-            points = retried(lambda: mlflow.get_metric_history(run_id, key))
-            ordered = sorted(points, key=lambda m: (m.step, m.timestamp, m.value))
-            out[run_id][key] = [(int(m.step), float(m.value)) for m in ordered]
-    return out
-
-
-def metric_histories(uri: str, run_ids: list[str], keys: list[str]) -> dict[str, dict[str, History]]:
-    """Every logged value of the metrics `keys` of the runs `run_ids`: {run_id: {key: [(step, value), ...]}}.
-
-    Each run and key is present, a metric never logged by a run with an empty list; points are sorted by step
-    (ties by logging time). NaN reads back as NaN and +-inf as MLflow stores it (+-1.7976931348623157e308).
-    A SQLite store is read directly and read-only from MLflow's `metrics` table (one query per 500 runs); any
-    other store with MlflowClient.get_metric_history (one request per run and key)."""
-    run_ids, keys = list(dict.fromkeys(run_ids)), list(dict.fromkeys(keys))
-    if not run_ids or not keys:
-        return {run_id: {key: [] for key in keys} for run_id in run_ids}
-    path = sqlite_path(uri)
-    if path is not None:
-        if not path.is_file():
-            return {run_id: {key: [] for key in keys} for run_id in run_ids}
-        return retried(lambda: _sqlite_histories(path, run_ids, keys))
-    return _client_histories(uri, run_ids, keys)

@@ -9,10 +9,14 @@ stays consistent if a process dies; a power cut may lose the last commits (sgdla
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import subprocess
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in job output
 
@@ -49,6 +53,7 @@ class SweepHandle:
     sweep_run_id: str
     sweep: str
     run_tags: dict[str, str] = field(default_factory=dict)  # added to every trial run (git state)
+    submission: str = ""  # this driver command's id (tag sgdlab.submission on its runs; tracking/claims.py)
 
 
 @event.listens_for(Engine, "connect")
@@ -74,30 +79,72 @@ def find_experiment_id(mlflow: MlflowClient, sweep: str) -> str | None:
     return exp.experiment_id if exp is not None else None
 
 
+@contextmanager
+def _creating(path: Path | None):
+    """Serialize the first use of a SQLite store among the processes of this machine (an exclusive lock on its
+    folder): two drivers started together in an empty folder would otherwise both create MLflow's tables."""
+    if path is None:
+        yield
+        return
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # releases the lock
+
+
+def _experiment(mlflow: MlflowClient, sweep: str, artifacts: str | None) -> str:
+    """The sweep's experiment id, created if missing; another driver creating it at the same moment (a unique
+    violation on an MLflow server) is no error: its experiment is the sweep's."""
+    exp_id = find_experiment_id(mlflow, sweep)
+    if exp_id is not None:
+        return exp_id
+    try:
+        return retried(lambda: mlflow.create_experiment(sweep, artifact_location=artifacts, tags={tags.SWEEP: sweep}))
+    except Exception:
+        exp_id = find_experiment_id(mlflow, sweep)
+        if exp_id is None:
+            raise
+        return exp_id
+
+
+def _sweep_run(mlflow: MlflowClient, exp_id: str, sweep: str, description: str, git: dict[str, str]) -> str:
+    """The id of the sweep's run (its oldest active run of kind 'sweep'), created if missing; of two created at
+    the same moment by two drivers, the younger is deleted."""
+    def oldest():
+        found = retried(lambda: mlflow.search_runs(
+            [exp_id], filter_string=f"tags.`{tags.KIND}` = 'sweep'", run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1, order_by=["attributes.start_time ASC", "attributes.run_id ASC"]))
+        return found[0].info.run_id if found else None
+
+    run_id = oldest()
+    if run_id is not None:
+        return run_id
+    run = retried(lambda: mlflow.create_run(exp_id, run_name=f"sweep {sweep}", tags={
+        tags.SWEEP: sweep, tags.KIND: "sweep", tags.NOTE: description, **git}))
+    # The sweep run stays RUNNING only while a driver works on it; it is FINISHED between commands.
+    retried(lambda: mlflow.set_terminated(run.info.run_id, "FINISHED"))
+    run_id = oldest()
+    if run_id != run.info.run_id:
+        retried(lambda: mlflow.delete_run(run.info.run_id))
+    return run_id
+
+
 def open_sweep(uri: str, sweep: str, description: str = "") -> SweepHandle:
-    """Create (or find) the database, the sweep's experiment and its one run of kind 'sweep'."""
+    """Create (or find) the database, the sweep's experiment and its one run of kind 'sweep'; safe to call from
+    several drivers at once. The handle carries a new submission id (tracking/claims.py)."""
     path = sqlite_path(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    mlflow = client(uri)
-    exp_id = find_experiment_id(mlflow, sweep)
-    if exp_id is None:
+    with _creating(path):
+        mlflow = client(uri)
         artifacts = (path.parent / "mlartifacts" / sweep).as_uri() if path is not None else None
-        exp_id = retried(lambda: mlflow.create_experiment(sweep, artifact_location=artifacts,
-                                                          tags={tags.SWEEP: sweep}))
-    git = git_state()
-    found = retried(lambda: mlflow.search_runs(
-        [exp_id], filter_string=f"tags.`{tags.KIND}` = 'sweep'", run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
-        order_by=["attributes.start_time ASC"]))
-    if found:
-        run_id = found[0].info.run_id
-    else:
-        run = retried(lambda: mlflow.create_run(exp_id, run_name=f"sweep {sweep}", tags={
-            tags.SWEEP: sweep, tags.KIND: "sweep", tags.NOTE: description, **git}))
-        run_id = run.info.run_id
-        # The sweep run stays RUNNING only while a driver works on it; it is FINISHED between commands.
-        retried(lambda: mlflow.set_terminated(run_id, "FINISHED"))
-    return SweepHandle(uri=uri, experiment_id=exp_id, sweep_run_id=run_id, sweep=sweep, run_tags=git)
+        exp_id = _experiment(mlflow, sweep, artifacts)
+        git = git_state()
+        run_id = _sweep_run(mlflow, exp_id, sweep, description, git)
+    return SweepHandle(uri=uri, experiment_id=exp_id, sweep_run_id=run_id, sweep=sweep, run_tags=git,
+                       submission=uuid.uuid4().hex)
 
 
 def log_sweep_files(handle: SweepHandle, files: list, artifact_path: str = "report") -> None:

@@ -3,11 +3,12 @@
 A run is created RUNNING (tags, flattened config as params, config.yaml artifact); metrics are buffered and
 written when the heartbeat is due or the buffer holds MAX_BATCH values, so that a trial costs a few database
 writes however often it logs; every write refreshes `sgdlab.heartbeat`. The run ends FINISHED with an outcome, or
-FAILED with a one-line `sgdlab.error` and a `traceback.txt` artifact.
+FAILED with a one-line `sgdlab.error` and a `traceback.txt` artifact. Before it ends FINISHED, a run checks that it
+still holds its trial (tracking/claims.py, rule 3); if not, it ends KILLED with outcome 'duplicate'.
 
 A pack's runs (PackRuns) are created in one write, their metrics are written for all members at once, one member's
 run carries the pack's heartbeat (tag `sgdlab.pack`), and the members that stop between two steps of the pack end in
-one write: on a database store a pack of tiny trials costs a few transactions instead of a few per member
+one write, after one read of their trials' runs for the claim check: on a database store a pack of tiny trials costs a few transactions instead of a few per member
 (tracking/run_writes.py).
 """
 
@@ -29,7 +30,8 @@ from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from sgdlab import numerics
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried
-from sgdlab.tracking.query import RunRecord, current, record_of
+from sgdlab.tracking.claims import contest
+from sgdlab.tracking.query import RunRecord, trial_records
 from sgdlab.tracking.record_store import create_runs, update_runs
 from sgdlab.tracking.run_records import NewRun, RunUpdate
 from sgdlab.tracking.store import SweepHandle, client
@@ -56,17 +58,19 @@ class RunSpec:
     extra_tags: dict[str, str] = field(default_factory=dict)
 
 
-def start_runs(handle: SweepHandle, specs: list[RunSpec], heartbeat_s: float | None = 15.0) -> list["TrialRun"]:
+def start_runs(handle: SweepHandle, specs: list[RunSpec], heartbeat_s: float | None = 15.0,
+               stale_after_s: float = 120.0) -> list["TrialRun"]:
     """Create the runs of trial attempts in one write (RUNNING, tags, the flattened config as params), each with
     its config.yaml artifact."""
     now, node = f"{time.time():.3f}", socket.gethostname()
     new = [NewRun(spec.run_name,
                   {tags.SWEEP: handle.sweep, tags.TRIAL_ID: spec.trial_id, tags.KIND: spec.kind,
                    tags.ATTEMPT: str(spec.attempt), tags.PARENT: handle.sweep_run_id, tags.NODE: node,
-                   tags.HEARTBEAT: now, tags.NUMERICS: str(numerics.VERSION), **handle.run_tags, **spec.extra_tags},
+                   tags.HEARTBEAT: now, tags.NUMERICS: str(numerics.VERSION), tags.SUBMISSION: handle.submission,
+                   **handle.run_tags, **spec.extra_tags},
                   {k: str(v)[:MAX_PARAM_CHARS] for k, v in tags.flatten(spec.config).items()}) for spec in specs]
     created = create_runs(handle.uri, handle.experiment_id, new)
-    runs = [TrialRun(handle, spec.trial_id, spec.kind, run_id, artifact_uri, heartbeat_s)
+    runs = [TrialRun(handle, spec.trial_id, spec.kind, run_id, artifact_uri, heartbeat_s, stale_after_s)
             for spec, (run_id, artifact_uri) in zip(specs, created)]
     for run, spec in zip(runs, specs):
         run.log_text(yaml.dump(spec.config, Dumper=YAML_DUMPER, sort_keys=False), "config.yaml")
@@ -74,12 +78,13 @@ def start_runs(handle: SweepHandle, specs: list[RunSpec], heartbeat_s: float | N
 
 
 class TrialRun:
-    """A created run: buffered metrics, artifacts, and its end. heartbeat_s=None: no heartbeat of its own."""
+    """A created run: buffered metrics, artifacts, and its end. heartbeat_s=None: no heartbeat of its own;
+    stale_after_s: when other runs' heartbeats count as stale (tracking.stale_after_s), for the claim check."""
 
     def __init__(self, handle: SweepHandle, trial_id: str, kind: str, run_id: str, artifact_uri: str,
-                 heartbeat_s: float | None = 15.0):
+                 heartbeat_s: float | None = 15.0, stale_after_s: float = 120.0):
         self.handle, self.trial_id, self.kind, self.run_id = handle, trial_id, kind, run_id
-        self.heartbeat_s = heartbeat_s
+        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self.buffer: list[tuple[str, float, int, int]] = []  # key, value, timestamp (ms), step
         # Artifacts go straight to the run's artifact location (MlflowClient would first read the run back).
         self.artifacts = get_artifact_repository(artifact_uri, tracking_uri=handle.uri)
@@ -88,10 +93,10 @@ class TrialRun:
     @classmethod
     def start(cls, handle: SweepHandle, trial_id: str, config: dict, *, attempt: int, run_name: str,
               kind: str = "train", extra_tags: dict[str, str] | None = None,
-              heartbeat_s: float | None = 15.0) -> "TrialRun":
+              heartbeat_s: float | None = 15.0, stale_after_s: float = 120.0) -> "TrialRun":
         """Create the run of one trial attempt."""
         spec = RunSpec(trial_id, config, attempt, run_name, kind, extra_tags or {})
-        return start_runs(handle, [spec], heartbeat_s)[0]
+        return start_runs(handle, [spec], heartbeat_s, stale_after_s)[0]
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.buffer_metrics(step, metrics)
@@ -141,20 +146,23 @@ class TrialRun:
             path.write_bytes(data)
             retried(lambda: self.artifacts.log_artifact(str(path), folder or None))
 
-    def finish(self, outcome: str, check_duplicates: bool = True) -> str:
-        """End FINISHED with an outcome; returns the status written.
+    def contest(self) -> str | None:
+        """Why this run must end as a duplicate (claims.contest on its trial's runs as stored now), or None."""
+        runs = trial_records(self.handle.uri, self.handle.experiment_id, [self.trial_id], self.kind)[self.trial_id]
+        return contest(runs, self.run_id, self.stale_after_s, time.time())
 
-        A trial never has two FINISHED runs (of one numerics version): if another run of it finished meanwhile (a run thought lost came
-        back), this one ends KILLED with the reason instead. The caller may skip that query when the trial had
-        no other run when this one started."""
-        others = [r for r in current(trial_runs(self.handle, self.trial_id, self.kind))
-                  if r.status == "FINISHED" and r.run_id != self.run_id] if check_duplicates else []
-        if others:
-            error = f"duplicate: trial already finished by run {others[0].run_id}"
-            update_runs(self.handle.uri, [self.pending({tags.OUTCOME: outcome, tags.ERROR: error}, "KILLED")])
-            return "KILLED"
-        update_runs(self.handle.uri, [self.pending({tags.OUTCOME: outcome}, "FINISHED")])
-        return "FINISHED"
+    def finish(self, outcome: str) -> str | None:
+        """End FINISHED with an outcome if the run still holds its trial (claims rule 3), else KILLED with outcome
+        'duplicate'; returns None, or why it is a duplicate."""
+        reason = self.contest()
+        update_runs(self.handle.uri, [self.ending(outcome, reason)])
+        return reason
+
+    def ending(self, outcome: str, duplicate: str | None = None) -> RunUpdate:
+        """The update that ends the run: FINISHED with its outcome, or KILLED as a duplicate (`duplicate`: why)."""
+        if duplicate is None:
+            return self.pending({tags.OUTCOME: outcome}, "FINISHED")
+        return self.pending({tags.OUTCOME: tags.DUPLICATE, tags.ERROR: duplicate}, "KILLED")
 
     def fail(self, exc: BaseException) -> str:
         """Record an exception: FAILED, one-line error tag, traceback artifact. Returns the one-line error."""
@@ -170,17 +178,36 @@ class TrialRun:
 class PackRuns:
     """The runs of a pack's members (first attempts of their trials, or attempts after lost ones), written
     together. Created in one write; a member's metrics are buffered and written with those of all members when
-    one of them holds MAX_BATCH values or the pack PACK_VALUES; the pack's heartbeat goes on the run of one
-    member still training every heartbeat_s; members ended between two ticks are ended in one write, and then
-    their `ended` callbacks run. Call tick() once per step and close() at the end."""
+    one of them holds MAX_BATCH values or the pack PACK_VALUES, and before a checkpoint is written (so that a
+    resumed attempt finds the history up to its snapshot); the pack's heartbeat goes on the run of one member
+    still training every heartbeat_s; members ended between two ticks are checked (claims rule 3) and ended in one
+    write, and then their `ended(status, reason)` callbacks run. Call claim() once after creating, tick() once per
+    step and close() at the end."""
 
-    def __init__(self, handle: SweepHandle, specs: list[RunSpec], heartbeat_s: float):
-        self.runs = start_runs(handle, specs, heartbeat_s=None)
-        self.handle, self.heartbeat_s = handle, heartbeat_s
+    def __init__(self, handle: SweepHandle, specs: list[RunSpec], heartbeat_s: float, stale_after_s: float):
+        self.runs = start_runs(handle, specs, heartbeat_s=None, stale_after_s=stale_after_s)
+        self.handle, self.heartbeat_s, self.stale_after_s = handle, heartbeat_s, stale_after_s
         self.training = set(range(len(specs)))
         self.buffered, self.full = 0, False
-        self.ending: list[tuple[int, str, Callable[[str], None]]] = []
+        self.ending: list[tuple[int, str, Callable[[str, str], None]]] = []
         self.last_beat = time.monotonic()
+
+    def _contests(self, members: list[int]) -> dict[int, str | None]:
+        """claims.contest for these members, from one read of their trials' runs."""
+        runs = trial_records(self.handle.uri, self.handle.experiment_id,
+                             sorted({self.runs[m].trial_id for m in members}))
+        now = time.time()
+        return {m: contest(runs[self.runs[m].trial_id], self.runs[m].run_id, self.stale_after_s, now)
+                for m in members}
+
+    def claim(self) -> dict[int, str]:
+        """Claims rule 2: {member: reason} for the members whose trial another run holds; their runs are ended
+        KILLED (outcome 'duplicate') in one write, and they must not train."""
+        lost = {m: reason for m, reason in self._contests(sorted(self.training)).items() if reason is not None}
+        if lost:
+            update_runs(self.handle.uri, [self.runs[m].ending("", reason) for m, reason in lost.items()])
+            self.training.difference_update(lost)
+        return lost
 
     def log_metrics(self, member: int, step: int, metrics: dict[str, float]) -> None:
         run = self.runs[member]
@@ -188,14 +215,17 @@ class PackRuns:
         self.buffered += len(metrics)
         self.full = self.full or len(run.buffer) >= MAX_BATCH or self.buffered >= PACK_VALUES
 
-    def finish(self, member: int, outcome: str, ended: Callable[[str], None], check_duplicates: bool) -> None:
-        """End a member with an outcome; `ended(status)` runs once that is written. A trial with earlier runs is
-        ended at once (TrialRun.finish checks them for a FINISHED one); the others at the next tick, together."""
+    def log_points(self, member: int, points: list[tuple[str, float, int, int]]) -> None:
+        """Add already-timestamped metric values (key, value, timestamp ms, step) to a member's next write: the
+        history a resumed attempt carries over."""
+        self.runs[member].buffer.extend(points)
+        self.buffered += len(points)
+
+    def finish(self, member: int, outcome: str, ended: Callable[[str, str], None]) -> None:
+        """End a member with an outcome at the next tick; `ended(status, reason)` runs once that is written:
+        ('FINISHED', '') or ('KILLED', why the run is a duplicate)."""
         self.training.discard(member)
-        if check_duplicates:
-            ended(self.runs[member].finish(outcome))
-        else:
-            self.ending.append((member, outcome, ended))
+        self.ending.append((member, outcome, ended))
 
     def fail(self, member: int, exc: BaseException) -> str:
         """End a member FAILED (TrialRun.fail); returns the one-line error."""
@@ -205,24 +235,35 @@ class PackRuns:
     def log_bytes(self, member: int, data: bytes, artifact_file: str) -> None:
         self.runs[member].log_bytes(data, artifact_file)
 
+    def checkpoint(self, member: int, data: bytes, artifact_file: str) -> None:
+        """Write a member's snapshot after the metrics buffered so far (every member's, in one write)."""
+        if self.runs[member].buffer:
+            self._write_buffers()
+        self.log_bytes(member, data, artifact_file)
+
     def run_id(self, member: int) -> str:
         return self.runs[member].run_id
+
+    def _write_buffers(self) -> None:
+        update_runs(self.handle.uri, [self.runs[m].pending() for m in sorted(self.training)])
+        self.buffered, self.full, self.last_beat = 0, False, time.monotonic()
 
     def tick(self) -> None:
         """Write what is due: members ended since the last tick, full buffers, the pack's heartbeat."""
         if self.ending:
             ending, self.ending = self.ending, []
-            callbacks = {self.runs[m].run_id: ended for m, _, ended in ending}
+            reasons = self._contests([m for m, _, _ in ending])
+            callbacks = {self.runs[m].run_id: (ended, reasons[m]) for m, _, ended in ending}
 
             def written(part: list[RunUpdate]) -> None:  # a member's result counts once its end is stored
                 for one in part:
-                    callbacks[one.run_id]("FINISHED")
+                    ended, reason = callbacks[one.run_id]
+                    ended(one.status, reason or "")
 
-            update_runs(self.handle.uri, [self.runs[m].pending({tags.OUTCOME: outcome}, "FINISHED")
-                                          for m, outcome, _ in ending], written)
+            update_runs(self.handle.uri, [self.runs[m].ending(outcome, reasons[m]) for m, outcome, _ in ending],
+                        written)
         if self.full:
-            update_runs(self.handle.uri, [self.runs[m].pending() for m in sorted(self.training)])
-            self.buffered, self.full, self.last_beat = 0, False, time.monotonic()
+            self._write_buffers()
         elif self.training and time.monotonic() - self.last_beat >= self.heartbeat_s:
             self.runs[min(self.training)].flush()
             self.last_beat = time.monotonic()
@@ -234,17 +275,26 @@ class PackRuns:
 
 
 class NoRuns:
-    """The records of a pack on a data-parallel rank other than 0: nothing is written (rank 0 writes the runs);
-    the same calls as PackRuns."""
+    """The records of a pack on a data-parallel rank other than 0: nothing is written (rank 0 writes the runs and
+    decides the claims); the same calls as PackRuns."""
+
+    def claim(self) -> dict[int, str]:
+        return {}
 
     def log_metrics(self, member: int, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_points(self, member: int, points: list) -> None:
         pass
 
     def log_bytes(self, member: int, data: bytes, artifact_file: str) -> None:
         pass
 
-    def finish(self, member: int, outcome: str, ended: Callable[[str], None], check_duplicates: bool) -> None:
-        ended("FINISHED")
+    def checkpoint(self, member: int, data: bytes, artifact_file: str) -> None:
+        pass
+
+    def finish(self, member: int, outcome: str, ended: Callable[[str, str], None]) -> None:
+        ended("FINISHED", "")
 
     def fail(self, member: int, exc: BaseException) -> str:
         return tags.one_line(exc)
@@ -260,11 +310,8 @@ class NoRuns:
 
 
 def trial_runs(handle: SweepHandle, trial_id: str, kind: str = "train") -> list[RunRecord]:
-    """The records of one trial's runs of one kind (all attempts), oldest first."""
-    mlflow = client(handle.uri)
-    flt = f"tags.`{tags.TRIAL_ID}` = '{trial_id}' and tags.`{tags.KIND}` = '{kind}'"
-    return [record_of(run) for run in retried(lambda: mlflow.search_runs(
-        [handle.experiment_id], filter_string=flt, order_by=["attributes.start_time ASC"]))]
+    """The records of one trial's runs of one kind (all attempts), oldest first (query.trial_records)."""
+    return trial_records(handle.uri, handle.experiment_id, [trial_id], kind)[trial_id]
 
 
 def end_runs(handle: SweepHandle, run_ids: list[str], status: str, error: str) -> None:
@@ -274,7 +321,9 @@ def end_runs(handle: SweepHandle, run_ids: list[str], status: str, error: str) -
 
 
 def end_running(handle: SweepHandle, trial_id: str, status: str, error: str, kind: str = "train") -> list[str]:
-    """End the RUNNING runs of a trial (of one kind); returns their ids."""
-    ids = [r.run_id for r in trial_runs(handle, trial_id, kind) if r.status == "RUNNING"]
+    """End the RUNNING runs of a trial (of one kind) that this driver's submission made (never another driver's);
+    returns their ids."""
+    ids = [r.run_id for r in trial_runs(handle, trial_id, kind)
+           if r.status == "RUNNING" and r.tags.get(tags.SUBMISSION) == handle.submission]
     end_runs(handle, ids, status, error)
     return ids

@@ -145,11 +145,12 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
         pack.params, pack.state = shared.update(pack.lr, pack.params, grads, pack.state)
         pack.step, pack.t = pack.step + 1, pack.t + pack.lr64
         pack.steps += 1
-        # Parameters (in-training probes) and snapshots (checkpoints) for the members at such a step.
+        # Parameters (in-training probes), full-set metrics every log_every steps, then snapshots (checkpoints):
+        # a snapshot follows the metrics of its step, so the records hold the history up to every snapshot.
         hand_out_params(shared, pack, members)
-        hand_out_snapshots(shared, pack, members)
-        # Full-set metrics every log_every steps; the stopping rules on them, then on steps and wall time.
         logged = log_metrics(shared, pack, members)
+        hand_out_snapshots(shared, pack, members)
+        # The stopping rules on the full-set metrics, then on steps and wall time.
         if logged:
             rows = list(logged)
             loss = np.array([logged[r]["train_loss"] for r in rows])
