@@ -11,6 +11,8 @@ SGDLAB_PG_URI ?= postgresql+psycopg://postgres@127.0.0.1:5432/sgdlab
 MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts/server
+# beyond loopback the server needs MLFLOW_SERVER_ARGS=--auth=basic (MLflow's basic-auth app) or --insecure-no-auth
+MLFLOW_SERVER_ARGS ?=
 
 .PHONY: install sweep status resubmit report ui probe test test-cluster mlflow-server bench-probe bench-overhead bench-pack
 
@@ -51,7 +53,7 @@ test-cluster: install
 
 mlflow-server: install
 	$(BIN)/python -m sgdlab.tracking.server --backend-store-uri '$(or $(SGDLAB_PG_URI),postgresql+psycopg://postgres@127.0.0.1:5432/sgdlab)' \
-		--artifacts-destination '$(MLFLOW_ARTIFACTS)' --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+		--artifacts-destination '$(MLFLOW_ARTIFACTS)' --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) $(MLFLOW_SERVER_ARGS)
 
 # PyHessian is a benchmark-only comparison; --no-deps keeps it from replacing the pinned CPU torch.
 bench-probe: install

@@ -4,6 +4,7 @@ import io
 import os
 import pickle
 import socket
+import sys
 import subprocess
 import time
 import urllib.request
@@ -95,3 +96,72 @@ def test_no_shell_anywhere_in_the_package():
         text = path.read_text()
         for forbidden in ("shell=True", "os.system(", "os.popen(", "subprocess.getoutput"):
             assert forbidden not in text, f"{forbidden} in {path}"
+
+
+RAY_AUTH_PROBE = """
+import grpc
+import ray
+from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+from sgdlab.orchestration.runtime import connect, shutdown
+
+connect({"address": None, "num_cpus": 1, "dashboard": False})
+try:
+    gcs = ray._private.worker.global_worker.node.gcs_address
+    stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(grpc.insecure_channel(gcs))
+    try:
+        stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=20)
+        print("accepted")
+    except grpc.RpcError as exc:
+        print(exc.code().name)
+    print(gcs.rsplit(":", 1)[1], flush=True)
+    input()  # the test reads the GCS's listening address meanwhile
+finally:
+    shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_sgdlab_turns_on_ray_token_authentication_itself():
+    """With RAY_AUTH_MODE unset (Ray's default could change), a local Ray started by sgdlab refuses a gRPC call
+    that carries no token, and Ray has nothing to warn about."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    probe = subprocess.Popen([sys.executable, "-c", RAY_AUTH_PROBE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    answer, port = probe.stdout.readline().strip(), probe.stdout.readline().strip()
+    # README, Reliability: the GCS listens on every interface (Ray cannot bind it to loopback); the token guards it
+    bound = listening_addresses(int(port)) if port else set()
+    _, stderr = probe.communicate("\n", timeout=120)
+    assert probe.returncode == 0, stderr
+    assert answer == "UNAUTHENTICATED"
+    assert bound and bound <= {"::", "0.0.0.0"}, bound
+    assert "Token authentication is enabled" not in stderr
+
+
+def test_mlflow_server_beyond_loopback_needs_authentication_or_an_explicit_flag(tmp_path):
+    """Refused before PostgreSQL is touched: one line, exit 2."""
+    for host in ("0.0.0.0", "192.0.2.10", "myhost"):
+        out = subprocess.run([sys.executable, "-m", "sgdlab.tracking.server", "--host", host,
+                              "--backend-store-uri", "postgresql://nobody@127.0.0.1:1/none"],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 2
+        assert out.stderr.strip().splitlines() == [
+            f"sgdlab: error: --host {host} would serve every record without authentication beyond this machine; "
+            "use --auth basic (MLflow's basic-auth app) or, on a trusted private network, --insecure-no-auth"]
+    from sgdlab.tracking.server import why_not_safe
+
+    assert why_not_safe("127.0.0.1", "none", False) is None and why_not_safe("::1", "none", False) is None
+    assert why_not_safe("0.0.0.0", "none", True) is None
+
+
+@pytest.mark.slow
+def test_ui_beyond_loopback_warns(tmp_path):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    ui = subprocess.Popen([*SGDLAB, "ui", "--host", "0.0.0.0", "--port", str(port)], cwd=tmp_path, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        first = ui.stderr.readline()
+    finally:
+        os.killpg(ui.pid, 15)
+        ui.wait(timeout=30)
+    assert first.startswith("warning: --host 0.0.0.0 serves the dashboard, which has no authentication, to every")

@@ -26,6 +26,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
+DEFAULT_TIMEOUT_S = 10.0  # tracking.timeout_s of conf/tracking/default.yaml, for commands that compose no config
 
 
 def why_not_writable(folder: Path) -> str | None:
@@ -69,9 +70,11 @@ def execute(name: str, jobs: list, config: dict, uri: str, plan: str, descriptio
     the summary; exit 2 if the cluster can never run them, 1 if any trial failed, 130 when interrupted."""
     from sgdlab.orchestration.scheduler import run_jobs
 
+    from sgdlab.tracking.location import StoreError
+
     try:
         results = run_jobs(name, jobs, config, uri, description, console=err, announce=plan)
-    except ConfigError as exc:  # resources the cluster can never provide
+    except (ConfigError, StoreError) as exc:  # resources the cluster can never provide; a store gone bad meanwhile
         raise fail_input(str(exc))
     except KeyboardInterrupt:
         err.print(f"Stopped. Run what is left with: make sweep EXP={name}")
@@ -117,12 +120,17 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
         return
 
     from sgdlab.orchestration.plan import plan_sweep
-    from sgdlab.tracking.location import resolve_uri
+    from sgdlab.tracking.location import StoreError, check_store, resolve_uri
     from sgdlab.tracking.query import sweep_runs
 
     first = trials[0].config
     uri = resolve_uri(first["tracking"]["uri"])
-    plan = plan_sweep(trials, sweep_runs(uri, name, kind=None), first["tracking"]["stale_after_s"], time.time())
+    try:
+        check_store(uri, first["tracking"]["timeout_s"])
+        records = sweep_runs(uri, name, kind=None)
+    except StoreError as exc:
+        raise fail_input(str(exc))
+    plan = plan_sweep(trials, records, first["tracking"]["stale_after_s"], time.time())
     summary = (f"[bold]{name}[/]: {len(trials)} trials; {len(plan.skipped_finished)} already finished (skipped), "
                f"{len(plan.skipped_running)} running elsewhere, {len(plan.to_run)} to run ({len(plan.rerun)} failed "
                f"or stale before, {len(plan.outdated)} outdated), {len(plan.probe_only)} end probes of finished "
@@ -144,16 +152,17 @@ def resubmit(name: str = typer.Argument(..., help="sweep name"),
     from sgdlab.orchestration.plan import plan_resubmit
     from sgdlab.sweep.spec import check_name
     from sgdlab.tracking.artifacts import recorded_config
-    from sgdlab.tracking.location import resolve_uri
+    from sgdlab.tracking.location import StoreError, check_store, resolve_uri
     from sgdlab.tracking.query import sweep_runs
 
     try:
         check_name(name)
         changes = parse_runtime_overrides(overrides or [])
         uri = resolve_uri(changes.get(("tracking", "uri")))
+        check_store(uri, changes.get(("tracking", "timeout_s"), DEFAULT_TIMEOUT_S))
         jobs = plan_resubmit(name, uri, sweep_runs(uri, name), trial or [],
                              lambda run_id: apply_runtime_overrides(recorded_config(uri, run_id), changes), time.time())
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         raise fail_input(str(exc))
     summary = f"[bold]{name}[/]: {len(jobs)} failed or stale trials to rerun. Store: {uri}"
     if not jobs:
@@ -164,12 +173,14 @@ def resubmit(name: str = typer.Argument(..., help="sweep name"),
 
 def sweep_status(name: str, overrides: list[str]) -> dict:
     """The status object of `sgdlab status --json` (reads the store, never creates it)."""
+    from sgdlab.tracking.location import check_store, resolve_uri
     from sgdlab.tracking.query import STATES, by_trial, finished_run, newest_run, sweep_runs, trial_state
-    from sgdlab.tracking.location import resolve_uri
 
     _, trials = load_trials(name, overrides)
     first = trials[0].config
-    runs = by_trial(sweep_runs(resolve_uri(first["tracking"]["uri"]), name))
+    uri = resolve_uri(first["tracking"]["uri"])
+    check_store(uri, first["tracking"]["timeout_s"])
+    runs = by_trial(sweep_runs(uri, name))
     counts = dict.fromkeys(STATES, 0)
     outcomes = {"converged": 0, "diverged": 0, "max_steps": 0}
     failed, now = [], time.time()
@@ -191,9 +202,11 @@ def status(name: str = typer.Argument(..., help="sweep name"),
            overrides: Optional[List[str]] = typer.Argument(None, help="the overrides the sweep was run with"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Finished / failed / running / stale / pending trials of a sweep, and the errors of failed ones."""
+    from sgdlab.tracking.location import StoreError
+
     try:
         report = sweep_status(name, overrides or [])
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         raise fail_input(str(exc))
     if as_json:
         print(json.dumps(report))
@@ -222,7 +235,7 @@ def report(name: str = typer.Argument(..., help="sweep name"),
            out_dir: Optional[str] = typer.Option(None, "--out", help="folder for the report (default reports/NAME)")):
     """Phase diagrams, curvature figures, fits and summaries of a sweep: reports/NAME/ and the sweep's MLflow run."""
     from sgdlab.sweep.spec import check_name
-    from sgdlab.tracking.location import resolve_uri
+    from sgdlab.tracking.location import StoreError, check_store, resolve_uri, sqlite_path
     from sgdlab.tracking.query import sweep_runs
 
     folder = Path(out_dir or Path("reports") / name)
@@ -232,12 +245,13 @@ def report(name: str = typer.Argument(..., help="sweep name"),
         if unwritable:
             raise ConfigError(f"--out {folder}: {unwritable}")
         uri = resolve_uri()
+        check_store(uri, DEFAULT_TIMEOUT_S)
         records = sweep_runs(uri, name, kind=None)
         trains = [r for r in records if r.kind == "train"]
         probes = [r for r in records if r.kind == "probe"]
         if not trains and not probes:
             raise ConfigError(f"no runs of sweep {name!r} in {uri}; run `make sweep EXP={name}` first")
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         raise fail_input(str(exc))
 
     from sgdlab.analysis.report import build_report
@@ -250,11 +264,15 @@ def report(name: str = typer.Argument(..., help="sweep name"),
     folder.mkdir(parents=True, exist_ok=True)
     result = build_report(trains, name, folder, probes=probes, histories=histories, densities=densities)
     files = [*result.figures, *result.tables, folder / "summary.csv", folder / "summary.md"]
-    log_sweep_files(open_sweep(uri, name), files)
+    store = sqlite_path(uri)
+    read_only = store is not None and not os.access(store.parent, os.W_OK)
+    if not read_only:
+        log_sweep_files(open_sweep(uri, name), files)
     err.print(f"{name}: report of {len(trains)} train and {len(probes)} probe runs in {folder}/ "
               f"({len(result.figures)} figures, summary.csv, summary.md"
-              f"{', ' + ', '.join(p.name for p in result.tables) if result.tables else ''}), also attached to the "
-              "sweep's MLflow run under report/.")
+              f"{', ' + ', '.join(p.name for p in result.tables) if result.tables else ''}), "
+              + ("not attached to the sweep's MLflow run: its store is read-only." if read_only else
+                 "also attached to the sweep's MLflow run under report/."))
 
 
 @app.command()
@@ -264,7 +282,7 @@ def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED tr
     """Measure the curvature of an existing finished trial (its checkpoint/final.pt) as a new probe run."""
     from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides
     from sgdlab.tracking.artifacts import recorded_config, run_record
-    from sgdlab.tracking.location import resolve_uri, sqlite_path
+    from sgdlab.tracking.location import StoreError, check_store, resolve_uri, sqlite_path
 
     try:
         if not RUN_ID.fullmatch(run_id):
@@ -274,11 +292,12 @@ def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED tr
         store = sqlite_path(uri)
         if store is not None and not store.is_file():
             raise ConfigError(f"no store at {store}; run a sweep first or set MLFLOW_TRACKING_URI")
+        check_store(uri, changes.get(("tracking", "timeout_s"), DEFAULT_TIMEOUT_S))
         info = run_record(uri, run_id)
         if info is None or info.kind != "train" or info.status != "FINISHED":
             raise ConfigError(f"run {run_id}: not a FINISHED train run in {uri}")
         config = apply_runtime_overrides(recorded_config(uri, run_id), changes)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         raise fail_input(str(exc))
 
     from sgdlab.jobs.probe import run_probe
@@ -312,6 +331,12 @@ def ui(host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1:
     uri = resolve_uri()
     if uri.startswith("http"):
         raise fail_input(f"MLFLOW_TRACKING_URI={uri} is a server already; open it in a browser")
+    from sgdlab.tracking.server import is_loopback
+
+    if not is_loopback(host):
+        err.print(f"warning: --host {host} serves the dashboard, which has no authentication, to every machine "
+                  f"that reaches this one: anyone there can read and change the records in {uri}",
+                  markup=False, highlight=False)
     err.print(f"MLflow dashboard for {uri} on http://{host}:{port}")
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
             "--port", str(port), "--workers", "1"]

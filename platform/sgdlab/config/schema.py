@@ -147,6 +147,7 @@ class Tracking:
     uri: Optional[str]
     heartbeat_s: float
     stale_after_s: float
+    timeout_s: float = 10.0
 
 
 @dataclass

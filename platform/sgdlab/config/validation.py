@@ -57,7 +57,7 @@ def validate(raw: dict) -> dict:
 
     data, model, optim, train = cfg["data"], cfg["model"], cfg["optim"], cfg["train"]
     for key in ("data.n_train", "data.batch_size", "model.alpha", "train.max_steps", "train.log_every",
-                "train.divergence_loss", "tracking.heartbeat_s", "tracking.stale_after_s"):
+                "train.divergence_loss", "tracking.heartbeat_s", "tracking.stale_after_s", "tracking.timeout_s"):
         _positive(cfg, key)
     for key in ("data.n_test", "train.max_time_s", "train.checkpoint_every"):
         _positive(cfg, key, allow_none=True)
@@ -72,6 +72,7 @@ def validate(raw: dict) -> dict:
     if data["batch_size"] % workers:
         raise ConfigError(f"resources.workers_per_trial: B = data.batch_size = {data['batch_size']} must be divisible "
                           f"by W = {workers} (each worker takes B / W points of every batch)")
+    _fits_the_data_set(data)
     if data["batch_size"] > data["n_train"]:
         raise ConfigError(
             f"data.batch_size: B = {data['batch_size']} exceeds data.n_train = {data['n_train']} (need B <= P)")
@@ -121,3 +122,26 @@ def validate(raw: dict) -> dict:
         _positive(cfg, "optim.lr")
         optim["temperature"] = lr / scale
     return cfg
+
+
+# Examples in the data sets of fixed size (training/data.py draws P and the test set from these; a test checks
+# that the numbers agree): digits is one pool split into train and test, MNIST and CIFAR-10 have a train pool
+# and a test pool. mnist1d and the teacher perceptron generate any number of examples.
+POOLS = {"digits_parity": (1797, None), "mnist_parity": (60000, 10000), "cifar10_animals": (50000, 10000)}
+
+
+def _fits_the_data_set(data: dict) -> None:
+    """data.n_train (and data.n_test) no larger than the data set holds."""
+    if data["name"] not in POOLS:
+        return
+    train_pool, test_pool = POOLS[data["name"]]
+    if test_pool is None:  # one pool: P plus at least one test example
+        if data["n_train"] + (data["n_test"] or 1) > train_pool:
+            raise ConfigError(f"data.n_train: {data['name']} has {train_pool} examples; P = {data['n_train']} plus "
+                              f"{'data.n_test = ' + str(data['n_test']) if data['n_test'] else 'a test set'} "
+                              "does not fit")
+        return
+    if data["n_train"] > train_pool:
+        raise ConfigError(f"data.n_train: {data['name']} has {train_pool} training examples, got P = {data['n_train']}")
+    if data["n_test"] is not None and data["n_test"] > test_pool:
+        raise ConfigError(f"data.n_test: {data['name']} has {test_pool} test examples, got {data['n_test']}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import random
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -73,3 +75,22 @@ def check_sqlite_store(path: Path) -> None:
 def is_damage(exc: BaseException) -> bool:
     """Whether a store error (sqlite3 or SQLAlchemy around it) says the database file is damaged."""
     return any(phrase in str(exc) for phrase in DAMAGED)
+
+
+def check_store(uri: str, timeout_s: float) -> None:
+    """Raise StoreError when the store at `uri` cannot be used: a SQLite file that is not a whole database, or
+    a tracking server that does not answer within timeout_s (tracking.timeout_s)."""
+    path = sqlite_path(uri)
+    if path is not None:
+        check_sqlite_store(path)
+        return
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:  # it answered (with authentication required, for example)
+        return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StoreError(f"tracking server {uri} did not answer within {timeout_s:g} s ({reason}); start it "
+                         "(make mlflow-server) or point MLFLOW_TRACKING_URI at a running one") from None

@@ -7,11 +7,18 @@ artifacts (configs, checkpoints, tracebacks) are uploaded through the server, so
 
 Defaults come from the environment: SGDLAB_PG_URI (postgresql+psycopg://postgres@127.0.0.1:5432/sgdlab),
 SGDLAB_ARTIFACTS (./mlartifacts/server), SGDLAB_MLFLOW_HOST (127.0.0.1), SGDLAB_MLFLOW_PORT (5000).
+
+An MLflow server has no authentication of its own: anyone who reaches it can read and change every record. On
+an address other than loopback it therefore starts only with MLflow's basic-auth app (--auth basic; needs
+`pip install 'mlflow[auth]'`) or when --insecure-no-auth says that the network is trusted (a private container
+network, as in docker/compose.yaml).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import ipaddress
 import os
 import sys
 import time
@@ -68,13 +75,35 @@ def drop_database(pg_uri: str) -> bool:
     return _admin(pg_uri, "DROP DATABASE IF EXISTS {} WITH (FORCE)", database_name(pg_uri))
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding to `host` keeps a server on this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def why_not_safe(host: str, auth: str, insecure: bool) -> str | None:
+    """Why the server must not start on `host` with this authentication (None when it may)."""
+    if auth == "basic" and importlib.util.find_spec("flask_wtf") is None:
+        return "--auth basic needs MLflow's auth extra: pip install 'mlflow[auth]'"
+    if is_loopback(host) or auth == "basic" or insecure:
+        return None
+    return (f"--host {host} would serve every record without authentication beyond this machine; use --auth basic "
+            "(MLflow's basic-auth app) or, on a trusted private network, --insecure-no-auth")
+
+
 def server_command(pg_uri: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 2,
-                   allowed_hosts: str | None = None) -> list[str]:
+                   allowed_hosts: str | None = None, auth: str = "none") -> list[str]:
     """The `mlflow server` command line (run with this interpreter, so the venv's mlflow and psycopg)."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", pg_uri,
            "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--workers", str(workers)]
     if allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
+    if auth == "basic":
+        cmd += ["--app-name", "basic-auth"]
     return cmd
 
 
@@ -106,7 +135,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=int(env.get("SGDLAB_MLFLOW_WORKERS", "2")))
     parser.add_argument("--allowed-hosts", default=env.get("SGDLAB_MLFLOW_ALLOWED_HOSTS"),
                         help="Host headers accepted (mlflow's default: localhost and private addresses)")
+    parser.add_argument("--auth", choices=("none", "basic"), default=env.get("SGDLAB_MLFLOW_AUTH", "none"),
+                        help="basic: MLflow's basic-auth app (users and passwords; needs mlflow[auth])")
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        help="allow a non-loopback --host without authentication (a trusted private network)")
     args = parser.parse_args(argv)
+    unsafe = why_not_safe(args.host, args.auth, args.insecure_no_auth)
+    if unsafe:
+        print(f"sgdlab: error: {unsafe}", file=sys.stderr)
+        raise SystemExit(2)
     if not args.backend_store_uri.startswith("postgresql"):
         parser.error(f"--backend-store-uri must be postgresql://...; got {args.backend_store_uri!r}")
     try:
@@ -119,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     if "://" not in artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         artifacts = str(Path(artifacts).resolve())
-    cmd = server_command(args.backend_store_uri, artifacts, args.host, args.port, args.workers, args.allowed_hosts)
+    cmd = server_command(args.backend_store_uri, artifacts, args.host, args.port, args.workers, args.allowed_hosts,
+                         args.auth)
     print(f"{'created' if created else 'using'} database {database_name(args.backend_store_uri)}; MLflow server on "
           f"http://{args.host}:{args.port} (artifacts in {artifacts}).\n"
           f"Point sgdlab at it with: export MLFLOW_TRACKING_URI=http://{args.host}:{args.port}", file=sys.stderr,

@@ -27,7 +27,8 @@ from sqlalchemy.engine import Engine  # noqa: E402
 
 from sgdlab import paths  # noqa: E402
 from sgdlab.tracking import tags  # noqa: E402
-from sgdlab.tracking.location import retried, sqlite_path  # noqa: E402
+from sgdlab.tracking.location import (check_sqlite_store, damaged_store, is_damage, retried,  # noqa: E402
+                                     sqlite_path)
 
 
 def git_state() -> dict[str, str]:
@@ -94,6 +95,38 @@ def _creating(path: Path | None):
         os.close(folder)  # releases the lock
 
 
+@contextmanager
+def _damage_named(path: Path | None):
+    """MLflow's error on a damaged SQLite store, as one line (StoreError) that names the file."""
+    try:
+        yield
+    except Exception as exc:
+        if path is not None and is_damage(exc):
+            raise damaged_store(path, str(exc).splitlines()[0][:200]) from None
+        raise
+
+
+def adopt_artifacts(path: Path) -> None:
+    """A store folder that was copied or moved: point the artifact locations of its sweeps (MLflow records them
+    as absolute file:// URIs, <folder>/mlartifacts/<sweep>) and of their runs at this folder's own mlartifacts/,
+    for each sweep whose artifacts are here; otherwise a copy would read and write the original's files."""
+    own = (path.parent / "mlartifacts").as_uri()
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        moved = [(exp_id, location, f"{own}/{rest}") for exp_id, location in
+                 db.execute("SELECT experiment_id, artifact_location FROM experiments")
+                 for prefix, sep, rest in [(location or "").partition("/mlartifacts/")]
+                 if sep and prefix.startswith("file://") and f"{prefix}/mlartifacts" != own
+                 and (path.parent / "mlartifacts" / rest).is_dir()]
+        with db:
+            for exp_id, old, new in moved:
+                db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, exp_id))
+                db.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE experiment_id = ? "
+                           "AND substr(artifact_uri, 1, ?) = ?", (new, len(old) + 1, exp_id, len(old), old))
+    finally:
+        db.close()
+
+
 def _experiment(mlflow: MlflowClient, sweep: str, artifacts: str | None) -> str:
     """The sweep's experiment id, created if missing; another driver creating it at the same moment (a unique
     violation on an MLflow server) is no error: its experiment is the sweep's."""
@@ -137,8 +170,12 @@ def open_sweep(uri: str, sweep: str, description: str = "") -> SweepHandle:
     path = sqlite_path(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    with _creating(path):
+    if path is not None:
+        check_sqlite_store(path)
+    with _creating(path), _damage_named(path):
         mlflow = client(uri)
+        if path is not None:
+            adopt_artifacts(path)
         artifacts = (path.parent / "mlartifacts" / sweep).as_uri() if path is not None else None
         exp_id = _experiment(mlflow, sweep, artifacts)
         git = git_state()

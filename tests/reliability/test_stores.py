@@ -1,0 +1,130 @@
+"""Stores as users find them: damaged files, read-only folders, unreachable servers, copied folders. Every
+command either works or ends with one line and exit code 2, and never changes the store it could not use."""
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sgdlab.tracking.artifacts import download_bytes
+from sgdlab.tracking.store import open_sweep
+from sgdlab.tracking.writer import TrialRun
+
+from conftest import SGDLAB, TINY, run_sgdlab, status_json
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def small_store(folder: Path, sweep: str = "tiny") -> str:
+    """A store with one finished run of `sweep` (its config.yaml artifact) in `folder`; returns the run id."""
+    handle = open_sweep(f"sqlite:///{folder / 'mlflow.db'}", sweep)
+    run = TrialRun.start(handle, "t0", {"seed": 0}, attempt=1, run_name="t0")
+    run.log_metrics(1, {"train_loss": 0.5})
+    run.finish("converged")
+    return run.run_id
+
+
+def truncated(path: Path) -> None:
+    small_store(path.parent)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda path: path.write_bytes(os.urandom(50_000)), id="random-bytes"),
+    pytest.param(lambda path: path.write_text("these are my notes, not a database\n" * 20), id="text"),
+    pytest.param(truncated, id="truncated"),
+])
+@pytest.mark.parametrize("args", [("status", "tiny"), ("sweep", "tiny"), ("report", "tiny"),
+                                  ("resubmit", "tiny")], ids=lambda a: a[0])
+def test_a_damaged_store_gives_one_line_naming_it_and_is_left_as_it_was(damage, args, sweeps_dir, tmp_path):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    work = tmp_path / "work"
+    work.mkdir()
+    damage(work / "mlflow.db")
+    for leftover in work.glob("mlflow.db-*"):  # a truncated store's write-ahead log would repair it
+        leftover.unlink()
+    before = folder_digest(work)
+    out = run_sgdlab(*args, cwd=work)
+    assert out.returncode == 2, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"sgdlab: error: {work / 'mlflow.db'} is not a readable MLflow store (")
+    assert "move it away" in line
+    assert folder_digest(work) == before
+
+
+def test_an_empty_store_file_is_a_store_not_yet_created(sweeps_dir, tmp_path):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    (tmp_path / "mlflow.db").touch()
+    assert status_json(tmp_path, "tiny")["counts"]["pending"] == 4
+
+
+def read_only_folder(folder: Path, *command: str) -> subprocess.CompletedProcess:
+    """Run a command with `folder` mounted read-only (as root, permissions alone would not stop a write)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return subprocess.run(list(command), capture_output=True, text=True, timeout=120)
+    script = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, str(folder), *command], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_status_and_report_read_a_store_in_a_read_only_folder(sweeps_dir, tmp_path):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = run_sgdlab("sweep", "tiny", "cluster.num_cpus=1", cwd=work)
+    assert out.returncode == 0, out.stderr
+    before = folder_digest(work)
+    env_cd = ["env", "-C", str(work)]
+    status = read_only_folder(work, *env_cd, *SGDLAB, "status", "tiny", "--json")
+    assert status.returncode == 0, status.stderr
+    assert '"finished": 4' in status.stdout
+    report = read_only_folder(work, *env_cd, *SGDLAB, "report", "tiny", "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    assert "not attached to the sweep's MLflow run: its store is read-only" in report.stderr
+    assert (tmp_path / "report" / "summary.csv").is_file()
+    assert folder_digest(work) == before
+
+
+def test_an_unreachable_tracking_server_fails_within_the_timeout(sweeps_dir, tmp_path):
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    try:
+        for uri, extra, limit in ((f"http://127.0.0.1:{port}", ["tracking.timeout_s=2"], 2),
+                                  ("http://127.0.0.1:9", [], 10)):  # nothing listens on 9: refused at once
+            started = time.monotonic()
+            out = run_sgdlab("status", "tiny", *extra, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+            took = time.monotonic() - started
+            assert out.returncode == 2, out.stderr
+            (line,) = out.stderr.strip().splitlines()
+            assert line.startswith(f"sgdlab: error: tracking server {uri} did not answer within {limit} s")
+            assert took < limit + 20, took  # the command's own start-up, then at most the timeout
+    finally:
+        silent.close()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_copied_store_folder_reads_and_writes_its_own_artifacts(tmp_path):
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    run_id = small_store(original)
+    shutil.copytree(original, copy)
+    shutil.rmtree(original / "mlartifacts")  # had the copy kept the original's paths, it would now find nothing
+    handle = open_sweep(f"sqlite:///{copy / 'mlflow.db'}", "tiny")
+    assert download_bytes(handle.uri, run_id, "config.yaml") == b"seed: 0\n"
+    new = TrialRun.start(handle, "t1", {"seed": 1}, attempt=1, run_name="t1")
+    assert (copy / "mlartifacts" / "tiny" / new.run_id / "artifacts" / "config.yaml").is_file()
+    assert not (original / "mlartifacts").exists()  # nothing written into the original's folder
