@@ -21,13 +21,7 @@ from pathlib import Path
 
 from sgdlab.tracking.query import by_trial, sweep_runs
 
-RACE = """
-overrides: [model.depth=1, model.width=8, data.n_train=64, data.batch_size=8, optim.temperature=0.01,
-            train.stop_when_fitted=false, train.log_every=50, train.checkpoint_every=100]
-axes:
-  train.max_steps: [100, 600, 1501]
-  seed: [0, 1]
-"""
+RACE = (Path(__file__).parent / "race.yaml").read_text()
 
 
 def race(folder: Path, drivers: int, env: dict) -> dict:

@@ -11,17 +11,9 @@ import pytest
 
 from sgdlab.tracking.query import by_trial, sweep_runs, trial_state
 
-from conftest import REPO, SGDLAB, status_json
+from conftest import REPO, SGDLAB
 
-# Trials of three lengths, so that the drivers' tasks overlap in every way: one finishes a trial while another
-# is starting it, two start it together, one starts it while another is half-way.
-RACE = """
-overrides: [model.depth=1, model.width=8, data.n_train=64, data.batch_size=8, optim.temperature=0.01,
-            train.stop_when_fitted=false, train.log_every=50, train.checkpoint_every=100]
-axes:
-  train.max_steps: [100, 600, 1501]
-  seed: [0, 1]
-"""
+RACE = (REPO / "bench" / "race.yaml").read_text()  # also raced by bench/race_bench.py
 
 
 def start_drivers(n: int, cwd, sweep: str, *overrides: str, env: dict | None = None) -> list[subprocess.Popen]:
@@ -67,7 +59,6 @@ def test_drivers_started_together_in_an_empty_folder(n_drivers, overrides, sweep
         results = wait_all(start_drivers(n_drivers, work, "race", *overrides))
         shared = check_race(f"sqlite:///{work / 'mlflow.db'}", "race", results)
         print(f"\n{n_drivers} drivers {' '.join(overrides)} race {race}: {shared}")
-        assert status_json(work, "race")["counts"]["finished"] == 6
 
 
 @pytest.mark.slow

@@ -38,13 +38,19 @@ def truncated(path: Path) -> None:
     path.write_bytes(data[:len(data) // 2])
 
 
-@pytest.mark.parametrize("damage", [
-    pytest.param(lambda path: path.write_bytes(os.urandom(50_000)), id="random-bytes"),
-    pytest.param(lambda path: path.write_text("these are my notes, not a database\n" * 20), id="text"),
-    pytest.param(truncated, id="truncated"),
-])
-@pytest.mark.parametrize("args", [("status", "tiny"), ("sweep", "tiny"), ("report", "tiny"),
-                                  ("resubmit", "tiny")], ids=lambda a: a[0])
+def random_bytes(path: Path) -> None:
+    path.write_bytes(os.urandom(50_000))
+
+
+def text(path: Path) -> None:
+    path.write_text("these are my notes, not a database\n" * 20)
+
+
+# Every damage on a command that only reads (status) and on one that writes (sweep); one on the others.
+@pytest.mark.parametrize("damage, args", [
+    *((damage, args) for damage in (random_bytes, text, truncated) for args in (("status", "tiny"), ("sweep", "tiny"))),
+    (random_bytes, ("report", "tiny")), (truncated, ("resubmit", "tiny")),
+], ids=lambda x: x.__name__ if callable(x) else x[0])
 def test_a_damaged_store_gives_one_line_naming_it_and_is_left_as_it_was(damage, args, sweeps_dir, tmp_path):
     (sweeps_dir / "tiny.yaml").write_text(TINY)
     work = tmp_path / "work"

@@ -1,8 +1,32 @@
 """Bad input: one clear line, exit code 2, before anything runs; the MLflow store is not even created."""
 
+import hashlib
+import shutil
+from pathlib import Path
+
 import pytest
 
 from conftest import TINY, run_sgdlab
+
+
+@pytest.fixture(scope="module")
+def other_store(tmp_path_factory) -> Path:
+    """A folder with a store that holds one finished run of another sweep."""
+    from sgdlab.tracking.store import open_sweep
+    from sgdlab.tracking.writer import TrialRun
+
+    folder = tmp_path_factory.mktemp("store")
+    run = TrialRun.start(open_sweep(f"sqlite:///{folder / 'mlflow.db'}", "other"), "t0", {"seed": 0}, attempt=1,
+                         run_name="t0")
+    run.finish("converged")
+    return folder
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """Every file's hash, except SQLite's -shm: the shared-memory index of the write-ahead log, which any reader
+    rebuilds (the records are in mlflow.db and mlflow.db-wal)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith("-shm")}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -44,18 +68,34 @@ from conftest import TINY, run_sgdlab
      "data.n_train: mnist_parity has 60000 training examples, got P = 70000"),
     (("status", "tiny", "tracking.timeout_s=0"), "tracking.timeout_s: must be > 0"),
 ])
-def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, args, message):
+@pytest.mark.parametrize("with_store", [False, True], ids=["no-store", "with-store"])
+def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, monkeypatch, other_store, with_store,
+                                                      args, message):
+    """Every row, in an empty folder (no store is created) and beside a store (left byte-identical). The command
+    line's own entry point, in this process (a subprocess per row would spend ~2 s importing);
+    test_empty_axis_in_a_sweep_file runs the real `sgdlab` process."""
+    from typer.testing import CliRunner
+
+    from sgdlab.cli.main import app
+
     (sweeps_dir / "tiny.yaml").write_text(TINY)
     (sweeps_dir / "empty.yaml").write_text("axes:\n  seed: []\n")
     (sweeps_dir / "twice.yaml").write_text("axes:\n  seed: [0, 1]\n  model.alpha: [1]\n  seed: [2]\n")
     (sweeps_dir / "latin1.yaml").write_bytes("description: caf\u00e9\naxes:\n  seed: [0]\n".encode("latin-1"))
-    work = tmp_path / "empty_folder"
-    work.mkdir()
-    out = run_sgdlab(*args, cwd=work)
-    assert out.returncode == 2, out.stderr
+    work = tmp_path / "work"
+    if with_store:
+        shutil.copytree(other_store, work)
+    else:
+        work.mkdir()
+    before = digest(work)
+    monkeypatch.chdir(work)
+    out = CliRunner().invoke(app, list(args), prog_name="sgdlab")
+    assert out.exit_code == 2, (out.stderr, out.exception)
     assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("sgdlab: error: ")
-    assert message in out.stderr
-    assert list(work.iterdir()) == []
+    if not (with_store and message == "no store at "):  # beside a store, that run id is simply not in it
+        assert message in out.stderr
+    assert out.stdout == ""
+    assert digest(work) == before
 
 
 def test_resources_the_cluster_lacks_exit_2_before_the_store_is_made(sweeps_dir, tmp_path):

@@ -147,8 +147,12 @@ class TrialRun:
             retried(lambda: self.artifacts.log_artifact(str(path), folder or None))
 
     def contest(self) -> str | None:
-        """Why this run must end as a duplicate (claims.contest on its trial's runs as stored now), or None."""
+        """Why this run must end as a duplicate (claims.contest on its trial's runs as stored now), or None. A
+        probe run competes only with probe runs of the same measurement (tag sgdlab.probe_id)."""
         runs = trial_records(self.handle.uri, self.handle.experiment_id, [self.trial_id], self.kind)[self.trial_id]
+        own = next((r for r in runs if r.run_id == self.run_id), None)
+        if own is not None and tags.PROBE_ID in own.tags:
+            runs = [r for r in runs if r.tags.get(tags.PROBE_ID) == own.tags[tags.PROBE_ID]]
         return contest(runs, self.run_id, self.stale_after_s, time.time())
 
     def finish(self, outcome: str) -> str | None:
