@@ -14,7 +14,7 @@ MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts/server
 # beyond loopback the server needs MLFLOW_SERVER_ARGS=--auth=basic (MLflow's basic-auth app) or --insecure-no-auth
 MLFLOW_SERVER_ARGS ?=
 
-.PHONY: install sweep status resubmit report ui probe test test-cluster mlflow-server bench-probe bench-overhead bench-pack
+.PHONY: install sweep status resubmit report ui probe test test-cluster mlflow-server bench-probe bench-overhead bench-pack bench-race
 
 install: $(VENV)/.installed
 
@@ -65,3 +65,7 @@ bench-overhead: install
 
 bench-pack: install
 	$(BIN)/python bench/pack_bench.py
+
+# 4 drivers started together on one sweep, 10 times: prints how many trials ended with two FINISHED runs
+bench-race: install
+	$(BIN)/python bench/race_bench.py

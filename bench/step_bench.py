@@ -1,0 +1,169 @@
+"""Steps per second of one small trial through sgdlab's train(), beside the plainest loops that do the same maths;
+and of packed trials beside a plain torch.func.vmap loop. Measured side by side in one run, one thread.
+
+Trials (issue 17's anchors):
+  perceptron  f = w.x / sqrt(d), d = 32, teacher-perceptron data, P = 1024, B = 8, hinge, alpha = 128;
+  mlp         mean-field MLP 64-128-128-1 (tanh), digits parity, P = 1024, B = 16, hinge.
+Every loop takes B distinct training indices per step (its own sampler), computes F = alpha (f(w, x) - f(w0, x))
+on them, the hinge loss mean(relu(1 - y F)) / alpha, its gradient, and w -= lr grad; no evaluation until the end.
+  sgdlab      training/loop.py train(), stop_when_fitted off, and on (then resumed from a snapshot taken late in
+              training, where most batches have zero loss: the case the stopping check must make cheap);
+  torch       a plain eager loop: torch.randperm(P)[:B], autograd, an in-place update;
+  numpy       (perceptron) the same in numpy, with the gradient written by hand.
+Packed: train_pack() on M MLP members against a plain loop of torch.func.vmap(grad) over the same M members.
+
+Run: .venv/bin/python bench/step_bench.py [--steps 5000] [--members 64 256 1024]   (make bench-step)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+
+from sgdlab.config.compose import Composer
+from sgdlab.training.loop import Member, train, train_pack
+from sgdlab.training.problem import build_problem
+
+TRIALS = {
+    "perceptron": ["data=teacher_perceptron", "data.n_train=1024", "data.dim=32", "data.batch_size=8",
+                   "model=perceptron", "model.alpha=128", "loss=hinge", "optim=sgd", "optim.temperature=0.05"],
+    "mlp": ["data=digits_parity", "data.n_train=1024", "data.batch_size=16", "model=mlp", "model.depth=2",
+            "model.width=128", "model.alpha=1", "loss=hinge", "optim=sgd", "optim.temperature=1e-3"],
+}
+# Where the stop_when_fitted measurement starts: late enough that many batches have zero loss.
+LATE = {"perceptron": 30_000, "mlp": 5_000}
+
+
+def trial(name: str, steps: int, fitted_stop: bool) -> dict:
+    return Composer()([*TRIALS[name], f"train.max_steps={steps}", f"train.log_every={steps}",
+                       f"train.stop_when_fitted={str(fitted_stop).lower()}", "train.checkpoint_every=null"])
+
+
+def sgdlab_rate(cfg: dict, resume: dict | None = None) -> float:
+    """Steps/s of train() (set-up excluded: timed from its first step to its end)."""
+    ticks: list[float] = []
+    started_at = resume["steps"] if resume else 0
+    (result,) = train_pack([Member(cfg, resume=resume)], on_tick=lambda: ticks.append(time.perf_counter()))
+    return (result.steps - started_at) / (time.perf_counter() - ticks[0])
+
+
+def snapshot_at(cfg: dict, step: int) -> dict:
+    """A resumable snapshot of the trial at `step` (stop_when_fitted off up to there)."""
+    cfg = copy.deepcopy(cfg)
+    cfg["train"].update(max_steps=step, checkpoint_every=step, stop_when_fitted=False)
+    saved = {}
+    train(cfg, on_checkpoint=lambda state: saved.update(state))
+    return saved
+
+
+def plain_torch_rate(cfg: dict, steps: int) -> float:
+    """A plain eager loop on the same network, data, alpha, lr and batch size."""
+    problem = build_problem(cfg)
+    params = {k: v.clone().requires_grad_(True) for k, v in problem.params0.items()}
+    x, y = problem.data.x_train, (2.0 * problem.data.y_train - 1).to(problem.data.x_train.dtype)
+    f0, alpha, lr, n, b = problem.f0_train[:, 0], cfg["model"]["alpha"], cfg["optim"]["lr"], len(x), \
+        cfg["data"]["batch_size"]
+    started = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randperm(n)[:b]
+        F = alpha * (problem.f(params, x[idx])[:, 0] - f0[idx])
+        loss = torch.relu(1 - y[idx] * F).mean() / alpha
+        grads = torch.autograd.grad(loss, list(params.values()))
+        with torch.no_grad():
+            for p, g in zip(params.values(), grads):
+                p.sub_(lr * g)
+    return steps / (time.perf_counter() - started)
+
+
+def plain_numpy_rate(cfg: dict, steps: int) -> float:
+    """The perceptron in numpy: F = alpha (x (w - w0) / sqrt(d)), gradient by hand."""
+    problem = build_problem(cfg)
+    x = problem.data.x_train.double().numpy().reshape(len(problem.data.x_train), -1)
+    y = 2.0 * problem.data.y_train.numpy() - 1
+    w0 = problem.params0["weight"].double().numpy()[0]
+    w, (n, d) = w0.copy(), x.shape
+    alpha, lr, b, rng = cfg["model"]["alpha"], cfg["optim"]["lr"], cfg["data"]["batch_size"], np.random.default_rng(0)
+    started = time.perf_counter()
+    for _ in range(steps):
+        idx = rng.choice(n, b, replace=False)
+        xb = x[idx]
+        active = (1 - y[idx] * alpha * (xb @ (w - w0)) / math.sqrt(d)) > 0
+        w -= lr * -(y[idx] * active) @ xb / (b * math.sqrt(d))
+    return steps / (time.perf_counter() - started)
+
+
+def packed_configs(members: int, steps: int) -> list[dict]:
+    base = trial("mlp", steps, False)
+    out = []
+    for i in range(members):
+        cfg = copy.deepcopy(base)
+        cfg["seed"] = i
+        out.append(cfg)
+    return out
+
+
+def sgdlab_packed_rate(cfgs: list[dict]) -> float:
+    """Trial-steps/s of train_pack (set-up excluded)."""
+    ticks: list[float] = []
+    train_pack([Member(c) for c in cfgs], on_tick=lambda: ticks.append(time.perf_counter()))
+    return len(cfgs) * (len(ticks) - 1) / (ticks[-1] - ticks[0])
+
+
+def plain_vmap_rate(cfgs: list[dict]) -> float:
+    """A plain loop of torch.func.vmap(grad) over the members' stacked parameters, one batch per member."""
+    from torch.func import functional_call, grad, vmap
+
+    problem = build_problem(cfgs[0])
+    module, x = problem.module, problem.data.x_train
+    y = (2.0 * problem.data.y_train - 1).to(x.dtype)
+    members, steps, (n, b) = len(cfgs), cfgs[0]["train"]["max_steps"], (len(x), cfgs[0]["data"]["batch_size"])
+    params = {k: v[None].repeat(members, *[1] * v.dim()).clone() for k, v in problem.params0.items()}
+    f0, alpha, lr = problem.f0_train[:, 0], cfgs[0]["model"]["alpha"], cfgs[0]["optim"]["lr"]
+
+    def loss(p, idx):
+        F = alpha * (functional_call(module, p, (x[idx],))[:, 0] - f0[idx])
+        return torch.relu(1 - y[idx] * F).mean() / alpha
+
+    step_grad = vmap(grad(loss))
+    started = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.rand(members, n).topk(b, dim=1).indices  # B distinct indices per member
+        grads = step_grad(params, idx)
+        params = {k: params[k] - lr * grads[k] for k in params}
+    return members * steps / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--packed-steps", type=int, default=100)
+    parser.add_argument("--members", type=int, nargs="*", default=[64, 256, 1024])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"one trial, {args.steps} steps, one thread (steps/s; ratio = sgdlab / plain torch)")
+    print(f"{'trial':<12}{'sgdlab':>10}{'fit on':>10}{'torch':>10}{'numpy':>10}{'ratio':>8}{'on/off':>8}{'/numpy':>8}")
+    for name in TRIALS:
+        off = trial(name, args.steps, False)
+        on = trial(name, LATE[name] + args.steps, True)
+        train(trial(name, 50, False))  # warm-up: imports, first-call costs
+        rate_off = sgdlab_rate(off)
+        rate_on = sgdlab_rate(on, resume=snapshot_at(on, LATE[name]))
+        rate_torch = plain_torch_rate(off, args.steps)
+        rate_numpy = plain_numpy_rate(off, args.steps) if name == "perceptron" else float("nan")
+        print(f"{name:<12}{rate_off:>10.0f}{rate_on:>10.0f}{rate_torch:>10.0f}{rate_numpy:>10.0f}"
+              f"{rate_off / rate_torch:>8.2f}{rate_on / rate_off:>8.2f}{rate_off / rate_numpy:>8.2f}", flush=True)
+    print(f"\npacked MLP members, {args.packed_steps} steps (trial-steps/s; ratio = sgdlab / plain vmap)")
+    print(f"{'members':<12}{'sgdlab':>10}{'vmap':>10}{'ratio':>8}")
+    for members in args.members:
+        cfgs = packed_configs(members, args.packed_steps)
+        rate_pack, rate_vmap = sgdlab_packed_rate(cfgs), plain_vmap_rate(cfgs)
+        print(f"{members:<12}{rate_pack:>10.0f}{rate_vmap:>10.0f}{rate_pack / rate_vmap:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
