@@ -8,6 +8,8 @@ version 1). Runs of another version are not skipped as finished: `sgdlab status`
 
 History:
   1  counter-based batches of (seed, step) and initial weights of (seed, tensor, index) (2026-11-27).
+  2  batches of B <= P/2 points: the first B distinct values of a counter-based stream of uniform indices, O(B)
+     per step, instead of the B smallest of P keys (training/sampler.py); initial weights unchanged (2026-12-01).
 """
 
-VERSION = 1
+VERSION = 2

@@ -25,3 +25,34 @@ def test_every_point_is_drawn_equally_often():
     pairs = torch.bincount((idx[:, 0] * 40 + idx[:, 1]), minlength=1600)
     assert int(pairs.max()) < 200  # no pair of positions is tied to the other: E = 20,000 / 780 ~ 26 per pair
 
+
+
+def test_python_integers_and_tensor_operations_draw_the_same_batches():
+    """A few members on the CPU draw with Python integers, large packs (and devices) with tensors: one sampler."""
+    from sgdlab.training.counter_random import MASK32, mix32
+    from sgdlab.training.sampler import first_distinct_tensor
+
+    seeds, steps = torch.arange(40) * 7919, torch.arange(40) * 104729 + 3
+    for n, b in ((1024, 8), (64, 16), (33, 16), (60000, 32)):
+        host = torch.cat([batch_indices(seeds[m:m + 1], steps[m:m + 1], n, b) for m in range(40)])
+        keys = mix32(mix32(seeds & MASK32) ^ (steps & MASK32))
+        assert torch.equal(first_distinct_tensor(keys, n, b), host), (n, b)
+
+
+def test_every_ordered_batch_is_equally_likely():
+    """n = 6, B = 2: 30 ordered pairs, each with probability 1/30 (30,000 steps: 1000 +- 31 each)."""
+    steps = torch.arange(30_000)
+    idx = batch_indices(torch.full_like(steps, 11), steps, 6, 2)
+    counts = torch.bincount(idx[:, 0] * 6 + idx[:, 1], minlength=36).double()
+    assert float(counts[torch.arange(6) * 7].sum()) == 0  # never the same point twice
+    pairs = counts[counts > 0]
+    assert len(pairs) == 30 and float(((pairs - 1000) ** 2 / 1000).sum()) < 70  # 29 dof: p(> 70) ~ 3e-5
+
+
+def test_large_batches_take_the_smallest_keys():
+    """2B > P: the O(P) rule (rejection would need ~P log P draws for B = P); still distinct and member-wise."""
+    seeds, steps = torch.tensor([0, 1, 2]), torch.tensor([4, 4, 9])
+    idx = batch_indices(seeds, steps, 10, 8)
+    assert all(len(set(row.tolist())) == 8 for row in idx) and int(idx.max()) < 10
+    assert sorted(batch_indices(seeds, steps, 10, 10)[0].tolist()) == list(range(10))
+    assert torch.equal(batch_indices(seeds[1:2], steps[1:2], 10, 8)[0], idx[1])

@@ -43,3 +43,46 @@ def test_rules_apply_in_order_diverged_converged_max_steps(loss, unfitted, steps
     out = stop_outcomes({**RULES, "loss_threshold": 0.1}, loss=np.array([loss]), full_set=True,
                         unfitted=np.array([unfitted]), steps=np.array([steps]), max_steps=np.array([10]))
     assert out.get(0) == expected
+
+
+def first_fitted_step(cfg: dict) -> int:
+    """The first step after which every training point is fitted, from a full-set check after every step of an
+    otherwise identical run that does not stop on fitting."""
+    import copy
+
+    import torch
+
+    from sgdlab.training.loop import Member, train_pack
+    from sgdlab.training.problem import build_problem
+
+    problem = build_problem(cfg)
+    x, y, f0 = problem.data.x_train, problem.data.y_train, problem.f0_train
+    fitted_at: list[int] = []
+
+    def check(step: int, params: dict) -> None:
+        with torch.no_grad():
+            if not fitted_at and bool(problem.loss.fitted(problem.predict(params, (x, y, f0)), y).all()):
+                fitted_at.append(step)
+
+    every_step = copy.deepcopy(cfg)
+    every_step["train"]["stop_when_fitted"] = False
+    train_pack([Member(every_step, on_params=check, params_every=1)])
+    return fitted_at[0]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_cheap_fit_check_stops_at_the_first_fitted_step(optimizer):
+    """The loop checks the whole training set only after a zero batch loss and, with plain SGD, not again while
+    the parameters have not moved: the stop step is still the first step at which every point is fitted."""
+    from sgdlab.config.compose import Composer
+    from sgdlab.training.loop import Member, train_pack
+
+    base = ["data=teacher_perceptron", "data.n_train=32", "data.dim=8", "data.batch_size=4", "model=perceptron",
+            "model.alpha=4", "loss=hinge", f"optim={optimizer}", "train.max_steps=5000", "train.log_every=5000",
+            "train.dtype=float64"] + (["optim.temperature=0.2"] if optimizer == "sgd" else ["optim.lr=0.05"])
+    cfgs = [Composer()([*base, f"seed={seed}"]) for seed in range(3)]
+    expected = [first_fitted_step(cfg) for cfg in cfgs]
+    results = train_pack([Member(cfg) for cfg in cfgs])  # three members of one pack, each with its own stop
+    assert [r.outcome for r in results] == ["converged"] * 3
+    assert [r.steps for r in results] == expected
+    assert len(set(expected)) > 1 and min(expected) > 50

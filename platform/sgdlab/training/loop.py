@@ -137,12 +137,15 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
         for r, outcome in stop_outcomes(tcfg, loss=batch_loss, unfitted=unfitted).items():
             stops.setdefault(r, Stop(outcome))
         if stops:  # stopped members leave before the update: their parameters are those of their stop step
-            grads = take(grads, [r for r in range(len(pack.live)) if r not in stops])
+            kept = [r for r in range(len(pack.live)) if r not in stops]
+            grads, batch_loss = take(grads, kept), batch_loss[kept]
             retire(shared, pack, members, stops, results)
             if not pack.live:
                 break
-        # The update: each member's pure optimizer step with its own lr; t_m += lr_m.
+        # The update: each member's pure optimizer step with its own lr; t_m += lr_m. Parameters that move need
+        # their fit checked again.
         pack.params, pack.state = shared.update(pack.lr, pack.params, grads, pack.state)
+        pack.fit_checked &= batch_loss == 0
         pack.step, pack.t = pack.step + 1, pack.t + pack.lr64
         pack.steps += 1
         # Parameters (in-training probes), full-set metrics every log_every steps, then snapshots (checkpoints):
@@ -174,13 +177,15 @@ def gradients(shared: Shared, pack: PackState):
 
 def unfitted_where_zero_loss(shared: Shared, pack: PackState, batch_loss: np.ndarray) -> np.ndarray | None:
     """Unfitted training points of the members whose hinge batch loss is zero (NaN for the others): a zero batch
-    loss is necessary for a fitted training set, so only then is the whole set checked. None when the rule is
-    off (train.stop_when_fitted false, or another loss)."""
+    loss is necessary for a fitted training set, so only then is the whole set checked, and (pack.fit_checked)
+    not again while the parameters have not moved since the last check. The stop step is the one of a check after
+    every step. None when the rule is off (train.stop_when_fitted false, or another loss)."""
     if not (shared.cfg["train"]["stop_when_fitted"] and shared.loss_name == "hinge"):
         return None
-    unfitted, zero = np.full(len(batch_loss), np.nan), np.flatnonzero(batch_loss == 0).tolist()
+    unfitted, zero = np.full(len(batch_loss), np.nan), np.flatnonzero((batch_loss == 0) & ~pack.fit_checked).tolist()
     if zero:
         unfitted[zero] = [m["unfitted"] for m in set_metrics(shared, pack, zero, "train")]
+        pack.fit_checked[zero] = shared.still_at_zero_gradient
     return unfitted
 
 

@@ -18,6 +18,7 @@ Params = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class Sgd:
     lr: float
+    still_at_zero_gradient = True  # a zero gradient leaves the parameters exactly as they were
 
     def init(self, params: Params) -> dict:
         return {}
@@ -32,6 +33,7 @@ class Adam:
     beta1: float
     beta2: float
     eps: float
+    still_at_zero_gradient = False  # the first moment keeps moving the parameters
 
     def init(self, params: Params) -> dict:
         first = next(iter(params.values()))  # the step count is a tensor so that it can be stacked and vmapped

@@ -40,13 +40,14 @@ def take(tree, rows):
 
 
 def per_member(fn, alone=None):
-    """fn vmapped over the leading (member) dimension of its arguments, the first a tensor. A pack of one calls
-    `alone` (default fn) directly: the same operations without vmap's cost per call (about a millisecond, as
-    much as a small model's step)."""
+    """fn vmapped over the leading (member) dimension of its arguments (the first a tensor or a dict of them).
+    A pack of one calls `alone` (default fn) directly: the same operations without vmap's cost per call (about a
+    millisecond, as much as a small model's step)."""
     batched, alone = vmap(fn), alone or fn
 
     def call(*args):
-        if len(args[0]) > 1:  # the first argument is a tensor with one entry per member
+        first = args[0] if isinstance(args[0], torch.Tensor) else next(iter(args[0].values()))
+        if len(first) > 1:  # one entry per member
             return batched(*args)
         return tree_map(lambda x: x.unsqueeze(0), alone(*tree_map(lambda x: x[0], args)))
 
@@ -83,6 +84,11 @@ class Shared:
     @property
     def loss_name(self) -> str:
         return self.cfg["loss"]["name"]
+
+    @property
+    def still_at_zero_gradient(self) -> bool:
+        """Whether a zero gradient leaves a member's parameters exactly as they are (plain SGD)."""
+        return optim.build(self.cfg["optim"]).still_at_zero_gradient
 
     @property
     def n_train(self) -> int:
@@ -126,12 +132,16 @@ class PackState:
     max_steps: np.ndarray
     live: list[int]
     hooked: list[int] = field(default_factory=list)  # rows of the members with an on_step callback
+    # Members whose whole training set was checked (some point unfitted) at their current parameters: with plain
+    # SGD a zero batch loss leaves the parameters as they are, so the check cannot change until they move again.
+    fit_checked: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def keep(self, rows: list[int]) -> None:
         """Keep only the members at `rows`."""
         for name in TENSORS:
             setattr(self, name, take(getattr(self, name), rows))
         self.steps, self.max_steps, self.live = self.steps[rows], self.max_steps[rows], [self.live[r] for r in rows]
+        self.fit_checked = self.fit_checked[rows]
 
 
 def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers: Workers,
@@ -170,7 +180,8 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
                      torch.tensor(lrs, dtype=torch.float64, device=device), initial(data.x_train),
                      initial(data.x_test), torch.tensor(seeds, device=device), torch.tensor(steps, device=device),
                      torch.tensor(t, dtype=torch.float64, device=device), np.array(steps),
-                     np.array([c["train"]["max_steps"] for c in configs]), list(range(len(configs))))
+                     np.array([c["train"]["max_steps"] for c in configs]), list(range(len(configs))),
+                     fit_checked=np.zeros(len(configs), dtype=bool))
     return shared, pack
 
 

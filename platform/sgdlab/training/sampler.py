@@ -1,10 +1,16 @@
-"""Mini-batch sampling without a generator object: a counter-based hash, vectorized over the members of a pack.
+"""Mini-batch sampling without a generator object: a counter-based hash, O(B) work per member and step.
 
-At step s, member m (seed k) uses the B training indices i < P with the smallest keys
-    key(k, s, i) = h(h(h(k) xor s) xor g(i)),   h = mix32, g(i) = spread(i) = i * 0x9E3779B1 mod 2^32
-(training/counter_random.py), ties broken by i. That is a uniformly random subset of B distinct points, and it
-depends only on (k, s): no random-number generator state to carry, checkpoint or keep per member, so a pack of
-thousands of members draws all its batches with a few elementwise operations and one top-k on the device.
+At step s, member m (seed k) has the key K = h(h(k) xor s) and the stream of uniform indices
+    u_j = floor(h(K xor g(j)) P / 2^32),   j = 0, 1, 2, ...,   h = mix32, g(j) = spread(j)
+(training/counter_random.py; the multiply-shift map is uniform on [0, P) to within P / 2^32). Its batch is the first
+B distinct values of the stream, in the order drawn: a uniformly random ordered set of B distinct points, found
+after B + B^2 / 2P draws on average. When 2B > P (where that rejection would take long) the batch is instead
+the B indices i < P with the smallest keys (h(K xor g(i)) << 24) | i, which costs O(P).
+
+A batch depends only on (k, s): no random-number generator state to carry, checkpoint or keep per member. It is
+the same alone, in any pack and on any device: a few members on the CPU draw with Python integers (cheaper than a
+dozen small tensor operations), larger packs and devices with tensor operations, and a test checks that both ways
+give the same indices.
 """
 
 from __future__ import annotations
@@ -14,13 +20,55 @@ import torch
 from sgdlab.training.counter_random import MASK32, mix32, spread
 
 INDEX_BITS = 24  # data sets up to 16.7M points
+HOST_DRAWS = 256  # at most this many indices per step (members x B) are drawn with Python integers on the CPU
 
 
 def batch_indices(seeds: torch.Tensor, steps: torch.Tensor, n: int, batch_size: int) -> torch.Tensor:
-    """(M, B) distinct indices in [0, n), in the order of their keys, for members with these seeds at these steps
-    (int64, shape (M,))."""
+    """(M, B) distinct indices in [0, n), for members with these seeds at these steps (int64, shape (M,))."""
     if n >= 1 << INDEX_BITS:
         raise ValueError(f"data.n_train = {n}: the sampler handles at most {1 << INDEX_BITS} training points")
+    if 2 * batch_size > n:
+        return smallest_keys(seeds, steps, n, batch_size)
+    if seeds.device.type == "cpu" and len(seeds) * batch_size <= HOST_DRAWS:
+        keys = [mix32(mix32(k & MASK32) ^ (s & MASK32)) for k, s in zip(seeds.tolist(), steps.tolist())]
+        return torch.tensor([first_distinct(key, n, batch_size) for key in keys], dtype=torch.int64)
+    return first_distinct_tensor(mix32(mix32(seeds & MASK32) ^ (steps & MASK32)), n, batch_size)
+
+
+def first_distinct(key: int, n: int, batch_size: int) -> list[int]:
+    """The first batch_size distinct values of the stream of member key `key`, with Python integers."""
+    seen: set[int] = set()
+    batch, j = [], 0
+    while len(batch) < batch_size:
+        i = (mix32(key ^ spread(j)) * n) >> 32
+        if i not in seen:
+            seen.add(i)
+            batch.append(i)
+        j += 1
+    return batch
+
+
+def first_distinct_tensor(keys: torch.Tensor, n: int, batch_size: int) -> torch.Tensor:
+    """first_distinct for every member key at once: draw a prefix of each stream, mark the values seen earlier in
+    it (a sort by value, then by position), keep the first batch_size others; a longer prefix if a member's was
+    short (the result does not depend on the prefix's length)."""
+    draws_per_member = batch_size + 4 + batch_size * batch_size // n
+    while True:
+        j = torch.arange(draws_per_member, device=keys.device, dtype=torch.int64)
+        draws = (mix32(keys[:, None] ^ spread(j)[None, :]) * n) >> 32
+        order = torch.argsort(draws * draws_per_member + j, dim=1)  # unique sort keys: a stable order
+        ordered = draws.gather(1, order)
+        seen_sorted = torch.zeros_like(ordered, dtype=torch.bool)
+        seen_sorted[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+        new = ~torch.empty_like(seen_sorted).scatter_(1, order, seen_sorted)
+        count = new.cumsum(dim=1)
+        if bool((count[:, -1] >= batch_size).all()):
+            return draws[new & (count <= batch_size)].view(len(keys), batch_size)
+        draws_per_member *= 2
+
+
+def smallest_keys(seeds: torch.Tensor, steps: torch.Tensor, n: int, batch_size: int) -> torch.Tensor:
+    """The large-batch rule: the batch_size indices i < n of smallest (h(K xor g(i)) << 24) | i, in that order."""
     i = torch.arange(n, device=seeds.device, dtype=torch.int64)
     member = mix32(mix32(seeds & MASK32) ^ (steps & MASK32))
     keys = (mix32(member[:, None] ^ spread(i)[None, :]) << INDEX_BITS) | i
