@@ -14,6 +14,7 @@ import pytest
 from sgdlab.analysis.fits import critical_temperature, critical_temperatures, fit_power_law
 from sgdlab.analysis.frames import aggregate, grid_axes, missing_trials, trial_frame
 from sgdlab.analysis.report import build_report
+from sgdlab import numerics
 from sgdlab.tracking import tags
 from sgdlab.tracking.query import RunRecord
 
@@ -29,7 +30,7 @@ def record(alpha, T, seed, *, P=256, B=16, width=32, lr=None, attempt=1, start=0
               "data": {"name": "digits_parity", "n_train": P, "batch_size": B},
               "resources": {"cpus": cpus}, "fault": {"seeds": None}}
     tid = trial_id or f"a{alpha}-T{T}-s{seed}-P{P}-B{B}-lr{lr}"
-    run_tags = {tags.TRIAL_ID: tid, tags.KIND: kind, tags.ATTEMPT: str(attempt)}
+    run_tags = {tags.TRIAL_ID: tid, tags.KIND: kind, tags.ATTEMPT: str(attempt), tags.NUMERICS: str(numerics.VERSION)}
     if status in ("FINISHED", "FAILED"):
         run_tags[tags.OUTCOME] = outcome if status == "FINISHED" else "error"
     if error:
@@ -290,7 +291,8 @@ def perceptron_record(chi, T, P, seed, delta, outcome="converged") -> RunRecord:
     return RunRecord(run_id=f"{tid}#1", status="FINISHED", start_time=0,
                      metrics={"weight_delta": delta, "weight_change": delta / 5.0, "steps": 100.0},
                      params={k: str(v) for k, v in tags.flatten(config).items()},
-                     tags={tags.TRIAL_ID: tid, tags.KIND: "train", tags.ATTEMPT: "1", tags.OUTCOME: outcome})
+                     tags={tags.TRIAL_ID: tid, tags.KIND: "train", tags.ATTEMPT: "1", tags.OUTCOME: outcome,
+                           tags.NUMERICS: str(numerics.VERSION)})
 
 
 def planted_perceptron(sigma=0.05, seeds=range(4)):

@@ -19,6 +19,7 @@ from sgdlab.analysis.sensitivity import layer_sensitivity
 from sgdlab.analysis.spectra import fit_batch_ratio, read_density
 from sgdlab.analysis.stability import (eos_ratio, eos_table, largest_stable_lr, stable_lr_fit, trajectory_frame,
                                        wu_su, wu_su_p)
+from sgdlab import numerics
 from sgdlab.tracking import tags
 from sgdlab.tracking.query import RunRecord
 
@@ -32,7 +33,7 @@ def train(lr, B, seed, *, optimizer="sgd", P=128, alpha=1.0, outcome="converged"
               "optim": {"name": optimizer, "lr": lr, "temperature": lr / (B * 16)},
               "data": {"name": "digits_parity", "n_train": P, "batch_size": B}, "probe": {"n_examples": 1024}}
     tid = f"{optimizer}-lr{lr}-B{B}-s{seed}-P{P}-a{alpha}"
-    run_tags = {tags.TRIAL_ID: tid, tags.KIND: "train", tags.ATTEMPT: "1"}
+    run_tags = {tags.TRIAL_ID: tid, tags.KIND: "train", tags.ATTEMPT: "1", tags.NUMERICS: str(numerics.VERSION)}
     if status == "FINISHED":
         run_tags[tags.OUTCOME] = outcome
     return RunRecord(run_id=f"train-{tid}", status=status, start_time=start, metrics=dict(metrics or {}),
@@ -44,6 +45,7 @@ def probe(of: RunRecord, metrics: dict, *, start=1, run_id=None, matrix="full", 
     """A probe run of the train run `of`: the same config (params) plus probe.*, tags naming the train run."""
     params = {**of.params, "probe.n_examples": str(n_examples), "probe.slq_starts": str(slq)}
     run_tags = {tags.TRIAL_ID: of.trial_id, tags.KIND: "probe", tags.ATTEMPT: "1", tags.TRAIN_RUN: of.run_id,
+                tags.NUMERICS: str(numerics.VERSION),
                 tags.PROBE_ID: f"p-{of.trial_id}-{matrix}", "sgdlab.matrix": matrix, tags.OUTCOME: "converged"}
     return RunRecord(run_id=run_id or f"probe-{of.trial_id}-{start}", status=status, start_time=start,
                      metrics=dict(metrics), params=params, tags=run_tags)

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from sgdlab.jobs.takeover import take_over_all
+from sgdlab import numerics
 from sgdlab.tracking import tags
 from sgdlab.tracking.claims import holder
 from sgdlab.tracking.query import RunRecord, sweep_runs, trial_state
@@ -117,7 +118,8 @@ def test_a_run_ended_by_another_process_never_ends_finished(drivers):
 
 
 def record(run_id, status, attempt=1, start=0, beat=0.0, **extra):
-    return RunRecord(run_id, status, start, tags={tags.ATTEMPT: str(attempt), tags.HEARTBEAT: str(beat), **extra})
+    return RunRecord(run_id, status, start, tags={tags.ATTEMPT: str(attempt), tags.HEARTBEAT: str(beat),
+                                                  tags.NUMERICS: str(numerics.VERSION), **extra})
 
 
 @pytest.mark.parametrize("runs, own, expected", [

@@ -72,7 +72,7 @@ def probe_frame(probes: list[RunRecord], trains: list[RunRecord]) -> pd.DataFram
         train = train_by_id.get(train_run)
         source = train or measured[-1]
         run_tags = {tags.TRIAL_ID: trial_id, tags.KIND: "train", tags.ATTEMPT: source.tags.get(tags.ATTEMPT, "1"),
-                    tags.OUTCOME: train.outcome if train else ""}
+                    tags.OUTCOME: train.outcome if train else "", tags.NUMERICS: str(source.numerics)}
         pseudo.append(RunRecord(run_id=train_run, status="FINISHED", start_time=source.start_time, metrics=metrics,
                                 params=dict(source.params), tags=run_tags))
         extra[trial_id] = {"train_run": train_run, "probe_run": measured[-1].run_id,
