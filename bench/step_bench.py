@@ -44,12 +44,12 @@ def trial(name: str, steps: int, fitted_stop: bool) -> dict:
                        f"train.stop_when_fitted={str(fitted_stop).lower()}", "train.checkpoint_every=null"])
 
 
-def sgdlab_rate(cfg: dict, resume: dict | None = None) -> float:
-    """Steps/s of train() (set-up excluded: timed from its first step to its end)."""
+def sgdlab_rate(cfg: dict, resume: dict | None = None) -> tuple[float, int]:
+    """(steps/s of train(), steps done): set-up excluded, timed from its first step to its end."""
     ticks: list[float] = []
     started_at = resume["steps"] if resume else 0
     (result,) = train_pack([Member(cfg, resume=resume)], on_tick=lambda: ticks.append(time.perf_counter()))
-    return (result.steps - started_at) / (time.perf_counter() - ticks[0])
+    return (result.steps - started_at) / (time.perf_counter() - ticks[0]), result.steps - started_at
 
 
 def snapshot_at(cfg: dict, step: int) -> dict:
@@ -152,17 +152,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"one trial, {args.steps} steps, one thread (steps/s; ratio = sgdlab / plain torch)")
-    print(f"{'trial':<12}{'sgdlab':>10}{'fit on':>10}{'torch':>10}{'numpy':>10}{'ratio':>8}{'on/off':>8}{'/numpy':>8}")
+    print(f"{'trial':<12}{'sgdlab':>10}{'fit on':>10}{'torch':>10}{'numpy':>10}{'ratio':>8}{'on/off':>8}{'/numpy':>8}"
+          f"{'steps on':>10}")
     for name in TRIALS:
         off = trial(name, args.steps, False)
         on = trial(name, LATE[name] + args.steps, True)
         train(trial(name, 50, False))  # warm-up: imports, first-call costs
-        rate_off = sgdlab_rate(off)
-        rate_on = sgdlab_rate(on, resume=snapshot_at(on, LATE[name]))
+        rate_off, _ = sgdlab_rate(off)
+        rate_on, steps_on = sgdlab_rate(on, resume=snapshot_at(on, LATE[name]))  # fewer if it fitted meanwhile
         rate_torch = plain_torch_rate(off, args.steps)
         rate_numpy = plain_numpy_rate(off, args.steps) if name == "perceptron" else float("nan")
         print(f"{name:<12}{rate_off:>10.0f}{rate_on:>10.0f}{rate_torch:>10.0f}{rate_numpy:>10.0f}"
-              f"{rate_off / rate_torch:>8.2f}{rate_on / rate_off:>8.2f}{rate_off / rate_numpy:>8.2f}", flush=True)
+              f"{rate_off / rate_torch:>8.2f}{rate_on / rate_off:>8.2f}{rate_off / rate_numpy:>8.2f}{steps_on:>10}",
+              flush=True)
     print(f"\npacked MLP members, {args.packed_steps} steps (trial-steps/s; ratio = sgdlab / plain vmap)")
     print(f"{'members':<12}{'sgdlab':>10}{'vmap':>10}{'ratio':>8}")
     for members in args.members:
