@@ -4,6 +4,7 @@ Ray and MLflow records the same runs as an unpacked one, survives a killed worke
 import math
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from sgdlab.config.compose import Composer
 from sgdlab.orchestration.packing import AUTO_MIN, pack_jobs, shape_key
@@ -63,13 +64,23 @@ def test_packed_sweep_equals_unpacked_survives_a_killed_worker_and_resubmits(swe
     finished = {r.data.tags["sgdlab.trial_id"]: r for r in packed_runs if r.info.status == "FINISHED"}
     reference = {r.data.tags["sgdlab.trial_id"]: r for r in plain_runs}
     assert len(finished) == 4 and set(finished) == set(reference)
-    lost = [r for r in packed_runs if r.info.status == "FAILED"]
-    assert len(lost) == 4 and all("worker lost" in r.data.tags["sgdlab.error"] for r in lost)
+    lost = {r.info.run_id: r for r in packed_runs if r.info.status == "FAILED"}
+    assert len(lost) == 4 and all("worker lost" in r.data.tags["sgdlab.error"] for r in lost.values())
+    client = MlflowClient(f"sqlite:///{packed / 'mlflow.db'}")
+    plain_client = MlflowClient(f"sqlite:///{plain / 'mlflow.db'}")
     for tid, run in finished.items():
         assert run.data.tags["sgdlab.resumed_from"].endswith("@20") and run.data.tags["sgdlab.attempt"] == "2"
         for key, value in reference[tid].data.metrics.items():
             if key != "wall_time":
                 assert math.isclose(run.data.metrics[key], value, rel_tol=REL, abs_tol=1e-12), key
+        # The resumed member's curves are whole: the history up to its checkpoint is copied from the lost run.
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss"))
+        expected = sorted((m.step, m.value) for m in plain_client.get_metric_history(reference[tid].info.run_id,
+                                                                                     "train_loss"))
+        assert [s for s, _ in history] == [s for s, _ in expected] == list(range(20, 201, 20))
+        assert all(math.isclose(v, w, rel_tol=REL, abs_tol=1e-12) for (_, v), (_, w) in zip(history, expected))
+        before = run.data.tags["sgdlab.resumed_from"].split("@")[0]
+        assert sorted((m.step, m.value) for m in client.get_metric_history(before, "train_loss")) == history[:1]
 
     out = run_sgdlab("sweep", "tiny", "exec.pack=on", "fault.raise_at_step=5", "fault.seeds=[1]", cwd=faulty)
     assert out.returncode == 1

@@ -18,18 +18,13 @@ overrides: [model.depth=2, model.width=16, data.n_train=128, data.batch_size=8, 
 """
 
 
-PACKED = LONG.replace("seed=0, ", "") + """axes:
-  seed: [0, 1]
-"""
-
-
-@pytest.mark.parametrize("sweep, text, overrides", [("long", LONG, ()),
-                                                     ("packed", PACKED, ("exec.pack=on", "exec.pack_size=2"))])
-def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(sweep, text, overrides, sweeps_dir, tmp_path):
-    """Alone or as a pack member: the retry resumes from the checkpoint at step 150 with the numbers of an
-    uninterrupted run, and its FINISHED run carries the whole metric history from the first log step on."""
-    (sweeps_dir / f"{sweep}.yaml").write_text(text)
-    out = run_sgdlab("sweep", sweep, "fault.kill_at_step=160", *overrides, cwd=tmp_path)
+def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(sweeps_dir, tmp_path):
+    """The retry resumes from the checkpoint at step 150 with the numbers of an uninterrupted run, and its FINISHED
+    run carries the whole metric history from the first log step on (a pack member: tests/orchestration/
+    test_packing.py)."""
+    sweep = "long"
+    (sweeps_dir / "long.yaml").write_text(LONG)
+    out = run_sgdlab("sweep", sweep, "fault.kill_at_step=160", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     client, runs = mlflow_runs(tmp_path / "mlflow.db", sweep)
     torch.set_num_threads(1)  # as in the worker (resources.cpus = 1)
@@ -44,14 +39,13 @@ def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(sweep, text, o
         assert finished.data.tags["sgdlab.resumed_from"] == f"{lost.info.run_id}@150"
         logged = []
         reference = train(trial.config, on_log=lambda step, m: logged.append((step, m["train_loss"])))
-        same = (lambda x: x) if sweep == "long" else (lambda x: pytest.approx(x, rel=1e-12))  # vmap: ~1e-16
         for key, value in reference.metrics.items():
-            assert finished.data.metrics[key] == same(value), key  # alone: bit for bit
+            assert finished.data.metrics[key] == value, key  # bit for bit
         history = {run.info.status: sorted((m.step, m.value) for m in
                                            client.get_metric_history(run.info.run_id, "train_loss"))
                    for run in (lost, finished)}
         assert [step for step, _ in history["FINISHED"]] == [step for step, _ in logged] and logged[0][0] == 25
-        assert [v for _, v in history["FINISHED"]] == same([v for _, v in logged])  # whole, from step 25 on
+        assert [v for _, v in history["FINISHED"]] == [v for _, v in logged]  # whole, from step 25 on
         assert history["FAILED"] == history["FINISHED"][:6]  # up to its checkpoint at step 150, copied as is
     assert status_json(tmp_path, sweep)["counts"]["finished"] == len(trials)
 
