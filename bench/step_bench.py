@@ -11,6 +11,8 @@ on them, the hinge loss mean(relu(1 - y F)) / alpha, its gradient, and w -= lr g
   torch       a plain eager loop: torch.randperm(P)[:B], autograd, an in-place update;
   numpy       (perceptron) the same in numpy, with the gradient written by hand.
 Packed: train_pack() on M MLP members against a plain loop of torch.func.vmap(grad) over the same M members.
+Sampler: one member's batch of B = 8 distinct indices, sgdlab's counter-based draw (training/sampler.py) beside
+torch.randperm(P)[:B] and the O(P) smallest-keys rule (sgdlab's rule before numerics version 2).
 
 Run: .venv/bin/python bench/step_bench.py [--steps 5000] [--members 64 256 1024]   (make bench-step)
 """
@@ -28,6 +30,7 @@ import torch
 from sgdlab.config.compose import Composer
 from sgdlab.training.loop import Member, train, train_pack
 from sgdlab.training.problem import build_problem
+from sgdlab.training.sampler import batch_indices, smallest_keys
 
 TRIALS = {
     "perceptron": ["data=teacher_perceptron", "data.n_train=1024", "data.dim=32", "data.batch_size=8",
@@ -144,6 +147,28 @@ def plain_vmap_rate(cfgs: list[dict]) -> float:
     return members * steps / (time.perf_counter() - started)
 
 
+def microseconds(fn, calls: int = 2000) -> float:
+    """Best of three timings of `calls` calls, per call."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, time.perf_counter() - started)
+    return 1e6 * best / calls
+
+
+def sampler_table() -> None:
+    seed, step = torch.tensor([3]), torch.tensor([17])
+    print("\none member's batch of B = 8 distinct indices (microseconds per step; ratio = sgdlab rate / randperm)")
+    print(f"{'P':<12}{'sgdlab':>10}{'randperm':>10}{'O(P) keys':>10}{'ratio':>8}")
+    for n in (1024, 60000):
+        ours = microseconds(lambda: batch_indices(seed, step, n, 8))
+        plain = microseconds(lambda: torch.randperm(n)[:8])
+        keys = microseconds(lambda: smallest_keys(seed, step, n, 8))
+        print(f"{n:<12}{ours:>10.1f}{plain:>10.1f}{keys:>10.1f}{plain / ours:>8.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5000)
@@ -171,6 +196,7 @@ def main() -> None:
         cfgs = packed_configs(members, args.packed_steps)
         rate_pack, rate_vmap = sgdlab_packed_rate(cfgs), plain_vmap_rate(cfgs)
         print(f"{members:<12}{rate_pack:>10.0f}{rate_vmap:>10.0f}{rate_pack / rate_vmap:>8.2f}", flush=True)
+    sampler_table()
 
 
 if __name__ == "__main__":

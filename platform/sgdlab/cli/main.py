@@ -26,7 +26,6 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
-DEFAULT_TIMEOUT_S = 10.0  # tracking.timeout_s of conf/tracking/default.yaml, for commands that compose no config
 
 
 def why_not_writable(folder: Path) -> str | None:
@@ -148,7 +147,7 @@ def resubmit(name: str = typer.Argument(..., help="sweep name"),
                  None, help="non-identity overrides only: fault.*, resources.*, cluster.*, tracking.*"),
              trial: Optional[List[str]] = typer.Option(None, "--trial", help="only these trial ids (repeatable)")):
     """Rerun exactly the failed and stale trials, from their recorded configs, as new attempts."""
-    from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides
+    from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides, runtime_value
     from sgdlab.orchestration.plan import plan_resubmit
     from sgdlab.sweep.spec import check_name
     from sgdlab.tracking.artifacts import recorded_config
@@ -159,7 +158,7 @@ def resubmit(name: str = typer.Argument(..., help="sweep name"),
         check_name(name)
         changes = parse_runtime_overrides(overrides or [])
         uri = resolve_uri(changes.get(("tracking", "uri")))
-        check_store(uri, changes.get(("tracking", "timeout_s"), DEFAULT_TIMEOUT_S))
+        check_store(uri, runtime_value(changes, "tracking", "timeout_s"))
         jobs = plan_resubmit(name, uri, sweep_runs(uri, name), trial or [],
                              lambda run_id: apply_runtime_overrides(recorded_config(uri, run_id), changes), time.time())
     except (ConfigError, StoreError) as exc:
@@ -234,6 +233,7 @@ def status(name: str = typer.Argument(..., help="sweep name"),
 def report(name: str = typer.Argument(..., help="sweep name"),
            out_dir: Optional[str] = typer.Option(None, "--out", help="folder for the report (default reports/NAME)")):
     """Phase diagrams, curvature figures, fits and summaries of a sweep: reports/NAME/ and the sweep's MLflow run."""
+    from sgdlab.config.recorded import runtime_value
     from sgdlab.sweep.spec import check_name
     from sgdlab.tracking.location import StoreError, check_store, resolve_uri, sqlite_path
     from sgdlab.tracking.query import sweep_runs
@@ -245,7 +245,7 @@ def report(name: str = typer.Argument(..., help="sweep name"),
         if unwritable:
             raise ConfigError(f"--out {folder}: {unwritable}")
         uri = resolve_uri()
-        check_store(uri, DEFAULT_TIMEOUT_S)
+        check_store(uri, runtime_value({}, "tracking", "timeout_s"))
         records = sweep_runs(uri, name, kind=None)
         trains = [r for r in records if r.kind == "train"]
         probes = [r for r in records if r.kind == "probe"]
@@ -280,7 +280,7 @@ def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED tr
           overrides: Optional[List[str]] = typer.Argument(
               None, help="probe.* (what to measure) and resources.*, e.g. probe.top_k=5 probe.slq_starts=4")):
     """Measure the curvature of an existing finished trial (its checkpoint/final.pt) as a new probe run."""
-    from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides
+    from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides, runtime_value
     from sgdlab.tracking.artifacts import recorded_config, run_record
     from sgdlab.tracking.location import StoreError, check_store, resolve_uri, sqlite_path
 
@@ -292,7 +292,7 @@ def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED tr
         store = sqlite_path(uri)
         if store is not None and not store.is_file():
             raise ConfigError(f"no store at {store}; run a sweep first or set MLFLOW_TRACKING_URI")
-        check_store(uri, changes.get(("tracking", "timeout_s"), DEFAULT_TIMEOUT_S))
+        check_store(uri, runtime_value(changes, "tracking", "timeout_s"))
         info = run_record(uri, run_id)
         if info is None or info.kind != "train" or info.status != "FINISHED":
             raise ConfigError(f"run {run_id}: not a FINISHED train run in {uri}")

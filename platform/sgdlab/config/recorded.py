@@ -40,6 +40,11 @@ def parse_runtime_overrides(overrides: list[str]) -> dict[tuple[str, str], objec
     return changes
 
 
+def runtime_value(changes: dict[tuple[str, str], object], group: str, name: str):
+    """The value of group.name that a command runs with: its override in `changes`, else the default config's."""
+    return changes.get((group, name), _defaults()[group][name])
+
+
 def apply_runtime_overrides(config: dict, changes: dict[tuple[str, str], object]) -> dict:
     """A copy of a recorded config with the fault group reset and the changes applied and validated (types and
     ranges, as for a new trial)."""

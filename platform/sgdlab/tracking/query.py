@@ -187,7 +187,8 @@ def ended_since(uri: str, sweep: str, since_ms: int) -> dict[str, str] | None:
     return {trial: status for trial, status in newest.items() if status in ("FINISHED", "FAILED", "KILLED")}
 
 
-def trial_records(uri: str, experiment_id: str, trial_ids: list[str], kind: str = "train") -> dict[str, list[RunRecord]]:
+def trial_records(uri: str, experiment_id: str, trial_ids: list[str],
+                  kind: str = "train") -> dict[str, list[RunRecord]]:
     """{trial_id: its active runs of one kind, oldest first} for these trials (every one present), with tags and
     statuses (no params or metrics) and the heartbeats of packed runs resolved (_pack_heartbeats): what the claim
     protocol reads (tracking/claims.py). A few indexed queries per 500 trials on a SQLite store, one search per

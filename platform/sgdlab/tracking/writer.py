@@ -8,8 +8,8 @@ still holds its trial (tracking/claims.py, rule 3); if not, it ends KILLED with 
 
 A pack's runs (PackRuns) are created in one write, their metrics are written for all members at once, one member's
 run carries the pack's heartbeat (tag `sgdlab.pack`), and the members that stop between two steps of the pack end in
-one write, after one read of their trials' runs for the claim check: on a database store a pack of tiny trials costs a few transactions instead of a few per member
-(tracking/run_writes.py).
+one write, after one read of their trials' runs for the claim check: on a database store a pack of tiny trials
+costs a few transactions instead of a few per member (tracking/run_writes.py).
 """
 
 from __future__ import annotations
