@@ -7,7 +7,10 @@ Trials (issue 17's anchors):
 Every loop takes B distinct training indices per step (its own sampler), computes F = alpha (f(w, x) - f(w0, x))
 on them, the hinge loss mean(relu(1 - y F)) / alpha, its gradient, and w -= lr grad; no evaluation until the end.
   sgdlab      training/loop.py train(), stop_when_fitted off, and on (then resumed from a snapshot taken late in
-              training, where most batches have zero loss: the case the stopping check must make cheap);
+              training, where most batches have zero loss: the case the stopping check must make cheap); both
+              uncompiled (train.compile_after null);
+  compiled    the same with its step compiled (train.compile_after = 0), timed after the first step, which
+              compiles (its seconds are printed);
   torch       a plain eager loop: torch.randperm(P)[:B], autograd, an in-place update;
   numpy       (perceptron) the same in numpy, with the gradient written by hand.
 Packed: train_pack() on M MLP members against a plain loop of torch.func.vmap(grad) over the same M members.
@@ -42,17 +45,20 @@ TRIALS = {
 LATE = {"perceptron": 30_000, "mlp": 5_000}
 
 
-def trial(name: str, steps: int, fitted_stop: bool) -> dict:
+def trial(name: str, steps: int, fitted_stop: bool, compiled: bool = False) -> dict:
     return Composer()([*TRIALS[name], f"train.max_steps={steps}", f"train.log_every={steps}",
-                       f"train.stop_when_fitted={str(fitted_stop).lower()}", "train.checkpoint_every=null"])
+                       f"train.stop_when_fitted={str(fitted_stop).lower()}", "train.checkpoint_every=null",
+                       f"train.compile_after={0 if compiled else 'null'}"])
 
 
-def sgdlab_rate(cfg: dict, resume: dict | None = None) -> tuple[float, int]:
-    """(steps/s of train(), steps done): set-up excluded, timed from its first step to its end."""
+def sgdlab_rate(cfg: dict, resume: dict | None = None) -> tuple[float, int, float]:
+    """(steps/s of train(), steps done, seconds of the first step): set-up and first step excluded, timed from
+    the start of its second step to its end."""
     ticks: list[float] = []
     started_at = resume["steps"] if resume else 0
     (result,) = train_pack([Member(cfg, resume=resume)], on_tick=lambda: ticks.append(time.perf_counter()))
-    return (result.steps - started_at) / (time.perf_counter() - ticks[0]), result.steps - started_at
+    done = result.steps - started_at
+    return (done - 1) / (time.perf_counter() - ticks[1]), done, ticks[1] - ticks[0]
 
 
 def snapshot_at(cfg: dict, step: int) -> dict:
@@ -176,20 +182,21 @@ def main() -> None:
     parser.add_argument("--members", type=int, nargs="*", default=[64, 256, 1024])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"one trial, {args.steps} steps, one thread (steps/s; ratio = sgdlab / plain torch)")
-    print(f"{'trial':<12}{'sgdlab':>10}{'fit on':>10}{'torch':>10}{'numpy':>10}{'ratio':>8}{'on/off':>8}{'/numpy':>8}"
-          f"{'steps on':>10}")
+    print(f"one trial, {args.steps} steps, one thread (steps/s; ratios to plain torch, and fit on / off)")
+    print(f"{'trial':<12}{'sgdlab':>8}{'fit on':>8}{'compiled':>9}{'torch':>7}{'numpy':>7}{'/torch':>7}{'on/off':>7}"
+          f"{'compiled':>9}{'/numpy':>7}{'steps on':>9}{'compile':>8}")
     for name in TRIALS:
         off = trial(name, args.steps, False)
         on = trial(name, LATE[name] + args.steps, True)
         train(trial(name, 50, False))  # warm-up: imports, first-call costs
-        rate_off, _ = sgdlab_rate(off)
-        rate_on, steps_on = sgdlab_rate(on, resume=snapshot_at(on, LATE[name]))  # fewer if it fitted meanwhile
+        rate_off, _, _ = sgdlab_rate(off)
+        rate_on, steps_on, _ = sgdlab_rate(on, resume=snapshot_at(on, LATE[name]))  # fewer if it fitted meanwhile
+        rate_compiled, _, compile_s = sgdlab_rate(trial(name, args.steps, False, compiled=True))
         rate_torch = plain_torch_rate(off, args.steps)
         rate_numpy = plain_numpy_rate(off, args.steps) if name == "perceptron" else float("nan")
-        print(f"{name:<12}{rate_off:>10.0f}{rate_on:>10.0f}{rate_torch:>10.0f}{rate_numpy:>10.0f}"
-              f"{rate_off / rate_torch:>8.2f}{rate_on / rate_off:>8.2f}{rate_off / rate_numpy:>8.2f}{steps_on:>10}",
-              flush=True)
+        print(f"{name:<12}{rate_off:>8.0f}{rate_on:>8.0f}{rate_compiled:>9.0f}{rate_torch:>7.0f}{rate_numpy:>7.0f}"
+              f"{rate_off / rate_torch:>7.2f}{rate_on / rate_off:>7.2f}{rate_compiled / rate_torch:>9.2f}"
+              f"{rate_off / rate_numpy:>7.2f}{steps_on:>9}{compile_s:>7.1f}s", flush=True)
     print(f"\npacked MLP members, {args.packed_steps} steps (trial-steps/s; ratio = sgdlab / plain vmap)")
     print(f"{'members':<12}{'sgdlab':>10}{'vmap':>10}{'ratio':>8}")
     for members in args.members:

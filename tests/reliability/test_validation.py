@@ -67,6 +67,7 @@ def digest(folder: Path) -> dict[str, str]:
     (("sweep", "tiny", "data=mnist_parity", "data.n_train=70000"),
      "data.n_train: mnist_parity has 60000 training examples, got P = 70000"),
     (("status", "tiny", "tracking.timeout_s=0"), "tracking.timeout_s: must be > 0"),
+    (("sweep", "tiny", "train.compile_after=-1"), "train.compile_after: must be >= 0, got -1"),
 ])
 @pytest.mark.parametrize("with_store", [False, True], ids=["no-store", "with-store"])
 def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, monkeypatch, other_store, with_store,

@@ -124,6 +124,7 @@ class Train:
     log_every: int
     dtype: Literal["float32", "float64"]
     checkpoint_every: Optional[int] = None
+    compile_after: Optional[int] = None
 
 
 @dataclass
@@ -208,4 +209,6 @@ TOP_LEVEL = {"seed"}
 
 # Keys that do not change what a trial computes: excluded from trial identity, overridable on resubmit.
 NON_IDENTITY_GROUPS = ("tracking", "cluster", "resources", "fault", "probe", "exec")
-NON_IDENTITY_KEYS = (("train", "checkpoint_every"),)  # how often a trial saves itself, not what it computes
+# How often a trial saves itself and whether its step is compiled: not what it computes (compiled numbers agree up
+# to the order of floating-point operations).
+NON_IDENTITY_KEYS = (("train", "checkpoint_every"), ("train", "compile_after"))

@@ -61,6 +61,7 @@ def validate(raw: dict) -> dict:
         _positive(cfg, key)
     for key in ("data.n_test", "train.max_time_s", "train.checkpoint_every"):
         _positive(cfg, key, allow_none=True)
+    _positive(cfg, "train.compile_after", allow_zero=True, allow_none=True)
     _positive(cfg, "resources.cpus", allow_zero=True)
     _positive(cfg, "resources.max_in_flight", allow_none=True)  # null: twice the cluster's CPUs
     _positive(cfg, "resources.gpu", allow_zero=True)

@@ -11,7 +11,7 @@ and divided by W:
 
 Every rank then applies the same pure optimizer update to the same g, so the parameters stay identical without
 being broadcast. This is DDP's maths written as an explicit all_reduce of the gradient dict, because the loop is
-functional (torch.func.functional_call on a parameter dict) and DDP's hooks live on an nn.Module's own
+functional (a pure function of a parameter dict) and DDP's hooks live on an nn.Module's own
 parameters. The trajectory equals one process with batch B up to the order of floating-point sums.
 
 Full-set metrics are computed on slices (each rank a contiguous slice of the set; sums, counts and the minimum

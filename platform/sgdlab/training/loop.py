@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from sgdlab.training.distributed import ALONE, Workers, check_batch
-from sgdlab.training.pack import PackState, Shared, metrics, set_metrics, set_up, take, tree_map
+from sgdlab.training.pack import PackState, Shared, metrics, set_metrics, set_up
 from sgdlab.training.sampler import batch_indices
+from sgdlab.training.stacked import take, tree_map
 
 
 def _noop(*args) -> None:
@@ -128,23 +129,24 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
                 members[pack.live[r]].on_step(int(pack.steps[r]) + 1)
             except Exception as exc:
                 stops[r] = Stop("error", error=exc)
-        # The gradient of each member's batch loss, averaged over the workers (each its shard of the batch).
-        grads, batch_loss = gradients(shared, pack)
+        # One step of every member (training/step.py): the gradient of its batch loss (averaged over the workers,
+        # each its shard of the batch) and its optimizer update with its own lr, into new tensors.
+        idx = shared.workers.shard(batch_indices(pack.seed, pack.step, shared.n_train, shared.batch_size))
+        params, state, batch_loss = shared.step(pack, idx)
         # Stop before the update: a diverged batch loss, or a zero (hinge) batch loss on a fitted training set.
         # This is the step's one wait for the device.
         batch_loss = batch_loss.cpu().numpy()
         unfitted = unfitted_where_zero_loss(shared, pack, batch_loss)
         for r, outcome in stop_outcomes(tcfg, loss=batch_loss, unfitted=unfitted).items():
             stops.setdefault(r, Stop(outcome))
-        if stops:  # stopped members leave before the update: their parameters are those of their stop step
+        if stops:  # stopped members leave without the update: their parameters are those of their stop step
             kept = [r for r in range(len(pack.live)) if r not in stops]
-            grads, batch_loss = take(grads, kept), batch_loss[kept]
+            (params, state), batch_loss = take((params, state), kept), batch_loss[kept]
             retire(shared, pack, members, stops, results)
             if not pack.live:
                 break
-        # The update: each member's pure optimizer step with its own lr; t_m += lr_m. Parameters that move need
-        # their fit checked again.
-        pack.params, pack.state = shared.update(pack.lr, pack.params, grads, pack.state)
+        # The update takes effect; t_m += lr_m. Parameters that moved need their fit checked again.
+        pack.params, pack.state = params, state
         pack.fit_checked &= batch_loss == 0
         pack.step, pack.t = pack.step + 1, pack.t + pack.lr64
         pack.steps += 1
@@ -166,13 +168,6 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
             stops.setdefault(r, Stop(outcome, logged.get(r)))
         retire(shared, pack, members, stops, results)
     return results
-
-
-def gradients(shared: Shared, pack: PackState):
-    """(gradients, batch losses) of every member at its batch of the current step."""
-    idx = shared.workers.shard(batch_indices(pack.seed, pack.step, shared.n_train, shared.batch_size))
-    grads, values = shared.grad_and_value(pack.alpha, pack.params, pack.f0_train, idx)
-    return shared.workers.mean(grads, values)
 
 
 def unfitted_where_zero_loss(shared: Shared, pack: PackState, batch_loss: np.ndarray) -> np.ndarray | None:

@@ -5,7 +5,9 @@ c_act = sqrt(E[act(z)^2]), z ~ N(0, 1), so that every pre-activation has unit va
 The readout is mean-field: f(w, x) = v . h / width. The perceptron is f(w, x) = w . x / sqrt(d). The VGG
 (stages of convolutions and max pools, for CIFAR-size images and multi-worker trials) follows the CNN's scaling.
 The predictor trained is F(x) = alpha * (f(w, x) - f(w0, x)) (alpha * f(w, x) when model.center is false);
-`predictor` applies it from the parameter dict with torch.func.functional_call.
+Each network is written once, as `function(params, x)`: a pure function of a parameter dict (named as by
+named_parameters), which the training loop, vmap and the probes call directly; `forward` applies it to the
+module's own parameters.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from functools import cache
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from sgdlab.training import counter_random
 
@@ -36,7 +37,17 @@ def activation_scale(name: str) -> float:
     return float(math.sqrt(np.sum(weights * values**2) / math.sqrt(2 * math.pi)))
 
 
-class MeanFieldMLP(nn.Module):
+class Network(nn.Module):
+    """A network whose maths is `function(params, x)`."""
+
+    def function(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(dict(self.named_parameters()), x)
+
+
+class MeanFieldMLP(Network):
     def __init__(self, d_in: int, depth: int, width: int, activation: str, n_out: int):
         super().__init__()
         sizes = [d_in] + [width] * depth
@@ -44,24 +55,26 @@ class MeanFieldMLP(nn.Module):
         self.readout = nn.Parameter(torch.empty(n_out, width))
         self.act, self.c = ACTIVATIONS[activation], activation_scale(activation)
         self.width = width
+        self.layers = [(f"hidden.{i}", math.sqrt(a)) for i, a in enumerate(sizes[:-1])]  # (name, sqrt(fan_in))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def function(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         h = x.flatten(1)
-        for w in self.hidden:
-            h = self.act(h @ w.T / math.sqrt(w.shape[1])) / self.c
-        return h @ self.readout.T / self.width
+        for name, root_fan_in in self.layers:
+            h = self.act(h @ params[name].T / root_fan_in) / self.c
+        return h @ params["readout"].T / self.width
 
 
-class Perceptron(nn.Module):
+class Perceptron(Network):
     def __init__(self, d_in: int, n_out: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_out, d_in))
+        self.root_d = math.sqrt(d_in)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.weight.T / math.sqrt(self.weight.shape[1])
+    def function(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ params["weight"].T / self.root_d
 
 
-class MeanFieldCNN(nn.Module):
+class MeanFieldCNN(Network):
     """3x3 convolutions (padding 1) in the same scaling, global average pool, mean-field readout."""
 
     def __init__(self, in_channels: int, depth: int, channels: int, activation: str, n_out: int):
@@ -72,15 +85,16 @@ class MeanFieldCNN(nn.Module):
         self.act, self.c = ACTIVATIONS[activation], activation_scale(activation)
         self.channels = channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def function(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         h = x
-        for w in self.convs:
+        for i in range(len(self.convs)):
+            w = params[f"convs.{i}"]
             fan_in = w.shape[1] * 9
             h = self.act(nn.functional.conv2d(h, w / math.sqrt(fan_in), padding=1)) / self.c
-        return h.mean(dim=(2, 3)) @ self.readout.T / self.channels
+        return h.mean(dim=(2, 3)) @ params["readout"].T / self.channels
 
 
-class MeanFieldVGG(nn.Module):
+class MeanFieldVGG(Network):
     """A small VGG in the same scaling: stages of `convs_per_stage` 3x3 convolutions (padding 1, no biases,
     N(0,1) weights / sqrt(fan_in), normalized activation), each stage followed by a 2x2 max pool (a side already
     of length 1 is not pooled), then a global average pool and the mean-field readout v.h / stages[-1].
@@ -95,16 +109,17 @@ class MeanFieldVGG(nn.Module):
         self.act, self.c = ACTIVATIONS[activation], activation_scale(activation)
         self.convs_per_stage, self.channels = convs_per_stage, stages[-1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def function(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         h = x
-        for i, w in enumerate(self.convs):
+        for i in range(len(self.convs)):
+            w = params[f"convs.{i}"]
             h = self.act(nn.functional.conv2d(h, w / math.sqrt(w.shape[1] * 9), padding=1)) / self.c
             if (i + 1) % self.convs_per_stage == 0:
                 h = nn.functional.max_pool2d(h, kernel_size=(min(2, h.shape[2]), min(2, h.shape[3])), ceil_mode=True)
-        return h.mean(dim=(2, 3)) @ self.readout.T / self.channels
+        return h.mean(dim=(2, 3)) @ params["readout"].T / self.channels
 
 
-def build(cfg: dict, input_shape: tuple[int, ...], n_out: int) -> nn.Module:
+def build(cfg: dict, input_shape: tuple[int, ...], n_out: int) -> Network:
     """The network of a `model` config group for inputs of shape (C, H, W)."""
     d_in = int(np.prod(input_shape))
     if cfg["name"] == "mlp":
@@ -128,6 +143,6 @@ def init_params(module: nn.Module, seeds: list[int], dtype: torch.dtype, device:
             for j, (name, p) in enumerate(module.named_parameters())}
 
 
-def network(module: nn.Module):
+def network(module: Network):
     """f(params, x): the module as a pure function of its parameter dict."""
-    return lambda params, x: functional_call(module, params, (x,))
+    return module.function

@@ -10,61 +10,17 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.func import grad_and_value, vmap
 
 from sgdlab.training import models, optim
 from sgdlab.training.data import Dataset
 from sgdlab.training.distributed import Workers
 from sgdlab.training.losses import Loss
 from sgdlab.training.problem import DTYPES, build_problem, centred, load_data
+from sgdlab.training.stacked import per_member, take, tree_map
+from sgdlab.training.step import Step
 
 # Memory of the activations of one evaluation chunk (members x examples) of full-set outputs and metrics.
 EVAL_BYTES = {"cpu": 1 << 27, "cuda": 1 << 30}
-
-
-def tree_map(fn, tree, *others):
-    """fn applied leaf by leaf to nested dicts and tuples of tensors (parameters, optimizer states, outputs)."""
-    if isinstance(tree, dict):
-        return {k: tree_map(fn, v, *(o[k] for o in others)) for k, v in tree.items()}
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(tree_map(fn, *leaves) for leaves in zip(tree, *others))
-    return fn(tree, *others)
-
-
-def take(tree, rows):
-    """Members at `rows` (a list) of a stacked tree, or one member (an int) as its own copy."""
-    if isinstance(rows, int):
-        return tree_map(lambda x: x[rows].clone(), tree)
-    index = torch.tensor(rows, dtype=torch.long)
-    return tree_map(lambda x: x[index.to(x.device)], tree)
-
-
-def per_member(fn, alone=None):
-    """fn vmapped over the leading (member) dimension of its arguments (the first a tensor or a dict of them).
-    A pack of one calls `alone` (default fn) directly: the same operations without vmap's cost per call (about a
-    millisecond, as much as a small model's step)."""
-    batched, alone = vmap(fn), alone or fn
-
-    def call(*args):
-        first = args[0] if isinstance(args[0], torch.Tensor) else next(iter(args[0].values()))
-        if len(first) > 1:  # one entry per member
-            return batched(*args)
-        return tree_map(lambda x: x.unsqueeze(0), alone(*tree_map(lambda x: x[0], args)))
-
-    return call
-
-
-def autograd_grad_and_value(loss_fn):
-    """(grad of loss_fn w.r.t. its second argument, a dict of tensors; its value) with torch.autograd: the same
-    numbers as torch.func.grad_and_value(loss_fn, argnums=1), at about half its cost per call for one trial."""
-    def call(first, params, *rest):
-        with torch.enable_grad():
-            leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-            value = loss_fn(first, leaves, *rest)
-            grads = torch.autograd.grad(value, list(leaves.values()), materialize_grads=True)
-        return dict(zip(leaves, grads)), value.detach()
-
-    return call
 
 
 @dataclass
@@ -77,8 +33,7 @@ class Shared:
     f: Callable  # f(params, x): the network
     workers: Workers
     eval_rows: int  # member x example rows per evaluation chunk
-    grad_and_value: Callable  # (alpha, params, f0_train, idx) -> (grads, batch loss), per member
-    update: Callable  # (lr, params, grads, state) -> (params, state), per member
+    step: Step  # (pack, idx) -> (params, state, batch losses) after one step of every member
     params_every: int | None  # members' on_params every this many steps
 
     @property
@@ -162,8 +117,7 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
         return optim.build({**cfg["optim"], "lr": rate}).update(p, g, s)
 
     shared = Shared(cfg, data, f, workers, eval_rows,
-                    per_member(grad_and_value(member_loss, argnums=1), alone=autograd_grad_and_value(member_loss)),
-                    per_member(member_update), params_every)
+                    Step(member_loss, member_update, workers, cfg["train"]["compile_after"]), params_every)
     seeds = [c["seed"] for c in configs]
     params0 = models.init_params(problem.module, seeds, dtype, device)
     params, state = tree_map(torch.clone, params0), per_member(optim.build(cfg["optim"]).init)(params0)
