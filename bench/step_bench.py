@@ -42,7 +42,7 @@ TRIALS = {
             "model.width=128", "model.alpha=1", "loss=hinge", "optim=sgd", "optim.temperature=1e-3"],
 }
 # Where the stop_when_fitted measurement starts: late enough that many batches have zero loss.
-LATE = {"perceptron": 30_000, "mlp": 5_000}
+LATE = {"perceptron": 30_000, "mlp": 4_000}
 
 
 def trial(name: str, steps: int, fitted_stop: bool, compiled: bool = False) -> dict:

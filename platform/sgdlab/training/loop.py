@@ -92,8 +92,9 @@ def stop_outcomes(tcfg: dict, *, loss=None, full_set: bool = False, unfitted=Non
         rules.append(("max_steps", (np.asarray(steps) >= np.asarray(max_steps)) | out_of_time))
     stopping: dict[int, str] = {}
     for outcome, mask in rules:  # in the order of the rules: the first that applies wins
-        for r in np.flatnonzero(mask).tolist():
-            stopping.setdefault(r, outcome)
+        if mask.any():
+            for r in np.flatnonzero(mask).tolist():
+                stopping.setdefault(r, outcome)
     return stopping
 
 

@@ -65,11 +65,12 @@ class Step:
         if self.workers.size > 1:  # gradients, their all-reduce, updates
             grads, values = self.workers.mean(*self.gradients(pack.alpha, pack.params, pack.f0_train, idx))
             return (*self.update(pack.lr, pack.params, grads, pack.state), values)
-        args = (pack.alpha, pack.lr, pack.params, pack.state, pack.f0_train, idx)
         if len(pack.live) > 1:
-            return self.vmapped(*args)
+            return self.vmapped(pack.alpha, pack.lr, pack.params, pack.state, pack.f0_train, idx)
         if not self.compiles(int(pack.steps[0]), int(pack.max_steps[0])):
-            return stacked_one(self.direct(*only_member(args)))
+            params, state, value = self.direct(pack.alpha[0], pack.lr[0], {k: v[0] for k, v in pack.params.items()},
+                                               only_member(pack.state), pack.f0_train[0], idx[0])
+            return {k: v[None] for k, v in params.items()}, stacked_one(state), value[None]
         if self.compiled is None:
             self.compiled = self._compile()
         return self.compiled(pack, idx)
