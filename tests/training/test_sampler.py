@@ -56,3 +56,21 @@ def test_large_batches_take_the_smallest_keys():
     assert all(len(set(row.tolist())) == 8 for row in idx) and int(idx.max()) < 10
     assert sorted(batch_indices(seeds, steps, 10, 10)[0].tolist()) == list(range(10))
     assert torch.equal(batch_indices(seeds[1:2], steps[1:2], 10, 8)[0], idx[1])
+
+
+def test_batches_drawn_ahead_are_those_of_each_step():
+    """Batches (the loop's sampler) draws AHEAD_ROWS / M steps at a time: the same indices as batch_indices at every
+    step, across refills, for resumed members at different steps, and after the pack's members change."""
+    import numpy as np
+
+    from sgdlab.training.sampler import AHEAD_ROWS, Batches
+
+    for n, b in ((1024, 8), (10, 8)):  # the stream, and the large-batch rule (drawn step by step)
+        batches, seeds, steps = Batches(n, b), torch.tensor([3, 5, 8]), np.array([0, 17, 4000])
+        for _ in range(AHEAD_ROWS // 3 + 5):  # past the first refill
+            assert torch.equal(batches(seeds, steps), batch_indices(seeds, torch.as_tensor(steps), n, b))
+            steps += 1
+        seeds, steps = seeds[[0, 2]], steps[[0, 2]]  # a member left: another seeds tensor
+        for _ in range(3):
+            assert torch.equal(batches(seeds, steps), batch_indices(seeds, torch.as_tensor(steps), n, b))
+            steps += 1

@@ -33,7 +33,6 @@ import torch
 
 from sgdlab.training.distributed import ALONE, Workers, check_batch
 from sgdlab.training.pack import PackState, Shared, metrics, set_metrics, set_up
-from sgdlab.training.sampler import batch_indices
 from sgdlab.training.stacked import take, tree_map
 
 
@@ -132,7 +131,7 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
                 stops[r] = Stop("error", error=exc)
         # One step of every member (training/step.py): the gradient of its batch loss (averaged over the workers,
         # each its shard of the batch) and its optimizer update with its own lr, into new tensors.
-        idx = shared.workers.shard(batch_indices(pack.seed, pack.step, shared.n_train, shared.batch_size))
+        idx = shared.workers.shard(shared.batches(pack.seed, pack.steps))
         params, state, batch_loss = shared.step(pack, idx)
         # Stop before the update: a diverged batch loss, or a zero (hinge) batch loss on a fitted training set.
         # This is the step's one wait for the device.
@@ -149,7 +148,7 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
         # The update takes effect; t_m += lr_m. Parameters that moved need their fit checked again.
         pack.params, pack.state = params, state
         pack.fit_checked &= batch_loss == 0
-        pack.step, pack.t = pack.step + 1, pack.t + pack.lr64
+        pack.t = pack.t + pack.lr64
         pack.steps += 1
         # Parameters (in-training probes), full-set metrics every log_every steps, then snapshots (checkpoints):
         # a snapshot follows the metrics of its step, so the records hold the history up to every snapshot.

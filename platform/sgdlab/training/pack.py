@@ -16,6 +16,7 @@ from sgdlab.training.data import Dataset
 from sgdlab.training.distributed import Workers
 from sgdlab.training.losses import Loss
 from sgdlab.training.problem import DTYPES, build_problem, centred, load_data
+from sgdlab.training.sampler import Batches
 from sgdlab.training.stacked import per_member, take, tree_map
 from sgdlab.training.step import Step
 
@@ -34,6 +35,7 @@ class Shared:
     workers: Workers
     eval_rows: int  # member x example rows per evaluation chunk
     step: Step  # (pack, idx) -> (params, state, batch losses) after one step of every member
+    batches: Batches  # (seeds, steps) -> (members, B) training indices of their batches
     params_every: int | None  # members' on_params every this many steps
 
     @property
@@ -63,7 +65,7 @@ class Shared:
 
 
 
-TENSORS = ("params", "state", "params0", "alpha", "lr", "lr64", "f0_train", "f0_test", "seed", "step", "t")
+TENSORS = ("params", "state", "params0", "alpha", "lr", "lr64", "f0_train", "f0_test", "seed", "t")
 
 
 @dataclass
@@ -81,9 +83,8 @@ class PackState:
     f0_train: torch.Tensor  # f(w0, x) on the training set, (members, n_train, outputs)
     f0_test: torch.Tensor
     seed: torch.Tensor
-    step: torch.Tensor  # updates done
     t: torch.Tensor  # sum of lr, in float64 whatever the dtype
-    steps: np.ndarray
+    steps: np.ndarray  # updates done
     max_steps: np.ndarray
     live: list[int]
     hooked: list[int] = field(default_factory=list)  # rows of the members with an on_step callback
@@ -117,7 +118,8 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
         return optim.build({**cfg["optim"], "lr": rate}).update(p, g, s)
 
     shared = Shared(cfg, data, f, workers, eval_rows,
-                    Step(member_loss, member_update, workers, cfg["train"]["compile_after"]), params_every)
+                    Step(member_loss, member_update, workers, cfg["train"]["compile_after"]),
+                    Batches(len(data.x_train), cfg["data"]["batch_size"]), params_every)
     seeds = [c["seed"] for c in configs]
     params0 = models.init_params(problem.module, seeds, dtype, device)
     params, state = tree_map(torch.clone, params0), per_member(optim.build(cfg["optim"]).init)(params0)
@@ -132,7 +134,7 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
     initial = lambda x: initial_outputs(shared, params0, alpha, x)  # noqa: E731
     pack = PackState(params, state, params0, alpha, torch.tensor(lrs, dtype=dtype, device=device),
                      torch.tensor(lrs, dtype=torch.float64, device=device), initial(data.x_train),
-                     initial(data.x_test), torch.tensor(seeds, device=device), torch.tensor(steps, device=device),
+                     initial(data.x_test), torch.tensor(seeds, device=device),
                      torch.tensor(t, dtype=torch.float64, device=device), np.array(steps),
                      np.array([c["train"]["max_steps"] for c in configs]), list(range(len(configs))),
                      fit_checked=np.zeros(len(configs), dtype=bool))

@@ -15,12 +15,14 @@ give the same indices.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from sgdlab.training.counter_random import MASK32, mix32, spread
 
 INDEX_BITS = 24  # data sets up to 16.7M points
 HOST_DRAWS = 256  # at most this many indices per step (members x B) are drawn with Python integers on the CPU
+AHEAD_ROWS = 1024  # Batches draws this many (member, step) batches at a time
 
 
 def batch_indices(seeds: torch.Tensor, steps: torch.Tensor, n: int, batch_size: int) -> torch.Tensor:
@@ -73,3 +75,24 @@ def smallest_keys(seeds: torch.Tensor, steps: torch.Tensor, n: int, batch_size: 
     member = mix32(mix32(seeds & MASK32) ^ (steps & MASK32))
     keys = (mix32(member[:, None] ^ spread(i)[None, :]) << INDEX_BITS) | i
     return torch.topk(keys, batch_size, dim=1, largest=False, sorted=True).values & ((1 << INDEX_BITS) - 1)
+
+
+class Batches:
+    """The batches of a pack's members at their current steps (batch_indices, the same indices), drawn for the
+    next AHEAD_ROWS / M steps at a time: one call of the tensor sampler then serves many steps, which for a
+    small pack costs less than a draw per step. Contract: between calls every member advances by the same
+    number of steps, unless `seeds` is another tensor (the pack's members changed), which draws afresh."""
+
+    def __init__(self, n: int, batch_size: int):
+        self.n, self.batch_size = n, batch_size
+        self.seeds, self.first, self.drawn = None, 0, torch.empty(0)
+
+    def __call__(self, seeds: torch.Tensor, steps: np.ndarray) -> torch.Tensor:
+        """(M, B) indices of the members with these seeds at these steps (host integers)."""
+        ahead = 1 if 2 * self.batch_size > self.n else max(1, AHEAD_ROWS // len(seeds))  # smallest_keys is O(P)
+        k = int(steps[0]) - self.first
+        if seeds is not self.seeds or not 0 <= k < self.drawn.shape[1]:
+            grid = torch.as_tensor(steps, device=seeds.device)[:, None] + torch.arange(ahead, device=seeds.device)
+            rows = batch_indices(seeds.repeat_interleave(ahead), grid.flatten(), self.n, self.batch_size)
+            self.seeds, self.first, self.drawn, k = seeds, int(steps[0]), rows.view(len(seeds), ahead, -1), 0
+        return self.drawn[:, k]
