@@ -30,7 +30,7 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("args, message", [
-    (("sweep", "no_such_sweep"), "unknown sweep 'no_such_sweep'; available: empty, latin1, tiny, twice"),
+    (("sweep", "no_such_sweep"), "unknown sweep 'no_such_sweep'; available: badrefine, empty, latin1, refined, tiny, twice"),
     (("sweep", "x" * 300), "at most 100 characters, got 300"),
     (("sweep", "twice"), "twice.yaml: not valid YAML (key 'seed' given twice)"),
     (("sweep", "latin1"), "latin1.yaml: not UTF-8 text (byte 0xe9 at position 16)"),
@@ -68,6 +68,15 @@ def digest(folder: Path) -> dict[str, str]:
      "data.n_train: mnist_parity has 60000 training examples, got P = 70000"),
     (("status", "tiny", "tracking.timeout_s=0"), "tracking.timeout_s: must be > 0"),
     (("sweep", "tiny", "train.compile_after=-1"), "train.compile_after: must be >= 0, got -1"),
+    (("sweep", "refined", "refine.tolerance=0"), "refine.tolerance: must be > 0, got 0"),
+    (("sweep", "refined", "refine.axis=optim.lr"), "refine.axis: 'optim.lr' is not an axis of the sweep; axes: "
+                                                   "model.alpha, seed"),
+    (("sweep", "refined", "refine.criterion=test_eror > 0.1"), "refine.criterion: unknown metric 'test_eror'"),
+    (("status", "refined", "model.alpha=4"), "refine.axis: model.alpha needs at least 2 distinct values to bracket "
+                                             "a crossing, got 4"),
+    (("sweep", "refined", "refine.rounds=3"), "refine.rounds: unknown refine key; allowed: axis, criterion,"),
+    (("sweep", "tiny", "refine.tolerance=0.1"), "refine.tolerance: sweep 'tiny' has no refine block"),
+    (("sweep", "badrefine"), "refine.scale: must be log or linear, got 'cubic'"),
 ])
 @pytest.mark.parametrize("with_store", [False, True], ids=["no-store", "with-store"])
 def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, monkeypatch, other_store, with_store,
@@ -80,6 +89,9 @@ def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, monk
     from sgdlab.cli.main import app
 
     (sweeps_dir / "tiny.yaml").write_text(TINY)
+    (sweeps_dir / "refined.yaml").write_text(TINY + "refine:\n  axis: model.alpha\n  criterion: test_error > 0.1\n")
+    (sweeps_dir / "badrefine.yaml").write_text(TINY + "refine: {axis: model.alpha, criterion: outcome == diverged, "
+                                                      "scale: cubic}\n")
     (sweeps_dir / "empty.yaml").write_text("axes:\n  seed: []\n")
     (sweeps_dir / "twice.yaml").write_text("axes:\n  seed: [0, 1]\n  model.alpha: [1]\n  seed: [2]\n")
     (sweeps_dir / "latin1.yaml").write_bytes("description: caf\u00e9\naxes:\n  seed: [0]\n".encode("latin-1"))
@@ -103,6 +115,9 @@ def test_resources_the_cluster_lacks_exit_2_before_the_store_is_made(sweeps_dir,
     """A GPU asked for where there is none would wait forever: refused once Ray has counted the resources, before
     the store exists."""
     (sweeps_dir / "tiny.yaml").write_text(TINY)
+    (sweeps_dir / "refined.yaml").write_text(TINY + "refine:\n  axis: model.alpha\n  criterion: test_error > 0.1\n")
+    (sweeps_dir / "badrefine.yaml").write_text(TINY + "refine: {axis: model.alpha, criterion: outcome == diverged, "
+                                                      "scale: cubic}\n")
     out = run_sgdlab("sweep", "tiny", "resources.gpu=1", "cluster.num_cpus=1", cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines() == [

@@ -7,6 +7,7 @@
 Params that still vary within those cells (B, optimizer, ...) split the figures, one per value.
 - The perceptron's P exponent when data.chi and P vary and ||w - w0|| (weight_delta) is recorded: the fitted b of
   ||w - w0|| ~ P^b per (chi, T) next to 1/(1+chi), and ||w - w0|| / T against P (analysis.perceptron).
+- A refinement's brackets (analysis.refine_section), for a sweep with a refine block.
 - Curvature (analysis.curvature), each only when the records hold what it needs: sharpness trajectories against
   2/lr, end-of-training lambda_max against B, the mini-batch ratio E[lambda_max(H_B)] / lambda_max(H), the
   largest stable lr against B per optimizer with fitted slopes, spectral densities, Wu & Su's stability
@@ -33,6 +34,7 @@ from sgdlab.analysis.frames import (aggregate, grid_axes, key_columns, missing_t
 from sgdlab.analysis.perceptron import CHI, MIN_P, exponent_plot, norm_plot, p_exponents
 from sgdlab.analysis.phase import phase_diagram
 from sgdlab.analysis.probes import probe_frame
+from sgdlab.analysis.refine_section import refine_section
 from sgdlab.tracking.query import RunRecord
 
 PHASE_METRICS = ("test_error", "weight_change", "train_time")
@@ -182,12 +184,14 @@ def _perceptron_exponents(frame: pd.DataFrame, swept: list[str], out_dir: Path) 
 
 
 def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes: list[RunRecord] | None = None,
-                 histories: dict | None = None, densities: dict | None = None) -> Report:
+                 histories: dict | None = None, densities: dict | None = None,
+                 refinement: tuple[pd.DataFrame, str, str] | None = None) -> Report:
     """Write out_dir/summary.csv, out_dir/summary.md and the figures of the sweep's runs.
 
     records: the train runs (other kinds are ignored); probes: the probe runs; histories: {train run_id: {metric:
     [(step, value), ...]}} (tracking.histories.metric_histories of `sharpness`, optionally `train_loss`);
-    densities: {probe run_id: table (eigenvalue, density)} (spectra.read_density of spectrum/density.csv).
+    densities: {probe run_id: table (eigenvalue, density)} (spectra.read_density of spectrum/density.csv);
+    refinement: (brackets, axis, criterion) of a sweep with a refine block (analysis.refine_section).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,6 +213,9 @@ def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes:
         lines, drawn, tables = curvature_sections(frame, measured, histories or {}, densities or {}, out_dir)
         findings += lines
         figures += drawn
+    if refinement is not None:
+        lines, drawn, refined = refine_section(*refinement, out_dir)
+        findings, figures, tables = findings + lines, figures + drawn, tables + refined
     text = [f"# sgdlab report: {sweep}", "", *_overview(frame, swept, missing), *_not_finished(frame, missing)]
     if findings:
         text += ["", "## Results", *findings]

@@ -45,12 +45,28 @@ def fail_input(message: str) -> typer.Exit:
 
 
 def load_trials(name: str, overrides: list[str]):
-    from sgdlab.sweep import expand, spec
+    """(sweep spec with the command line's refine.* applied, its trials, the override strings they expand)."""
+    from sgdlab.sweep import expand, refine, spec
 
     sweep = spec.load(name)
     scale, overrides = spec.split_scale(list(overrides))
-    trials = expand.expand(sweep.override_strings(scale) + overrides)
-    return sweep, trials
+    sweep, overrides = spec.split_refine(sweep, overrides)
+    strings = sweep.override_strings(scale) + overrides
+    if sweep.refine:
+        refine.check_axis(sweep.refine, strings)
+    return sweep, expand.expand(strings), strings
+
+
+def bracket_table(axis: str, criterion: str, brackets) -> Table:
+    """A refinement's brackets, one row per combination of the other axes."""
+    table = Table(title=f"{axis}: where `{criterion}` turns true")
+    for column in ("combination", "lower", "upper", "estimate", "rounds", "trials", "status"):
+        table.add_column(column, justify="left" if column in ("combination", "status") else "right")
+    number = lambda v: "-" if v is None or v != v else f"{v:.4g}"  # noqa: E731 (NaN != NaN)
+    for b in brackets:
+        table.add_row(", ".join(f"{k}={v}" for k, v in b.combination.items()) or "all", number(b.lower),
+                      number(b.upper), number(b.estimate), str(b.rounds), str(b.trials), b.status)
+    return table
 
 
 def trial_table(trials, title: str) -> Table:
@@ -64,15 +80,17 @@ def trial_table(trials, title: str) -> Table:
     return table
 
 
-def execute(name: str, jobs: list, config: dict, uri: str, plan: str, description: str = "") -> None:
-    """Run the jobs on Ray (`plan`, what will run, is printed once they are known to fit the cluster) and print
-    the summary; exit 2 if the cluster can never run them, 1 if any trial failed, 130 when interrupted."""
+def execute(name: str, jobs: list, config: dict, uri: str, plan: str, description: str = "", then=None,
+            after=None) -> None:
+    """Run the jobs on Ray (`plan`, what will run, is printed once they are known to fit the cluster; `then`:
+    the next rounds' jobs, see run_jobs) and print the summary, then call `after()`; exit 2 if the cluster can
+    never run them, 1 if any trial failed, 130 when interrupted."""
     from sgdlab.orchestration.scheduler import run_jobs
 
     from sgdlab.tracking.location import StoreError
 
     try:
-        results = run_jobs(name, jobs, config, uri, description, console=err, announce=plan)
+        results = run_jobs(name, jobs, config, uri, description, console=err, announce=plan, then=then)
     except (ConfigError, StoreError) as exc:  # resources the cluster can never provide; a store gone bad meanwhile
         raise fail_input(str(exc))
     except KeyboardInterrupt:
@@ -89,6 +107,8 @@ def execute(name: str, jobs: list, config: dict, uri: str, plan: str, descriptio
               f"({', '.join(f'{v} {k}' for k, v in outcomes.items()) or '-'}"
               f"{f', {probes} end probes' if probes else ''}), {len(failed)} failed"
               f"{f', {elsewhere} left to another driver running this sweep' if elsewhere else ''}.")
+    if after:
+        after()
     if failed:
         for r in failed[:10]:
             err.print(f"  [red]{r.trial_id}[/]: {r.error}", highlight=False)
@@ -109,7 +129,7 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
           dry_run: bool = typer.Option(False, "--dry-run", help="print the trial table and run nothing")):
     """Expand a sweep and run every trial that has no FINISHED run yet."""
     try:
-        spec, trials = load_trials(name, overrides or [])
+        spec, trials, strings = load_trials(name, overrides or [])
     except ConfigError as exc:
         raise fail_input(str(exc))
     if dry_run:
@@ -134,11 +154,36 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
                f"{len(plan.skipped_running)} running elsewhere, {len(plan.to_run)} to run ({len(plan.rerun)} failed "
                f"or stale before, {len(plan.outdated)} outdated), {len(plan.probe_only)} end probes of finished "
                f"trials to run. Store: {uri}")
-    if not plan.jobs:
+    rounds = refinement_rounds(spec, trials, strings, uri, first) if spec.refine else None
+    jobs = plan.jobs or (rounds.next_jobs([]) if rounds else [])
+    if not jobs:
         err.print(summary)
         err.print("nothing to run.")
+        if rounds:
+            report_brackets(rounds)
         return
-    execute(name, plan.jobs, first, uri, summary, spec.description)
+    execute(name, jobs, first, uri, summary, spec.description, then=rounds and rounds.next_jobs,
+            after=rounds and (lambda: report_brackets(rounds)))
+
+
+def refinement_rounds(spec, trials, strings, uri: str, first: dict):
+    from sgdlab.orchestration.refinement import Rounds
+    from sgdlab.sweep.refine import Refinement
+
+    return Rounds(Refinement(spec.refine, trials, strings), uri, spec.name, first["tracking"]["stale_after_s"],
+                  say=lambda line: err.print(line, highlight=False))
+
+
+def report_brackets(rounds) -> None:
+    """Print a refinement's brackets and its trial count against a uniform grid; record them on the sweep run."""
+    brackets = rounds.brackets()
+    out.print(bracket_table(rounds.refinement.refine.axis, rounds.refinement.refine.criterion, brackets))
+    used, uniform = sum(b.trials for b in brackets), rounds.refinement.uniform_grid_trials()
+    located = sum(b.status == "located" for b in brackets)
+    err.print(f"refinement: {located} of {len(brackets)} crossings located to {rounds.refinement.refine.tolerance:g} "
+              f"in {used} trials ({sum(b.added for b in brackets)} added by bisection); a uniform grid at that "
+              f"resolution over the same range: {uniform} trials ({used / uniform:.2f}x)", highlight=False)
+    rounds.record(brackets)
 
 
 @app.command()
@@ -175,10 +220,16 @@ def sweep_status(name: str, overrides: list[str]) -> dict:
     from sgdlab.tracking.location import check_store, resolve_uri
     from sgdlab.tracking.query import STATES, by_trial, finished_run, newest_run, sweep_runs, trial_state
 
-    _, trials = load_trials(name, overrides)
+    spec, trials, strings = load_trials(name, overrides)
     first = trials[0].config
     uri = resolve_uri(first["tracking"]["uri"])
     check_store(uri, first["tracking"]["timeout_s"])
+    brackets = {}
+    if spec.refine:  # the trials are those of the rounds so far, replayed from the records
+        rounds = refinement_rounds(spec, trials, strings, uri, first)
+        brackets = {"axis": spec.refine.axis, "criterion": spec.refine.criterion,
+                    "brackets": [{k: None if v != v else v for k, v in vars(b).items()} for b in rounds.brackets()]}
+        trials = [t for combo in rounds.refinement.combinations.values() for ts in combo.points.values() for t in ts]
     runs = by_trial(sweep_runs(uri, name))
     counts = dict.fromkeys(STATES, 0)
     outcomes = {"converged": 0, "diverged": 0, "max_steps": 0}
@@ -193,7 +244,8 @@ def sweep_status(name: str, overrides: list[str]) -> dict:
         elif state == "failed":
             newest = newest_run(trial_runs)
             failed.append({"trial_id": trial.trial_id, "error": newest.error or newest.status})
-    return {"sweep": name, "trials": len(trials), "counts": counts, "outcomes": outcomes, "failed": failed}
+    report = {"sweep": name, "trials": len(trials), "counts": counts, "outcomes": outcomes, "failed": failed}
+    return {**report, "refine": brackets} if spec.refine else report
 
 
 @app.command()
@@ -219,6 +271,15 @@ def status(name: str = typer.Argument(..., help="sweep name"),
     for outcome, count in report["outcomes"].items():
         table.add_row(f"finished: {outcome}", str(count))
     out.print(table)
+    if report.get("refine"):
+        from sgdlab.sweep.refine import Bracket
+
+        refine = report["refine"]
+        brackets = [Bracket(**b) for b in refine["brackets"]]
+        done = sum(b.status not in ("open", "waiting") for b in brackets)
+        out.print(bracket_table(refine["axis"], refine["criterion"], brackets))
+        out.print(f"refinement: all {done} brackets done" if done == len(brackets) else
+                  f"refinement: {done} of {len(brackets)} brackets done; `make sweep EXP={name}` runs the rest")
     if report["failed"]:
         failed = Table(title="failed trials")
         failed.add_column("trial_id", style="red")
@@ -251,6 +312,7 @@ def report(name: str = typer.Argument(..., help="sweep name"),
         probes = [r for r in records if r.kind == "probe"]
         if not trains and not probes:
             raise ConfigError(f"no runs of sweep {name!r} in {uri}; run `make sweep EXP={name}` first")
+        refinement = refinement_brackets(name, uri)
     except (ConfigError, StoreError) as exc:
         raise fail_input(str(exc))
 
@@ -262,7 +324,8 @@ def report(name: str = typer.Argument(..., help="sweep name"),
     for warning in warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False)
     folder.mkdir(parents=True, exist_ok=True)
-    result = build_report(trains, name, folder, probes=probes, histories=histories, densities=densities)
+    result = build_report(trains, name, folder, probes=probes, histories=histories, densities=densities,
+                          refinement=refinement)
     files = [*result.figures, *result.tables, folder / "summary.csv", folder / "summary.md"]
     store = sqlite_path(uri)
     read_only = store is not None and not os.access(store.parent, os.W_OK)
@@ -273,6 +336,22 @@ def report(name: str = typer.Argument(..., help="sweep name"),
               f"{', ' + ', '.join(p.name for p in result.tables) if result.tables else ''}), "
               + ("not attached to the sweep's MLflow run: its store is read-only." if read_only else
                  "also attached to the sweep's MLflow run under report/."))
+
+
+def refinement_brackets(name: str, uri: str):
+    """(brackets table, axis, criterion) of a sweep file with a refine block, replayed from the records; else None."""
+    import pandas as pd
+
+    from sgdlab.sweep import spec
+
+    if name not in spec.available():
+        return None
+    sweep, trials, strings = load_trials(name, [])
+    if not sweep.refine:
+        return None
+    rounds = refinement_rounds(sweep, trials, strings, uri, trials[0].config)
+    rows = [{**b.combination, **{k: v for k, v in vars(b).items() if k != "combination"}} for b in rounds.brackets()]
+    return pd.DataFrame(rows), sweep.refine.axis, sweep.refine.criterion
 
 
 @app.command()

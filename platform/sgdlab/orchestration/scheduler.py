@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import time
 from collections import deque
+from typing import Callable
 
 import ray
 from ray.exceptions import RayError
@@ -43,11 +44,14 @@ def progress_bar(console: Console) -> Progress:
 
 
 def run_jobs(sweep: str, jobs: list[TrialJob], config: dict, uri: str, description: str = "",
-             console: Console | None = None, announce: str = "") -> list[TrialSummary]:
+             console: Console | None = None, announce: str = "",
+             then: Callable[[list[TrialSummary]], list[TrialJob]] | None = None) -> list[TrialSummary]:
     """Connect to Ray, refuse (ConfigError) jobs whose resources the cluster can never provide, open the sweep's
     store (the database exists before any worker starts), warm a local Ray's workers up (they import the job
     modules), pack the jobs for the cluster's task slots (exec.pack) and run them; `config`: any of the jobs'
-    configs (its cluster and resources groups are used); `announce` is printed once the jobs fit the cluster."""
+    configs (its cluster and resources groups are used); `announce` is printed once the jobs fit the cluster.
+    `then(summaries of the round)`, if given, returns the next round's jobs (a refinement's), run on the same
+    Ray connection until it returns none; the summaries of every round are returned."""
     console = console or Console(stderr=True)
     resources = connect(config["cluster"])
     try:
@@ -66,11 +70,17 @@ def run_jobs(sweep: str, jobs: list[TrialJob], config: dict, uri: str, descripti
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         max_in_flight = config["resources"]["max_in_flight"] or max(1, int(2 * resources.get("CPU", 1)))
-        packed = pack_jobs(jobs, task_slots(resources, config["resources"]))
-        packs = [len(job.members) for job in packed if isinstance(job, PackJob)]
-        if packs:
-            console.print(f"packed: {sum(packs)} trials in {len(packs)} packs of {min(packs)}-{max(packs)} (exec.pack)")
-        return run_trials(packed, handle, max_in_flight, console)
+        results: list[TrialSummary] = []
+        while jobs:  # a refinement's later rounds ask for the resources of its first
+            packed = pack_jobs(jobs, task_slots(resources, config["resources"]))
+            packs = [len(job.members) for job in packed if isinstance(job, PackJob)]
+            if packs:
+                console.print(f"packed: {sum(packs)} trials in {len(packs)} packs of {min(packs)}-{max(packs)} "
+                              "(exec.pack)")
+            round_results = run_trials(packed, handle, max_in_flight, console)
+            results += round_results
+            jobs = then(round_results) if then else []
+        return results
     finally:
         shutdown()
 

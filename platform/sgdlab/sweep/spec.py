@@ -10,6 +10,9 @@
     scales:               # optional presets chosen with scale=NAME on the command line (default: small)
       small: []
       paper: [data.n_train=16384, "seed=range(5)"]
+    refine:               # optional: locate, along one axis, where a criterion turns true (sweep/refine.py)
+      axis: optim.lr
+      criterion: outcome == diverged
 
 Order of application: overrides, axes, the chosen scale's overrides, then the command line's overrides (a plain
 value replaces an axis, a sweep value adds one).
@@ -18,13 +21,14 @@ value replaces an axis, a sweep value adds one).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
 from sgdlab import paths
 from sgdlab.config.schema import ConfigError
+from sgdlab.sweep.refine import Refine, parse_refine
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_NAME = 100  # characters: a sweep name is a file name and an MLflow experiment name
@@ -40,6 +44,7 @@ class SweepSpec:
     overrides: list[str]
     axes: dict[str, str] = field(default_factory=dict)
     scales: dict[str, list[str]] = field(default_factory=dict)
+    refine: Refine | None = None
 
     def override_strings(self, scale: str = DEFAULT_SCALE) -> list[str]:
         """Base overrides, one `key=a,b,c` sweep override per axis, then the scale's overrides."""
@@ -99,7 +104,7 @@ def load(name: str) -> SweepSpec:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path.name}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
                           f"{exc.start})") from None
-    allowed = {"description", "overrides", "axes", "scales"}
+    allowed = {"description", "overrides", "axes", "scales", "refine"}
     if not isinstance(body, dict) or set(body) - allowed:
         extra = sorted(set(body) - allowed) if isinstance(body, dict) else ["<not a mapping>"]
         raise ConfigError(f"{path.name}: unknown key {extra[0]!r}; allowed: {', '.join(sorted(allowed))}")
@@ -115,6 +120,7 @@ def load(name: str) -> SweepSpec:
         overrides=[str(o) for o in overrides],
         axes={str(k): _axis_string(str(k), v) for k, v in axes.items()},
         scales={str(k): [str(o) for o in (v or [])] for k, v in scales.items()},
+        refine=parse_refine(body["refine"], f"{path.name}: refine") if body.get("refine") is not None else None,
     )
 
 
@@ -124,3 +130,20 @@ def split_scale(overrides: list[str]) -> tuple[str, list[str]]:
     if len(scales) > 1:
         raise ConfigError(f"scale: given {len(scales)} times")
     return (scales[0] if scales else DEFAULT_SCALE), [o for o in overrides if not o.startswith("scale=")]
+
+
+def split_refine(spec: SweepSpec, overrides: list[str]) -> tuple[SweepSpec, list[str]]:
+    """Apply `refine.KEY=VALUE` command-line overrides to the sweep's refine block: (spec, the other overrides)."""
+    changes = dict(o.split("=", 1) for o in overrides if o.startswith("refine."))
+    rest = [o for o in overrides if not o.startswith("refine.")]
+    if not changes:
+        return spec, rest
+    if spec.refine is None:
+        raise ConfigError(f"{next(iter(changes))}: sweep {spec.name!r} has no refine block")
+    fields = {k: v for k, v in vars(spec.refine).items()}
+    for key, value in changes.items():
+        name = key.split(".", 1)[1]
+        if name not in fields:
+            raise ConfigError(f"{key}: unknown refine key; allowed: {', '.join(sorted(fields))}")
+        fields[name] = yaml.safe_load(value) if value.strip() else value
+    return replace(spec, refine=parse_refine(fields, "refine")), rest

@@ -13,6 +13,7 @@ import fcntl
 import os
 import sqlite3
 import subprocess
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in job output
 
-from mlflow.entities import ViewType  # noqa: E402
+from mlflow.entities import Metric, ViewType  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
@@ -189,3 +190,11 @@ def log_sweep_files(handle: SweepHandle, files: list, artifact_path: str = "repo
     mlflow = client(handle.uri)
     for path in files:
         retried(lambda: mlflow.log_artifact(handle.sweep_run_id, str(path), artifact_path))
+
+
+def log_sweep_metrics(handle: SweepHandle, metrics: dict[str, float]) -> None:
+    """Metrics on the sweep's run (a refinement's brackets), in one write; NaN for an unknown value."""
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, 0) for key, value in metrics.items()]
+    for start in range(0, len(batch), 1000):  # MLflow's limit per log_batch
+        retried(lambda: client(handle.uri).log_batch(handle.sweep_run_id, metrics=batch[start:start + 1000]))
