@@ -14,7 +14,7 @@ MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts/server
 # beyond loopback the server needs MLFLOW_SERVER_ARGS=--auth=basic (MLflow's basic-auth app) or --insecure-no-auth
 MLFLOW_SERVER_ARGS ?=
 
-.PHONY: install sweep status resubmit report ui probe test test-cluster mlflow-server bench-probe bench-overhead bench-pack bench-race bench-step
+.PHONY: install sweep status resubmit report ui probe test test-cluster mlflow-server bench-probe bench-overhead bench-pack bench-race bench-step bench-refine
 
 install: $(VENV)/.installed
 
@@ -73,3 +73,6 @@ bench-race: install
 # steps/s of one small trial beside plain torch and numpy loops, and of packs beside a plain vmap loop
 bench-step: install
 	$(BIN)/python bench/step_bench.py
+
+bench-refine: install
+	$(BIN)/python bench/refine_bench.py

@@ -134,6 +134,9 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
         raise fail_input(str(exc))
     if dry_run:
         out.print(trial_table(trials, f"{name}: {len(trials)} trials"))
+        if spec.refine:
+            out.print(f"then refined along {spec.refine.axis} until `{spec.refine.criterion}` is bracketed to "
+                      f"{spec.refine.tolerance:g} (at most {spec.refine.max_rounds} rounds)")
         if spec.description:
             out.print(spec.description)
         return
