@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from sgdlab.analysis import plots
-from sgdlab.analysis.figure_layout import LEGEND_WIDTH
+from sgdlab.analysis.figure_layout import LEGEND_WIDTH, batch_axis
 from sgdlab.analysis.fits import fit_power_law
 from sgdlab.analysis.report_section import Files, markdown_table
 
@@ -46,6 +46,7 @@ def refine_section(brackets: pd.DataFrame, axis: str, criterion: str, out_dir: P
     frame = brackets.assign(x=pd.to_numeric(brackets[x_key]))
     with plots.styled():
         fig, (ax,) = plots.new_figure(extra_width=LEGEND_WIDTH)
+        handles = []
         groups = frame.groupby(others, sort=True) if others else [((), frame)]
         for i, (values, part) in enumerate(groups):
             values = values if isinstance(values, tuple) else (values,)
@@ -53,19 +54,23 @@ def refine_section(brackets: pd.DataFrame, axis: str, criterion: str, out_dir: P
             colour, part = f"C{i % 10}", part.sort_values("x")
             located = part[part["status"] == "located"]
             bounded = part[part["lower"].notna() & part["upper"].notna()]
-            ax.errorbar(bounded["x"], bounded["estimate"], yerr=[bounded["estimate"] - bounded["lower"],
-                                                                bounded["upper"] - bounded["estimate"]],
-                        fmt="o", color=colour, capsize=3, label=label)
+            handles.append(ax.errorbar(bounded["x"], bounded["estimate"],
+                                       yerr=[bounded["estimate"] - bounded["lower"],
+                                             bounded["upper"] - bounded["estimate"]],
+                                       fmt="o", color=colour, capsize=3, label=label))
             if located["x"].nunique() >= 2:
                 fit = fit_power_law(located["x"], located["estimate"])
                 grid = np.geomspace(located["x"].min(), located["x"].max(), 50)
-                ax.plot(grid, fit(grid), "--", color=colour, label=f"fit {fit.exponent_text()}")
+                handles += ax.plot(grid, fit(grid), "--", color=colour, label=f"fit {fit.exponent_text()}")
                 lines.append(f"- {name}* ~ {LABELS.get(x_key, x_key)}^b for {label}: {fit.describe()}")
-        positive = (frame["x"] > 0).all() and (frame["lower"].dropna() > 0).all()
-        if positive:
-            ax.set(xscale="log", yscale="log")
-        ax.set(xlabel=LABELS.get(x_key, x_key), ylabel=f"{name} where `{criterion}` turns true",
-               title=f"refined {name} (bar: the bracket)")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        if (frame["x"] > 0).all() and (frame["lower"].dropna() > 0).all():
+            ax.set_yscale("log")
+            if x_key == "data.batch_size":
+                batch_axis(ax, frame["x"])
+            else:
+                ax.set_xscale("log")
+        ax.set(xlabel=LABELS.get(x_key, x_key), ylabel=f"{name}*",
+               title=f"{name}* where `{criterion}` turns true\n(bar: the bracket; --: power-law fit)")
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         path = plots.save(fig, out_dir / "refine_boundary.png")
     return lines, [(path, f"refined {axis} against {x_key}, with its brackets")], tables

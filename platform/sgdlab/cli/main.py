@@ -158,9 +158,13 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
                f"or stale before, {len(plan.outdated)} outdated), {len(plan.probe_only)} end probes of finished "
                f"trials to run. Store: {uri}")
     rounds = refinement_rounds(spec, trials, strings, uri, first) if spec.refine else None
-    jobs = plan.jobs or (rounds.next_jobs([]) if rounds else [])
-    if not jobs:
+    jobs = plan.jobs
+    if not jobs and rounds:  # the grid is done: the refinement's next round, replayed from the records
         err.print(summary)
+        summary, jobs = "", rounds.next_jobs([])
+    if not jobs:
+        if summary:
+            err.print(summary)
         err.print("nothing to run.")
         if rounds:
             report_brackets(rounds)

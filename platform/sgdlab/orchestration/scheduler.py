@@ -17,7 +17,7 @@ from collections import deque
 from typing import Callable
 
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import RayError, RayTaskError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -132,8 +132,8 @@ def _summaries(ref: ray.ObjectRef, trials: list[TrialJob], handle: SweepHandle) 
     when its worker died more often than max_retries allows."""
     try:
         value = ray.get(ref)
-    except RayError as exc:
-        error = one_line(exc)
+    except RayError as exc:  # a task's own exception (its error line, not Ray's traceback), or a lost worker
+        error = one_line(exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc)
         for trial in trials:
             end_running(handle, trial.trial_id, "FAILED", error)
             end_running(handle, trial.trial_id, "FAILED", error, kind="probe")
