@@ -134,3 +134,24 @@ def test_a_copied_store_folder_reads_and_writes_its_own_artifacts(tmp_path):
     new = TrialRun.start(handle, "t1", {"seed": 1}, attempt=1, run_name="t1")
     assert (copy / "mlartifacts" / "tiny" / new.run_id / "artifacts" / "config.yaml").is_file()
     assert not (original / "mlartifacts").exists()  # nothing written into the original's folder
+
+
+def test_a_store_caught_mid_checkpoint_is_not_taken_for_truncated(tmp_path):
+    """A checkpoint of SQLite's write-ahead log writes the header page (the new page count) before the pages that
+    extend the file: a reader may find the file shorter than its header says for a moment. check_sqlite_store
+    reads it again until it settles; a file that stays short is truncated."""
+    import threading
+
+    from sgdlab.tracking.location import StoreError, check_sqlite_store
+
+    small_store(tmp_path)
+    path = tmp_path / "mlflow.db"
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) // 2])  # the header says more pages than there are, for 0.3 s
+    extend = threading.Timer(0.3, lambda: path.write_bytes(whole))
+    extend.start()
+    check_sqlite_store(path)
+    extend.join()
+    path.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(StoreError, match=r"truncated: \d+ of \d+ bytes"):
+        check_sqlite_store(path, settle_s=0.2)

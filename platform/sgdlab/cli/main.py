@@ -60,11 +60,14 @@ def load_trials(name: str, overrides: list[str]):
 def bracket_table(axis: str, criterion: str, brackets) -> Table:
     """A refinement's brackets, one row per combination of the other axes."""
     table = Table(title=f"{axis}: where `{criterion}` turns true")
+    from sgdlab.tracking.tags import run_name
+
     for column in ("combination", "lower", "upper", "estimate", "rounds", "trials", "status"):
-        table.add_column(column, justify="left" if column in ("combination", "status") else "right")
+        table.add_column(column, justify="left" if column in ("combination", "status") else "right",
+                         overflow="fold")
     number = lambda v: "-" if v is None or v != v else f"{v:.4g}"  # noqa: E731 (NaN != NaN)
-    for b in brackets:
-        table.add_row(", ".join(f"{k}={v}" for k, v in b.combination.items()) or "all", number(b.lower),
+    for b in brackets:  # combinations named as runs are (optim=sgd B=8)
+        table.add_row(run_name(b.combination) if b.combination else "all", number(b.lower),
                       number(b.upper), number(b.estimate), str(b.rounds), str(b.trials), b.status)
     return table
 

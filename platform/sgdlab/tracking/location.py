@@ -53,23 +53,31 @@ def damaged_store(path: Path, why: str) -> StoreError:
                       "creates a new one) or point MLFLOW_TRACKING_URI at the right store")
 
 
-def check_sqlite_store(path: Path) -> None:
+def check_sqlite_store(path: Path, settle_s: float = 2.0) -> None:
     """Raise StoreError when the file at `path` (if any) is not a whole SQLite database: another kind of file,
-    or one shorter than its header says (truncated). An empty file is a store not yet created."""
-    try:
-        with open(path, "rb") as f:
-            header = f.read(100)
-    except FileNotFoundError:
-        return
-    if not header:
-        return
-    if len(header) < 100 or header[:16] != SQLITE_HEADER:
-        raise damaged_store(path, "not an SQLite database")
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages, valid_for, changes = (int.from_bytes(header[a:a + 4], "big") for a in (28, 92, 24))
-    if pages and valid_for == changes and path.stat().st_size < page_size * pages:
-        raise damaged_store(path, f"truncated: {path.stat().st_size} of {page_size * pages} bytes")
+    or one shorter than its header says (truncated). An empty file is a store not yet created. A checkpoint of
+    the write-ahead log writes the header page before the pages that extend the file, so a short file is read
+    again for `settle_s` before it counts as truncated."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            with open(path, "rb") as f:
+                header = f.read(100)
+                size = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            return
+        if not header:
+            return
+        if len(header) < 100 or header[:16] != SQLITE_HEADER:
+            raise damaged_store(path, "not an SQLite database")
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages, valid_for, changes = (int.from_bytes(header[a:a + 4], "big") for a in (28, 92, 24))
+        if not (pages and valid_for == changes and size < page_size * pages):
+            return
+        if time.monotonic() > deadline:
+            raise damaged_store(path, f"truncated: {size} of {page_size * pages} bytes")
+        time.sleep(0.05)
 
 
 def is_damage(exc: BaseException) -> bool:
