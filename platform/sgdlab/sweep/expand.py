@@ -47,18 +47,27 @@ def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
 
 def expand(overrides: Sequence[str], composer: Composer | None = None) -> list[Trial]:
     """All trials of a list of overrides (base, axes and command line, in that order)."""
-    axes = parse_axes(overrides)
-    combos = list(itertools.product(*axes.values()))
-    composer = composer or Composer()
-    configs = composer.many(combos)
-    swept_keys = [k for k, v in axes.items() if len(v) > 1]
-    trials, seen = [], set()
-    for combo, config in zip(combos, configs):
-        by_key = dict(zip(axes, combo))
-        tid = trial_id(config)
-        if tid in seen:  # two spellings of one config (lr vs temperature) are one trial
-            continue
-        seen.add(tid)
-        swept = {k: by_key[k].split("=", 1)[1] for k in swept_keys}
-        trials.append(Trial(trial_id=tid, config=config, overrides=tuple(combo), swept=swept))
-    return trials
+    return expand_all([overrides], composer)[0]
+
+
+def expand_all(override_lists: Sequence[Sequence[str]], composer: Composer | None = None) -> list[list[Trial]]:
+    """expand() of several override lists, composed in one batch (Hydra composes once per set of group choices,
+    about 80 ms; each trial then costs about a millisecond)."""
+    axes_per_list = [parse_axes(overrides) for overrides in override_lists]
+    combos_per_list = [list(itertools.product(*axes.values())) for axes in axes_per_list]
+    configs = iter((composer or Composer()).many([c for combos in combos_per_list for c in combos]))
+    out = []
+    for axes, combos in zip(axes_per_list, combos_per_list):
+        swept_keys = [k for k, v in axes.items() if len(v) > 1]
+        trials, seen = [], set()
+        for combo in combos:
+            config = next(configs)
+            by_key = dict(zip(axes, combo))
+            tid = trial_id(config)
+            if tid in seen:  # two spellings of one config (lr vs temperature) are one trial
+                continue
+            seen.add(tid)
+            swept = {k: by_key[k].split("=", 1)[1] for k in swept_keys}
+            trials.append(Trial(trial_id=tid, config=config, overrides=tuple(combo), swept=swept))
+        out.append(trials)
+    return out

@@ -29,7 +29,7 @@ from typing import Sequence
 from sgdlab.config.compose import Composer
 from sgdlab.config.schema import ConfigError
 from sgdlab.sweep import criterion as criteria
-from sgdlab.sweep.expand import Trial, expand, parse_axes
+from sgdlab.sweep.expand import Trial, expand_all, parse_axes
 
 SCALES = ("log", "linear")
 SEED_AXIS = "seed"
@@ -166,23 +166,31 @@ class Refinement:
     def advance(self, values: dict[str, dict], given_up: set[str] = frozenset()) -> list[Trial]:
         """Replay the rounds as far as `values` (trial_id -> its seed values, finished trials only) reach; the
         trials to run next (empty when every combination is done). `given_up`: trials this driver ran that did
-        not finish, which end their combination as `failed`."""
-        to_run: list[Trial] = []
-        for combo in self.combinations.values():
-            while combo.status in ("open", "waiting"):
+        not finish, which end their combination as `failed`. Each pass adds one midpoint to every combination
+        whose points are all finished, all composed in one batch."""
+        while True:
+            midpoints = []
+            for combo in self.combinations.values():
+                if combo.status not in ("open", "waiting"):
+                    continue
                 missing = [t for ts in combo.points.values() for t in ts if t.trial_id not in values]
                 if any(t.trial_id in given_up for t in missing):
                     combo.status = "failed"
                 elif missing:
                     combo.status = "waiting"
-                    to_run += missing
-                    break
                 else:
-                    self._step(combo, values)
-        return to_run
+                    x = self._next_point(combo, values)
+                    if x is not None:
+                        midpoints.append((combo, x))
+            if not midpoints:
+                return [t for c in self.combinations.values() if c.status == "waiting"
+                        for ts in c.points.values() for t in ts if t.trial_id not in values]
+            for (combo, x), trials in zip(midpoints, self._point_trials(midpoints)):
+                combo.points[x] = trials
+                combo.rounds, combo.status = combo.rounds + 1, "open"
 
-    def _step(self, combo: Combination, values: dict[str, dict]) -> None:
-        """One bisection step of a combination whose points are all finished: a status, or a new midpoint."""
+    def _next_point(self, combo: Combination, values: dict[str, dict]) -> float | None:
+        """The next midpoint of a combination whose points are all finished, or None with its final status."""
         lower, upper = self._bracket(combo, values)
         if upper is None:
             combo.status = "above range"
@@ -196,19 +204,19 @@ class Refinement:
         else:
             x = self.refine.midpoint(lower, upper)
             x = float(round(x)) if self.integer else x
-            if x in combo.points or not lower < x < upper:  # no representable point left between them
-                combo.status = "located"
-                return
-            combo.points[x] = self._point_trials(combo, x)
-            combo.rounds, combo.status = combo.rounds + 1, "open"
+            if x not in combo.points and lower < x < upper:
+                return x
+            combo.status = "located"  # no representable point left between them
+        return None
 
-    def _point_trials(self, combo: Combination, x: float) -> list[Trial]:
-        """The trials (one per seed) of the combination at axis value x: ordinary trials, same identity."""
-        value = str(int(x)) if self.integer else repr(x)
-        fixed = [f"{k}={v}" for k, v in combo.values.items()] + [f"{self.refine.axis}={value}"]
-        trials = expand(self.overrides + fixed, self.composer)
-        return [replace(t, swept={**combo.values, self.refine.axis: value,
-                                  **{k: v for k, v in t.swept.items() if k == SEED_AXIS}}) for t in trials]
+    def _point_trials(self, midpoints: list[tuple[Combination, float]]) -> list[list[Trial]]:
+        """The trials (one per seed) of each combination at its axis value x: ordinary trials, same identity."""
+        values = [str(int(x)) if self.integer else repr(x) for _, x in midpoints]
+        override_lists = [self.overrides + [f"{k}={v}" for k, v in combo.values.items()] + [f"{self.refine.axis}={value}"]
+                          for (combo, _), value in zip(midpoints, values)]
+        return [[replace(t, swept={**combo.values, self.refine.axis: value,
+                                   **{k: v for k, v in t.swept.items() if k == SEED_AXIS}}) for t in trials]
+                for (combo, _), value, trials in zip(midpoints, values, expand_all(override_lists, self.composer))]
 
     def _bracket(self, combo: Combination, values: dict[str, dict]) -> tuple[float | None, float | None]:
         plateau = None
