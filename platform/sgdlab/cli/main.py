@@ -227,7 +227,7 @@ def resubmit(name: str = typer.Argument(..., help="sweep name"),
 
 def sweep_status(name: str, overrides: list[str]) -> dict:
     """The status object of `sgdlab status --json` (reads the store, never creates it)."""
-    from sgdlab.tracking.location import check_store, resolve_uri
+    from sgdlab.tracking.location import check_store, resolve_uri, sqlite_path
     from sgdlab.tracking.query import STATES, by_trial, finished_run, newest_run, sweep_runs, trial_state
 
     spec, trials, strings = load_trials(name, overrides)
@@ -254,7 +254,10 @@ def sweep_status(name: str, overrides: list[str]) -> dict:
         elif state == "failed":
             newest = newest_run(trial_runs)
             failed.append({"trial_id": trial.trial_id, "error": newest.error or newest.status})
-    report = {"sweep": name, "trials": len(trials), "counts": counts, "outcomes": outcomes, "failed": failed}
+    path = sqlite_path(uri)
+    exists = path is None or (path.is_file() and path.stat().st_size > 0)  # a server answered check_store
+    report = {"sweep": name, "store": {"uri": uri, "exists": exists}, "trials": len(trials), "counts": counts,
+              "outcomes": outcomes, "failed": failed}
     return {**report, "refine": brackets} if spec.refine else report
 
 
@@ -272,6 +275,12 @@ def status(name: str = typer.Argument(..., help="sweep name"),
     if as_json:
         print(json.dumps(report))
         return
+    if not report["store"]["exists"]:
+        out.print(f"No store at {report['store']['uri']}: nothing has run here yet; `make sweep EXP={name}` runs "
+                  f"its {report['trials']} trials (or set MLFLOW_TRACKING_URI / tracking.uri to the store)",
+                  highlight=False, soft_wrap=True)  # soft wrap: a path is never broken
+        return
+    out.print(f"store: {report['store']['uri']}", highlight=False, soft_wrap=True)
     table = Table(title=f"{name}: {report['trials']} trials")  # one row per state: readable in a narrow terminal
     table.add_column("state")
     table.add_column("trials", justify="right")

@@ -19,8 +19,9 @@ TRANSIENT = ("database is locked", "database table is locked", "could not obtain
 
 
 def resolve_uri(configured: str | None = None) -> str:
-    """MLFLOW_TRACKING_URI, else tracking.uri, else sqlite:///<cwd>/mlflow.db (absolute: workers share it)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    """An explicit tracking.uri, else MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (absolute: workers
+    share it). The command line's value wins over the environment, as in MLflow's own tools."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
