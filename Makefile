@@ -41,8 +41,9 @@ report: install
 probe: install
 	$(BIN)/sgdlab probe $(RUN) $(ARGS)
 
+# make ui: the most recent sweep's runs; make ui EXP=NAME: that sweep's (the URL is printed)
 ui: install
-	$(BIN)/sgdlab ui
+	$(BIN)/sgdlab ui $(if $(filter command line,$(origin EXP)),$(EXP)) $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -421,21 +422,48 @@ def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED tr
 
 
 @app.command()
-def ui(host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1: this machine only)"),
-       port: int = typer.Option(5000, help="port")):
-    """Serve the MLflow dashboard for this directory's store (or MLFLOW_TRACKING_URI)."""
-    from sgdlab.tracking.location import resolve_uri
+def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: the most recent one)"),
+       host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1: this machine only)"),
+       port: int = typer.Option(5000, help="port"),
+       open_browser: bool = typer.Option(False, "--open", help="open the URL in a browser once the server answers")):
+    """Serve the MLflow dashboard for this directory's store (or MLFLOW_TRACKING_URI) and print the URL of the
+    sweep's runs in MLflow's training view."""
+    from sgdlab.config.recorded import runtime_value
+    from sgdlab.sweep.spec import check_name
+    from sgdlab.tracking.location import StoreError, check_store, resolve_uri, sqlite_path
+    from sgdlab.tracking.store import experiment_url, sweep_experiments
 
     uri = resolve_uri()
-    if uri.startswith("http"):
-        raise fail_input(f"MLFLOW_TRACKING_URI={uri} is a server already; open it in a browser")
+    try:
+        if name is not None:
+            check_name(name)
+        store = sqlite_path(uri)
+        if store is not None and not store.is_file():
+            raise ConfigError(f"no store at {store}; run a sweep first (make sweep EXP=smoke) or set MLFLOW_TRACKING_URI")
+        check_store(uri, runtime_value({}, "tracking", "timeout_s"))
+        sweeps = dict(sweep_experiments(uri))
+        if name is not None and name not in sweeps:
+            raise ConfigError(f"no sweep {name!r} in {uri}; sweeps there: {', '.join(sweeps) or 'none'}")
+    except (ConfigError, StoreError) as exc:
+        raise fail_input(str(exc))
+    chosen = name or next(iter(sweeps), None)
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = uri if uri.startswith("http") else f"http://{local}:{port}"
+    url = experiment_url(base, sweeps[chosen]) if chosen else base
+    if uri.startswith("http"):  # a tracking server is running already
+        out.print(f"{chosen or 'sgdlab'} on the MLflow server {uri}: {url}", highlight=False, soft_wrap=True)
+        return
     from sgdlab.tracking.server import is_loopback
 
     if not is_loopback(host):
         err.print(f"warning: --host {host} serves the dashboard, which has no authentication, to every machine "
                   f"that reaches this one: anyone there can read and change the records in {uri}",
                   markup=False, highlight=False)
-    err.print(f"MLflow dashboard for {uri} on http://{host}:{port}")
+    err.print(f"MLflow dashboard for {uri}; {chosen or 'the store'}'s runs: {url}", highlight=False, soft_wrap=True)
+    if open_browser:  # a helper that waits for the server, then asks the desktop for a browser
+        subprocess.Popen([sys.executable, "-c", "import sys, webbrowser; from sgdlab.tracking.server import wait_ready; "
+                          "wait_ready(sys.argv[1], 60); webbrowser.open(sys.argv[2])", base, url],
+                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
             "--port", str(port), "--workers", "1"]
     os.execv(sys.executable, argv)  # an argument vector, never a shell

@@ -81,6 +81,17 @@ def find_experiment_id(mlflow: MlflowClient, sweep: str) -> str | None:
     return exp.experiment_id if exp is not None else None
 
 
+def sweep_experiments(uri: str) -> list[tuple[str, str]]:
+    """(sweep name, experiment id) of every sweep in the store, the most recently updated first."""
+    found = retried(lambda: client(uri).search_experiments(order_by=["last_update_time DESC"]))
+    return [(e.name, e.experiment_id) for e in found if e.name != "Default"]
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """A sweep's experiment in the MLflow UI's model-training view (MLflow 3 opens its GenAI traces view else)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 @contextmanager
 def _creating(path: Path | None):
     """Serialize the first use of a SQLite store among the processes of this machine (an exclusive lock on its
