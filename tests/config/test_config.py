@@ -67,3 +67,15 @@ def test_fast_composition_equals_hydra_compose(composer, overrides):
     with initialize_config_dir(config_dir=str(paths.conf_dir()), version_base="1.3"):
         expected = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
     assert composer.raw_many([overrides]) == [expected]
+
+
+def test_a_config_recorded_before_the_newer_keys_resubmits_with_their_defaults():
+    """Resubmit reruns a recorded config: keys added since it was recorded (train.compile_after,
+    tracking.flush_s) take their defaults instead of failing the trial."""
+    from sgdlab.config.compose import Composer
+    from sgdlab.config.recorded import apply_runtime_overrides
+
+    recorded = Composer()(["optim.lr=0.1"])
+    del recorded["train"]["compile_after"], recorded["tracking"]["flush_s"]
+    config = apply_runtime_overrides(recorded, {})
+    assert config["train"]["compile_after"] == 50_000 and config["tracking"]["flush_s"] == 15.0

@@ -169,3 +169,24 @@ def test_pack_endings_count_only_once_stored(tmp_path, monkeypatch):
     records.fail(2, RuntimeError("store refused the end"))
     run = mlflow.get_run(records.runs[2].run_id)
     assert run.info.status == "FAILED" and run.data.tags["sgdlab.error"] == "RuntimeError: store refused the end"
+
+
+def test_a_packs_buffered_metrics_reach_the_store_every_flush_s(tmp_path):
+    """Live progress: every member's buffered metrics are written once they are flush_s old, long before a
+    buffer is full (MAX_BATCH values), and not before."""
+    import time
+
+    from sgdlab.tracking.writer import PackRuns, RunSpec
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    records = PackRuns(open_sweep(uri, "pack"), [RunSpec(f"t{i}", {"seed": i}, 1, f"m{i}") for i in range(3)],
+                       heartbeat_s=15.0, stale_after_s=120.0, flush_s=0.5)
+    mlflow = client(uri)
+    for i in range(3):
+        records.log_metrics(i, 100, {"train_loss": 0.25 + i})
+    records.tick()
+    assert all(mlflow.get_run(r.run_id).data.metrics == {} for r in records.runs)  # not yet flush_s old
+    time.sleep(0.6)
+    records.tick()
+    assert [mlflow.get_run(r.run_id).data.metrics for r in records.runs] == [
+        {"train_loss": 0.25}, {"train_loss": 1.25}, {"train_loss": 2.25}]

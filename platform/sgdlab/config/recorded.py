@@ -11,7 +11,7 @@ import copy
 import functools
 
 from sgdlab.config.compose import Composer, parse_override
-from sgdlab.config.schema import NON_IDENTITY_GROUPS, SINGLE, ConfigError
+from sgdlab.config.schema import NON_IDENTITY_GROUPS, NON_IDENTITY_KEYS, SINGLE, ConfigError
 from sgdlab.config.typecheck import check_group
 from sgdlab.config.validation import validate
 
@@ -51,6 +51,8 @@ def apply_runtime_overrides(config: dict, changes: dict[tuple[str, str], object]
     out, defaults = copy.deepcopy(config), copy.deepcopy(_defaults())
     out["fault"] = defaults["fault"]
     out.setdefault("exec", defaults["exec"])  # configs recorded before the exec group existed
+    for group, name in NON_IDENTITY_KEYS:  # and before train.compile_after
+        out[group].setdefault(name, defaults[group][name])
     for (group, name), value in changes.items():
         out[group][name] = value
     for group in NON_IDENTITY_GROUPS:

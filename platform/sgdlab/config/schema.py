@@ -149,6 +149,7 @@ class Tracking:
     heartbeat_s: float
     stale_after_s: float
     timeout_s: float = 10.0
+    flush_s: float = 15.0
 
 
 @dataclass

@@ -57,7 +57,8 @@ def validate(raw: dict) -> dict:
 
     data, model, optim, train = cfg["data"], cfg["model"], cfg["optim"], cfg["train"]
     for key in ("data.n_train", "data.batch_size", "model.alpha", "train.max_steps", "train.log_every",
-                "train.divergence_loss", "tracking.heartbeat_s", "tracking.stale_after_s", "tracking.timeout_s"):
+                "train.divergence_loss", "tracking.heartbeat_s", "tracking.stale_after_s", "tracking.timeout_s",
+                "tracking.flush_s"):
         _positive(cfg, key)
     for key in ("data.n_test", "train.max_time_s", "train.checkpoint_every"):
         _positive(cfg, key, allow_none=True)

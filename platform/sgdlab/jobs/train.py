@@ -111,7 +111,8 @@ def run_train(configs: list[dict], handle: SweepHandle, *, trial_ids: list[str],
     todo = [i for i, t in enumerate(took) if summaries[i] is None]
     records = PackRuns(handle, [RunSpec(trial_ids[i], configs[i], took[i].attempt, run_names[i], "train",
                                         _extra_tags(took[i], pack_id, workers)) for i in todo],
-                       tracking["heartbeat_s"], tracking["stale_after_s"]) if workers.rank == 0 else NoRuns()
+                       tracking["heartbeat_s"], tracking["stale_after_s"], tracking["flush_s"]) \
+        if workers.rank == 0 else NoRuns()
     lost = workers.from_rank0(records.claim() if workers.rank == 0 else None)  # claims rule 2
     for slot, reason in lost.items():
         summaries[todo[slot]] = TrialSummary.elsewhere(trial_ids[todo[slot]], records.run_id(slot), reason)

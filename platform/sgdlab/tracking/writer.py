@@ -182,15 +182,18 @@ class TrialRun:
 class PackRuns:
     """The runs of a pack's members (first attempts of their trials, or attempts after lost ones), written
     together. Created in one write; a member's metrics are buffered and written with those of all members when
-    one of them holds MAX_BATCH values or the pack PACK_VALUES, and before a checkpoint is written (so that a
+    one of them holds MAX_BATCH values or the pack PACK_VALUES, every flush_s seconds (so that a running trial's
+    latest metrics are never older than that in the store), and before a checkpoint is written (so that a
     resumed attempt finds the history up to its snapshot); the pack's heartbeat goes on the run of one member
     still training every heartbeat_s; members ended between two ticks are checked (claims rule 3) and ended in one
     write, and then their `ended(status, reason)` callbacks run. Call claim() once after creating, tick() once per
     step and close() at the end."""
 
-    def __init__(self, handle: SweepHandle, specs: list[RunSpec], heartbeat_s: float, stale_after_s: float):
+    def __init__(self, handle: SweepHandle, specs: list[RunSpec], heartbeat_s: float, stale_after_s: float,
+                 flush_s: float = 15.0):
         self.runs = start_runs(handle, specs, heartbeat_s=None, stale_after_s=stale_after_s)
         self.handle, self.heartbeat_s, self.stale_after_s = handle, heartbeat_s, stale_after_s
+        self.flush_s, self.last_flush = flush_s, time.monotonic()
         self.training = set(range(len(specs)))
         self.buffered, self.full = 0, False
         self.ending: list[tuple[int, str, Callable[[str, str], None]]] = []
@@ -251,9 +254,10 @@ class PackRuns:
     def _write_buffers(self) -> None:
         update_runs(self.handle.uri, [self.runs[m].pending() for m in sorted(self.training)])
         self.buffered, self.full, self.last_beat = 0, False, time.monotonic()
+        self.last_flush = self.last_beat
 
     def tick(self) -> None:
-        """Write what is due: members ended since the last tick, full buffers, the pack's heartbeat."""
+        """Write what is due: members ended since the last tick, full or flush_s-old buffers, the heartbeat."""
         if self.ending:
             ending, self.ending = self.ending, []
             reasons = self._contests([m for m, _, _ in ending])
@@ -266,7 +270,7 @@ class PackRuns:
 
             update_runs(self.handle.uri, [self.runs[m].ending(outcome, reasons[m]) for m, outcome, _ in ending],
                         written)
-        if self.full:
+        if self.full or (self.buffered and time.monotonic() - self.last_flush >= self.flush_s):
             self._write_buffers()
         elif self.training and time.monotonic() - self.last_beat >= self.heartbeat_s:
             self.runs[min(self.training)].flush()
