@@ -36,6 +36,10 @@ def test_sweep_records_every_trial_and_skips_finished_ones(sweeps_dir, tmp_path)
     client, runs = mlflow_runs(work / "mlflow.db", "tiny")
     assert len(runs) == 4 and {r.data.tags["sgdlab.trial_id"] for r in runs} == set(trials)
     (sweep_run,) = client.search_runs([runs[0].info.experiment_id], "tags.`sgdlab.kind` = 'sweep'")
+    # The sweep run ends with the driver, its trial counts as metrics (it is RUNNING only while one works).
+    assert sweep_run.info.status == "FINISHED"
+    assert {k: v for k, v in sweep_run.data.metrics.items() if k in ("trials_finished", "trials_failed")} == {
+        "trials_finished": 4.0, "trials_failed": 0.0}
     for run in runs:
         tags, trial = run.data.tags, trials[run.data.tags["sgdlab.trial_id"]]
         assert run.info.status == "FINISHED"

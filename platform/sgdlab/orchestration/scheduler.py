@@ -27,9 +27,9 @@ from sgdlab.orchestration.packing import pack_jobs, task_slots
 from sgdlab.orchestration.plan import PackJob, TrialJob, unplaceable
 from sgdlab.orchestration.runtime import address, connect, shutdown
 from sgdlab.orchestration.tasks import submit, warm_up
-from sgdlab.tracking.query import ended_since
+from sgdlab.tracking.query import STATES, by_trial, ended_since, finished_run, sweep_runs, trial_state
 from sgdlab.tracking.record_store import store_for
-from sgdlab.tracking.store import SweepHandle, open_sweep
+from sgdlab.tracking.store import SweepHandle, open_sweep, sweep_ended, sweep_working
 from sgdlab.tracking.tags import one_line
 from sgdlab.tracking.writer import end_running
 
@@ -62,6 +62,7 @@ def run_jobs(sweep: str, jobs: list[TrialJob], config: dict, uri: str, descripti
         if announce:
             console.print(announce)
         handle = open_sweep(uri, sweep, description)
+        sweep_working(handle)
         store_for(uri)  # warns here, in the driver, when records will go through the slower client store
         if not address(config["cluster"]):
             warm_up()
@@ -71,18 +72,36 @@ def run_jobs(sweep: str, jobs: list[TrialJob], config: dict, uri: str, descripti
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         max_in_flight = config["resources"]["max_in_flight"] or max(1, int(2 * resources.get("CPU", 1)))
         results: list[TrialSummary] = []
-        while jobs:  # a refinement's later rounds ask for the resources of its first
-            packed = pack_jobs(jobs, task_slots(resources, config["resources"]))
-            packs = [len(job.members) for job in packed if isinstance(job, PackJob)]
-            if packs:
-                console.print(f"packed: {sum(packs)} trials in {len(packs)} packs of {min(packs)}-{max(packs)} "
-                              "(exec.pack)")
-            round_results = run_trials(packed, handle, max_in_flight, console)
-            results += round_results
-            jobs = then(round_results) if then else []
+        try:
+            while jobs:  # a refinement's later rounds ask for the resources of its first
+                packed = pack_jobs(jobs, task_slots(resources, config["resources"]))
+                packs = [len(job.members) for job in packed if isinstance(job, PackJob)]
+                if packs:
+                    console.print(f"packed: {sum(packs)} trials in {len(packs)} packs of {min(packs)}-{max(packs)} "
+                                  "(exec.pack)")
+                round_results = run_trials(packed, handle, max_in_flight, console)
+                results += round_results
+                jobs = then(round_results) if then else []
+        except KeyboardInterrupt:
+            sweep_ended(handle, "KILLED", sweep_counts(handle, config))
+            raise
+        sweep_ended(handle, "FAILED" if any(r.status == "failed" for r in results) else "FINISHED",
+                    sweep_counts(handle, config))
         return results
     finally:
         shutdown()
+
+
+def sweep_counts(handle: SweepHandle, config: dict) -> dict[str, int]:
+    """The sweep's trials by state (finished, failed, ...) and its finished ones by outcome (diverged, ...)."""
+    counts = dict.fromkeys(STATES, 0)
+    for runs in by_trial(sweep_runs(handle.uri, handle.sweep)).values():
+        state = trial_state(runs, config["tracking"]["stale_after_s"], time.time())
+        counts[state] += 1
+        if state == "finished":
+            outcome = finished_run(runs).outcome
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
 
 
 def run_trials(jobs: list[TrialJob | PackJob], handle: SweepHandle, max_in_flight: int,

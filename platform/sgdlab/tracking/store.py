@@ -168,7 +168,7 @@ def _sweep_run(mlflow: MlflowClient, exp_id: str, sweep: str, description: str, 
         return run_id
     run = retried(lambda: mlflow.create_run(exp_id, run_name=f"sweep {sweep}", tags={
         tags.SWEEP: sweep, tags.KIND: "sweep", tags.NOTE: description, **git}))
-    # The sweep run stays RUNNING only while a driver works on it; it is FINISHED between commands.
+    # The sweep run is RUNNING only while a driver works on it (sweep_working / sweep_ended); FINISHED between.
     retried(lambda: mlflow.set_terminated(run.info.run_id, "FINISHED"))
     run_id = oldest()
     if run_id != run.info.run_id:
@@ -209,3 +209,15 @@ def log_sweep_metrics(handle: SweepHandle, metrics: dict[str, float]) -> None:
     batch = [Metric(key, float(value), now, 0) for key, value in metrics.items()]
     for start in range(0, len(batch), 1000):  # MLflow's limit per log_batch
         retried(lambda: client(handle.uri).log_batch(handle.sweep_run_id, metrics=batch[start:start + 1000]))
+
+
+def sweep_working(handle: SweepHandle) -> None:
+    """Mark the sweep's run RUNNING while a driver runs its trials."""
+    retried(lambda: client(handle.uri).update_run(handle.sweep_run_id, status="RUNNING"))
+
+
+def sweep_ended(handle: SweepHandle, status: str, counts: dict[str, int]) -> None:
+    """End the sweep's run (FINISHED, FAILED or KILLED) with the sweep's trial counts as metrics (trials_finished,
+    trials_failed, trials_diverged, ...), so that the experiments table compares sweeps."""
+    log_sweep_metrics(handle, {f"trials_{name}": count for name, count in counts.items()})
+    retried(lambda: client(handle.uri).set_terminated(handle.sweep_run_id, status))
