@@ -180,7 +180,8 @@ def sampler_table() -> None:
         drawn_ahead = microseconds(next_batch)
         plain = microseconds(lambda: torch.randperm(n)[:8])
         keys = microseconds(lambda: smallest_keys(seed, step, n, 8))
-        print(f"{n:<10}{ours:>10.1f}{drawn_ahead:>8.1f}{plain:>10.1f}{keys:>10.1f}{plain / drawn_ahead:>8.2f}", flush=True)
+        print(f"{n:<10}{ours:>10.1f}{drawn_ahead:>8.1f}{plain:>10.1f}{keys:>10.1f}{plain / drawn_ahead:>8.2f}",
+              flush=True)
 
 
 def main() -> None:

@@ -47,6 +47,10 @@ def test_sweep_records_every_trial_and_skips_finished_ones(sweeps_dir, tmp_path)
         assert tags["sgdlab.outcome"] in ("converged", "max_steps")
         assert tags["mlflow.parentRunId"] == sweep_run.info.run_id
         assert float(tags["sgdlab.heartbeat"]) > 0 and "sgdlab.git_sha" in tags
+        # MLflow's own tags: the UI's Source, Version and User columns
+        assert tags["mlflow.source.name"] == "sgdlab" and tags["mlflow.source.type"] == "LOCAL"
+        assert tags["mlflow.user"] and run.info.user_id == tags["mlflow.user"]
+        assert tags.get("mlflow.source.git.commit", "") == tags["sgdlab.git_sha"]
         assert run.info.run_name == f"alpha={trial.swept['model.alpha']} seed={trial.swept['seed']}"
         assert run.data.params["data.n_train"] == "64" and run.data.params["model.alpha"] == str(
             trial.config["model"]["alpha"])

@@ -30,7 +30,8 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("args, message", [
-    (("sweep", "no_such_sweep"), "unknown sweep 'no_such_sweep'; available: badrefine, empty, latin1, refined, tiny, twice"),
+    (("sweep", "no_such_sweep"),
+     "unknown sweep 'no_such_sweep'; available: badrefine, empty, latin1, refined, tiny, twice"),
     (("sweep", "x" * 300), "at most 100 characters, got 300"),
     (("sweep", "twice"), "twice.yaml: not valid YAML (key 'seed' given twice)"),
     (("sweep", "latin1"), "latin1.yaml: not UTF-8 text (byte 0xe9 at position 16)"),

@@ -439,7 +439,8 @@ def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: 
             check_name(name)
         store = sqlite_path(uri)
         if store is not None and not store.is_file():
-            raise ConfigError(f"no store at {store}; run a sweep first (make sweep EXP=smoke) or set MLFLOW_TRACKING_URI")
+            raise ConfigError(f"no store at {store}; run a sweep first (make sweep EXP=smoke) or set "
+                              "MLFLOW_TRACKING_URI")
         check_store(uri, runtime_value({}, "tracking", "timeout_s"))
         sweeps = dict(sweep_experiments(uri))
         if name is not None and name not in sweeps:
@@ -461,8 +462,9 @@ def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: 
                   markup=False, highlight=False)
     err.print(f"MLflow dashboard for {uri}; {chosen or 'the store'}'s runs: {url}", highlight=False, soft_wrap=True)
     if open_browser:  # a helper that waits for the server, then asks the desktop for a browser
-        subprocess.Popen([sys.executable, "-c", "import sys, webbrowser; from sgdlab.tracking.server import wait_ready; "
-                          "wait_ready(sys.argv[1], 60); webbrowser.open(sys.argv[2])", base, url],
+        opener = ("import sys, webbrowser; from sgdlab.tracking.server import wait_ready; "
+                  "wait_ready(sys.argv[1], 60); webbrowser.open(sys.argv[2])")
+        subprocess.Popen([sys.executable, "-c", opener, base, url],
                          start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
             "--port", str(port), "--workers", "1"]

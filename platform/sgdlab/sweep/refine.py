@@ -103,7 +103,8 @@ def check_axis(refine: Refine, overrides: Sequence[str]) -> list[float]:
     axes = parse_axes(overrides)
     swept = [k for k, v in axes.items() if len(v) > 1]
     if refine.axis not in axes:
-        raise ConfigError(f"refine.axis: {refine.axis!r} is not an axis of the sweep; axes: {', '.join(swept) or 'none'}")
+        raise ConfigError(f"refine.axis: {refine.axis!r} is not an axis of the sweep; axes: "
+                          f"{', '.join(swept) or 'none'}")
     try:
         points = sorted({float(v.split("=", 1)[1]) for v in axes[refine.axis]})
     except ValueError:
@@ -212,8 +213,8 @@ class Refinement:
     def _point_trials(self, midpoints: list[tuple[Combination, float]]) -> list[list[Trial]]:
         """The trials (one per seed) of each combination at its axis value x: ordinary trials, same identity."""
         values = [str(int(x)) if self.integer else repr(x) for _, x in midpoints]
-        override_lists = [self.overrides + [f"{k}={v}" for k, v in combo.values.items()] + [f"{self.refine.axis}={value}"]
-                          for (combo, _), value in zip(midpoints, values)]
+        override_lists = [[*self.overrides, *(f"{k}={v}" for k, v in combo.values.items()),
+                           f"{self.refine.axis}={value}"] for (combo, _), value in zip(midpoints, values)]
         return [[replace(t, swept={**combo.values, self.refine.axis: value,
                                    **{k: v for k, v in t.swept.items() if k == SEED_AXIS}}) for t in trials]
                 for (combo, _), value, trials in zip(midpoints, values, expand_all(override_lists, self.composer))]

@@ -77,8 +77,10 @@ def _database_create(uri: str, experiment_id: str, runs: list[NewRun]) -> list[t
             run_id = uuid.uuid4().hex
             artifact_uri = append_to_uri_path(location, run_id, "artifacts")
             created.append((run_id, artifact_uri))
+            # user_id from the mlflow.user tag, as MlflowClient.create_run sets it
             run_rows.append({"run_uuid": run_id, "name": run.run_name, "source_type": "UNKNOWN", "source_name": "",
-                             "entry_point_name": "", "user_id": "unknown", "status": "RUNNING", "start_time": now,
+                             "entry_point_name": "", "user_id": run.tags.get("mlflow.user", "unknown"),
+                             "status": "RUNNING", "start_time": now,
                              "end_time": None, "deleted_time": None, "source_version": "",
                              "lifecycle_stage": "active", "artifact_uri": artifact_uri,
                              "experiment_id": int(experiment_id)})

@@ -10,6 +10,7 @@ stays consistent if a process dies; a power cut may lose the last commits (sgdla
 from __future__ import annotations
 
 import fcntl
+import getpass
 import os
 import sqlite3
 import subprocess
@@ -44,6 +45,19 @@ def git_state() -> dict[str, str]:
 
     sha = git("rev-parse", "HEAD")
     return {tags.GIT_SHA: sha, tags.GIT_DIRTY: str(bool(git("status", "--porcelain"))).lower() if sha else ""}
+
+
+def source_tags(git: dict[str, str]) -> dict[str, str]:
+    """MLflow's own run tags, which fill the UI's Source, Version and User columns: the program, the checkout's
+    commit and the user who ran the driver."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database (some containers)
+        user = str(os.getuid())
+    out = {"mlflow.source.name": "sgdlab", "mlflow.source.type": "LOCAL", "mlflow.user": user}
+    if git.get(tags.GIT_SHA):
+        out["mlflow.source.git.commit"] = git[tags.GIT_SHA]
+    return out
 
 
 @dataclass(frozen=True)
@@ -191,6 +205,7 @@ def open_sweep(uri: str, sweep: str, description: str = "") -> SweepHandle:
         artifacts = (path.parent / "mlartifacts" / sweep).as_uri() if path is not None else None
         exp_id = _experiment(mlflow, sweep, artifacts)
         git = git_state()
+        git = {**git, **source_tags(git)}
         run_id = _sweep_run(mlflow, exp_id, sweep, description, git)
     return SweepHandle(uri=uri, experiment_id=exp_id, sweep_run_id=run_id, sweep=sweep, run_tags=git,
                        submission=uuid.uuid4().hex)

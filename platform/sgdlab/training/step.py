@@ -8,8 +8,8 @@ How it is computed (the numbers agree up to the order of floating-point operatio
   compiled  a pack of one in one process, once it has done train.compile_after steps and has at least as many
             left: the vmapped function compiled by torch.compile, which fuses its small kernels and its Python
             away (2-3x the direct rate for the small models). Compiling takes 6-10 s on a CPU the first time
-            (0.5 s from inductor's cache later), so only long trials do; where torch.compile fails (no C++ compiler) a warning says so and the trial goes on
-            uncompiled. Compiled numbers agree with the direct ones to rounding (bit for bit in float64 in
+            (0.5 s from inductor's cache later), so only long trials do; where torch.compile fails (no C++
+            compiler) a warning says so and the trial goes on uncompiled. Compiled numbers agree with the direct ones to rounding (bit for bit in float64 in
             bench/step_bench.py's trials).
 On W > 1 data-parallel workers the shard gradients are all-reduced between the gradient and the update, so the
 two are separate vmapped calls and nothing is compiled.
