@@ -128,10 +128,6 @@ class Combination:
     status: str = "open"  # open | waiting | located | below range | above range | budget | failed
 
     @property
-    def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.values.items()) or "all"
-
-    @property
     def added_trials(self) -> int:
         return sum(len(t) for x, t in self.points.items() if x not in self.initial)
 
