@@ -47,7 +47,15 @@ def refused(host: str, port: int) -> bool:
 
 
 @pytest.mark.slow
+def a_store(folder) -> None:
+    """A store with one sweep in `folder` (`sgdlab ui` serves an existing store only)."""
+    from sgdlab.tracking.store import open_sweep
+
+    open_sweep(f"sqlite:///{folder / 'mlflow.db'}", "tiny")
+
+
 def test_ui_serves_the_store_on_loopback_only(tmp_path):
+    a_store(tmp_path)
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
     server = subprocess.Popen([*SGDLAB, "ui", "--port", str(port)], cwd=tmp_path, env=env,
@@ -155,6 +163,7 @@ def test_mlflow_server_beyond_loopback_needs_authentication_or_an_explicit_flag(
 
 @pytest.mark.slow
 def test_ui_beyond_loopback_warns(tmp_path):
+    a_store(tmp_path)
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
     ui = subprocess.Popen([*SGDLAB, "ui", "--host", "0.0.0.0", "--port", str(port)], cwd=tmp_path, env=env,
