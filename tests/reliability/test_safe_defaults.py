@@ -47,20 +47,24 @@ def refused(host: str, port: int) -> bool:
 
 
 @pytest.mark.slow
-def a_store(folder) -> None:
-    """A store with one sweep in `folder` (`sgdlab ui` serves an existing store only)."""
+def a_store(folder) -> str:
+    """A store with one sweep in `folder` (`sgdlab ui` serves an existing store only); its experiment id."""
     from sgdlab.tracking.store import open_sweep
 
-    open_sweep(f"sqlite:///{folder / 'mlflow.db'}", "tiny")
+    return open_sweep(f"sqlite:///{folder / 'mlflow.db'}", "tiny").experiment_id
 
 
 def test_ui_serves_the_store_on_loopback_only(tmp_path):
-    a_store(tmp_path)
+    """...and prints the URL of the newest sweep's runs in MLflow's training view (tests/cli/test_ui.py has the
+    rest of `sgdlab ui`)."""
+    experiment = a_store(tmp_path)
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
-    server = subprocess.Popen([*SGDLAB, "ui", "--port", str(port)], cwd=tmp_path, env=env,
+    server = subprocess.Popen([*SGDLAB, "ui", "--port", str(port)], cwd=tmp_path, env=env, text=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
+        assert server.stderr.readline().rstrip().endswith(
+            f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning")
         deadline, body = time.time() + 90, None
         while time.time() < deadline and body is None:
             try:
