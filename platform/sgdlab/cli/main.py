@@ -229,7 +229,7 @@ def resubmit(name: str = typer.Argument(..., help="sweep name"),
 def sweep_status(name: str, overrides: list[str]) -> dict:
     """The status object of `sgdlab status --json` (reads the store, never creates it)."""
     from sgdlab.tracking.location import check_store, resolve_uri, sqlite_path
-    from sgdlab.tracking.query import STATES, by_trial, finished_run, newest_run, sweep_runs, trial_state
+    from sgdlab.tracking.query import by_trial, newest_run, state_counts, sweep_runs, trial_state
 
     spec, trials, strings = load_trials(name, overrides)
     first = trials[0].config
@@ -241,20 +241,11 @@ def sweep_status(name: str, overrides: list[str]) -> dict:
         brackets = {"axis": spec.refine.axis, "criterion": spec.refine.criterion,
                     "brackets": [{k: None if v != v else v for k, v in vars(b).items()} for b in rounds.brackets()]}
         trials = [t for combo in rounds.refinement.combinations.values() for ts in combo.points.values() for t in ts]
-    runs = by_trial(sweep_runs(uri, name))
-    counts = dict.fromkeys(STATES, 0)
-    outcomes = {"converged": 0, "diverged": 0, "max_steps": 0}
-    failed, now = [], time.time()
-    for trial in trials:
-        trial_runs = runs.get(trial.trial_id, [])
-        state = trial_state(trial_runs, first["tracking"]["stale_after_s"], now)
-        counts[state] += 1
-        if state == "finished":
-            outcome = finished_run(trial_runs).outcome
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        elif state == "failed":
-            newest = newest_run(trial_runs)
-            failed.append({"trial_id": trial.trial_id, "error": newest.error or newest.status})
+    runs, now, stale_after_s = by_trial(sweep_runs(uri, name)), time.time(), first["tracking"]["stale_after_s"]
+    counts, outcomes = state_counts(runs, [t.trial_id for t in trials], stale_after_s, now)
+    failed = [newest_run(runs[t.trial_id]) for t in trials
+              if trial_state(runs.get(t.trial_id, []), stale_after_s, now) == "failed"]
+    failed = [{"trial_id": run.trial_id, "error": run.error or run.status} for run in failed]
     path = sqlite_path(uri)
     exists = path is None or (path.is_file() and path.stat().st_size > 0)  # a server answered check_store
     report = {"sweep": name, "store": {"uri": uri, "exists": exists}, "trials": len(trials), "counts": counts,

@@ -27,7 +27,7 @@ from sgdlab.orchestration.packing import pack_jobs, task_slots
 from sgdlab.orchestration.plan import PackJob, TrialJob, unplaceable
 from sgdlab.orchestration.runtime import address, connect, shutdown
 from sgdlab.orchestration.tasks import submit, warm_up
-from sgdlab.tracking.query import STATES, by_trial, ended_since, finished_run, sweep_runs, trial_state
+from sgdlab.tracking.query import by_trial, ended_since, state_counts, sweep_runs
 from sgdlab.tracking.record_store import store_for
 from sgdlab.tracking.store import SweepHandle, open_sweep, sweep_ended, sweep_working
 from sgdlab.tracking.tags import one_line
@@ -93,15 +93,10 @@ def run_jobs(sweep: str, jobs: list[TrialJob], config: dict, uri: str, descripti
 
 
 def sweep_counts(handle: SweepHandle, config: dict) -> dict[str, int]:
-    """The sweep's trials by state (finished, failed, ...) and its finished ones by outcome (diverged, ...)."""
-    counts = dict.fromkeys(STATES, 0)
-    for runs in by_trial(sweep_runs(handle.uri, handle.sweep)).values():
-        state = trial_state(runs, config["tracking"]["stale_after_s"], time.time())
-        counts[state] += 1
-        if state == "finished":
-            outcome = finished_run(runs).outcome
-            counts[outcome] = counts.get(outcome, 0) + 1
-    return counts
+    """The sweep's recorded trials by state (finished, failed, ...) and its finished ones by outcome."""
+    runs = by_trial(sweep_runs(handle.uri, handle.sweep))
+    counts, outcomes = state_counts(runs, runs, config["tracking"]["stale_after_s"], time.time())
+    return {**counts, **outcomes}
 
 
 def run_trials(jobs: list[TrialJob | PackJob], handle: SweepHandle, max_in_flight: int,

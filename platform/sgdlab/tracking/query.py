@@ -296,6 +296,20 @@ def trial_state(runs: list[RunRecord], stale_after_s: float, now: float | None =
     return "failed"
 
 
+def state_counts(runs_by_trial: dict[str, list[RunRecord]], trial_ids, stale_after_s: float,
+                 now: float) -> tuple[dict[str, int], dict[str, int]]:
+    """({state: trials}, {outcome: finished trials}) of these trials (STATES and the outcomes of finished runs)."""
+    counts, outcomes = dict.fromkeys(STATES, 0), {"converged": 0, "diverged": 0, "max_steps": 0}
+    for trial_id in trial_ids:
+        runs = runs_by_trial.get(trial_id, [])
+        state = trial_state(runs, stale_after_s, now)
+        counts[state] += 1
+        if state == "finished":
+            outcome = finished_run(runs).outcome
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return counts, outcomes
+
+
 def by_trial(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
     out: dict[str, list[RunRecord]] = {}
     for r in records:
