@@ -27,16 +27,31 @@ def test_every_point_is_drawn_equally_often():
 
 
 
-def test_python_integers_and_tensor_operations_draw_the_same_batches():
-    """A few members on the CPU draw with Python integers, large packs (and devices) with tensors: one sampler."""
+def first_distinct(key: int, n: int, batch_size: int) -> list[int]:
+    """The stream of the module docstring, drawn one value at a time with Python integers: the first batch_size
+    distinct values of floor(h(key xor g(j)) n / 2^32), j = 0, 1, 2, ..."""
+    from sgdlab.training.counter_random import mix32, spread
+
+    seen: set[int] = set()
+    batch, j = [], 0
+    while len(batch) < batch_size:
+        i = (mix32(key ^ spread(j)) * n) >> 32
+        if i not in seen:
+            seen.add(i)
+            batch.append(i)
+        j += 1
+    return batch
+
+
+def test_the_tensor_sampler_draws_the_stream_of_its_definition():
+    """batch_indices (tensor operations, many members at once) against the stream drawn value by value."""
     from sgdlab.training.counter_random import MASK32, mix32
-    from sgdlab.training.sampler import first_distinct_tensor
 
     seeds, steps = torch.arange(40) * 7919, torch.arange(40) * 104729 + 3
     for n, b in ((1024, 8), (64, 16), (33, 16), (60000, 32)):
-        host = torch.cat([batch_indices(seeds[m:m + 1], steps[m:m + 1], n, b) for m in range(40)])
-        keys = mix32(mix32(seeds & MASK32) ^ (steps & MASK32))
-        assert torch.equal(first_distinct_tensor(keys, n, b), host), (n, b)
+        keys = [mix32(mix32(k & MASK32) ^ (s & MASK32)) for k, s in zip(seeds.tolist(), steps.tolist())]
+        expected = torch.tensor([first_distinct(key, n, b) for key in keys])
+        assert torch.equal(batch_indices(seeds, steps, n, b), expected), (n, b)
 
 
 def test_every_ordered_batch_is_equally_likely():

@@ -8,9 +8,9 @@ after B + B^2 / 2P draws on average. When 2B > P (where that rejection would tak
 the B indices i < P with the smallest keys (h(K xor g(i)) << 24) | i, which costs O(P).
 
 A batch depends only on (k, s): no random-number generator state to carry, checkpoint or keep per member. It is
-the same alone, in any pack and on any device: a few members on the CPU draw with Python integers (cheaper than a
-dozen small tensor operations), larger packs and devices with tensor operations, and a test checks that both ways
-give the same indices.
+the same alone, in any pack and on any device (tensor operations everywhere; a test checks them against the
+stream drawn with Python integers). The training loop draws through Batches, many steps at a time, so that the
+dozen small tensor operations of a draw are shared by about a thousand (member, step) batches.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch
 from sgdlab.training.counter_random import MASK32, mix32, spread
 
 INDEX_BITS = 24  # data sets up to 16.7M points
-HOST_DRAWS = 256  # at most this many indices per step (members x B) are drawn with Python integers on the CPU
 AHEAD_ROWS = 1024  # Batches draws this many (member, step) batches at a time
 
 
@@ -31,29 +30,13 @@ def batch_indices(seeds: torch.Tensor, steps: torch.Tensor, n: int, batch_size: 
         raise ValueError(f"data.n_train = {n}: the sampler handles at most {1 << INDEX_BITS} training points")
     if 2 * batch_size > n:
         return smallest_keys(seeds, steps, n, batch_size)
-    if seeds.device.type == "cpu" and len(seeds) * batch_size <= HOST_DRAWS:
-        keys = [mix32(mix32(k & MASK32) ^ (s & MASK32)) for k, s in zip(seeds.tolist(), steps.tolist())]
-        return torch.tensor([first_distinct(key, n, batch_size) for key in keys], dtype=torch.int64)
     return first_distinct_tensor(mix32(mix32(seeds & MASK32) ^ (steps & MASK32)), n, batch_size)
 
 
-def first_distinct(key: int, n: int, batch_size: int) -> list[int]:
-    """The first batch_size distinct values of the stream of member key `key`, with Python integers."""
-    seen: set[int] = set()
-    batch, j = [], 0
-    while len(batch) < batch_size:
-        i = (mix32(key ^ spread(j)) * n) >> 32
-        if i not in seen:
-            seen.add(i)
-            batch.append(i)
-        j += 1
-    return batch
-
-
 def first_distinct_tensor(keys: torch.Tensor, n: int, batch_size: int) -> torch.Tensor:
-    """first_distinct for every member key at once: draw a prefix of each stream, mark the values seen earlier in
-    it (a sort by value, then by position), keep the first batch_size others; a longer prefix if a member's was
-    short (the result does not depend on the prefix's length)."""
+    """The first batch_size distinct values of the stream of every member key at once: draw a prefix of each
+    stream, mark the values seen earlier in it (a sort by value, then by position), keep the first batch_size
+    others; a longer prefix if a member's was short (the result does not depend on the prefix's length)."""
     draws_per_member = batch_size + 4 + batch_size * batch_size // n
     while True:
         j = torch.arange(draws_per_member, device=keys.device, dtype=torch.int64)
