@@ -72,10 +72,23 @@ def sweeps_dir(tmp_path, monkeypatch):
     return folder
 
 
+NO_REPORT = "report.auto=false"  # a report costs ~7 s of a sweep; the tests of the report ask for it
+
+
+def without_report(args) -> list[str]:
+    """A sweep's or resubmit's arguments with report.auto=false added, unless they set report.* themselves."""
+    args = list(args)
+    if args[:1] in (["sweep"], ["resubmit"]) and not any(a.startswith("report.") for a in args):
+        args.append(NO_REPORT)
+    return args
+
+
 def run_sgdlab(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real command line in a subprocess (cwd decides where the default store goes)."""
+    """The real command line in a subprocess (cwd decides where the default store goes); sweeps skip their
+    report unless `args` set report.auto."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([*SGDLAB, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run([*SGDLAB, *without_report(args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
 
 
 TINY = """

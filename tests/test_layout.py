@@ -36,17 +36,18 @@ ALLOWED_IMPORTS: dict[str, set[str]] = {
     "sgdlab": set(),  # `import sgdlab` stays light
     "paths": set(),
     "numerics": set(),
+    "params": set(),
     "config": {"paths"},  # compose finds conf/
-    "sweep": {"config", "paths"},  # spec finds sweeps/, expand composes, identity drops the non-identity keys
+    "sweep": {"config", "paths", "params"},  # run names show values as params do  # spec finds sweeps/, expand composes, identity drops the non-identity keys
     "training": set(),  # torch only
     "probes": set(),  # torch only
-    "tracking": {"paths", "numerics"},  # the default store; every run records its numerics version
+    "tracking": {"paths", "numerics", "params"},  # the default store; runs record the numerics version, params
     "jobs": {"training", "probes", "tracking", "sweep"},  # sweep: the identity of an end probe (probe_id)
     # jobs, plus what the data flow feeds the plan and the scheduler: trials (sweep) and records (tracking);
     # config: a plan rejects bad input with ConfigError; runtime ships the package itself to Ray workers
     "orchestration": {"sgdlab", "config", "jobs", "tracking", "sweep"},
     "analysis": {"config", "tracking"},  # records, and the non-identity keys of trial configs
-    "cli": {"sgdlab", "paths", "numerics", "config", "sweep", "training", "probes", "tracking", "jobs", "orchestration",
+    "cli": {"sgdlab", "paths", "numerics", "params", "config", "sweep", "training", "probes", "tracking", "jobs", "orchestration",
             "analysis"},
 }
 

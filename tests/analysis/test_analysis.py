@@ -15,6 +15,7 @@ from sgdlab.analysis.fits import critical_temperature, critical_temperatures, fi
 from sgdlab.analysis.frames import aggregate, grid_axes, missing_trials, trial_frame
 from sgdlab.analysis.report import build_report
 from sgdlab import numerics
+from sgdlab.params import flatten, param_text
 from sgdlab.tracking import tags
 from sgdlab.tracking.query import RunRecord
 
@@ -36,7 +37,7 @@ def record(alpha, T, seed, *, P=256, B=16, width=32, lr=None, attempt=1, start=0
     if error:
         run_tags[tags.ERROR] = error
     return RunRecord(run_id=f"{tid}#{attempt}", status=status, start_time=start, metrics=dict(metrics or {}),
-                     params={k: str(v) for k, v in tags.flatten(config).items()}, tags=run_tags)
+                     params={k: param_text(v) for k, v in flatten(config).items()}, tags=run_tags)
 
 
 # --- power law -----------------------------------------------------------------------------------------------
@@ -290,7 +291,7 @@ def perceptron_record(chi, T, P, seed, delta, outcome="converged") -> RunRecord:
     tid = f"chi{chi}-T{T}-P{P}-s{seed}"
     return RunRecord(run_id=f"{tid}#1", status="FINISHED", start_time=0,
                      metrics={"weight_delta": delta, "weight_change": delta / 5.0, "steps": 100.0},
-                     params={k: str(v) for k, v in tags.flatten(config).items()},
+                     params={k: param_text(v) for k, v in flatten(config).items()},
                      tags={tags.TRIAL_ID: tid, tags.KIND: "train", tags.ATTEMPT: "1", tags.OUTCOME: outcome,
                            tags.NUMERICS: str(numerics.VERSION)})
 
@@ -336,7 +337,7 @@ def test_p_exponent_recovers_the_planted_exponent_within_its_error_bar():
     # by hand for chi = 1, T = 1: seed 0 diverged at P = 1024 and fits 3 P, the others 4; P = 2048 never counts
     slopes = []
     for seed in range(8):
-        runs = [r for r in records if r.params["data.chi"] == "1.0" and r.params["optim.temperature"] == "1.0"
+        runs = [r for r in records if r.params["data.chi"] == "1" and r.params["optim.temperature"] == "1"
                 and r.params["seed"] == str(seed) and r.tags[tags.OUTCOME] == "converged"]
         P = [float(r.params["data.n_train"]) for r in runs]
         slopes.append(np.polyfit(np.log(P), np.log([r.metrics["weight_delta"] for r in runs]), 1)[0])

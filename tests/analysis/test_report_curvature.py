@@ -20,6 +20,7 @@ from sgdlab.analysis.spectra import fit_batch_ratio, read_density
 from sgdlab.analysis.stability import (eos_ratio, eos_table, largest_stable_lr, stable_lr_fit, trajectory_frame,
                                        wu_su, wu_su_p)
 from sgdlab import numerics
+from sgdlab.params import flatten, param_text
 from sgdlab.tracking import tags
 from sgdlab.tracking.query import RunRecord
 
@@ -37,7 +38,7 @@ def train(lr, B, seed, *, optimizer="sgd", P=128, alpha=1.0, outcome="converged"
     if status == "FINISHED":
         run_tags[tags.OUTCOME] = outcome
     return RunRecord(run_id=f"train-{tid}", status=status, start_time=start, metrics=dict(metrics or {}),
-                     params={k: str(v) for k, v in tags.flatten(config).items()}, tags=run_tags)
+                     params={k: param_text(v) for k, v in flatten(config).items()}, tags=run_tags)
 
 
 def probe(of: RunRecord, metrics: dict, *, start=1, run_id=None, matrix="full", n_examples=1024, slq=0,

@@ -19,8 +19,10 @@ def test_without_a_name_ui_opens_the_most_recently_updated_sweep(tmp_path):
 
     handles = store_with_two_sweeps(tmp_path)
     assert sweep_experiments(f"sqlite:///{tmp_path / 'mlflow.db'}") == [
-        ("newer", handles["newer"].experiment_id), ("older", handles["older"].experiment_id)]
+        ("newer", handles["newer"].experiment_id, False), ("older", handles["older"].experiment_id, False)]
     assert experiment_url("http://h:5000/", "7") == "http://h:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert experiment_url("http://h:5000", "7", view=True) == (
+        "http://h:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=sgdlab-trials")
 
 
 def test_ui_without_a_store_or_with_an_unknown_sweep_exits_2(tmp_path, monkeypatch):

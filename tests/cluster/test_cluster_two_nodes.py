@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import SGDLAB, run_sgdlab, status_json
+from conftest import NO_REPORT, SGDLAB, run_sgdlab, status_json
 
 from cluster_helpers import listening_addresses, mlflow_server, postgres_reachable, ray_cluster
 
@@ -103,7 +103,7 @@ def test_sweeps_on_two_ray_nodes_with_postgres_mlflow(sweeps_dir, tmp_path, monk
         # 2. The second node dies while it runs a trial: Ray retries it on the head, which ends the lost run
         # FAILED ('worker lost') and finishes the trial as attempt 2; no trial is lost or finished twice.
         sweep = subprocess.Popen([*SGDLAB, "sweep", "hold", f"cluster.address={gcs_address}",
-                                  "resources.max_retries=3"], cwd=work, stdout=subprocess.PIPE,
+                                  "resources.max_retries=3", NO_REPORT], cwd=work, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         try:
             deadline, held = time.monotonic() + 120, []

@@ -11,14 +11,14 @@ import pytest
 
 from sgdlab.tracking.query import by_trial, sweep_runs, trial_state
 
-from conftest import REPO, SGDLAB
+from conftest import REPO, SGDLAB, without_report
 
 RACE = (REPO / "bench" / "race.yaml").read_text()  # also raced by bench/race_bench.py
 
 
 def start_drivers(n: int, cwd, sweep: str, *overrides: str, env: dict | None = None) -> list[subprocess.Popen]:
     full_env = {**os.environ, **(env or {})}
-    return [subprocess.Popen([*SGDLAB, "sweep", sweep, *overrides], cwd=cwd, env=full_env, text=True,
+    return [subprocess.Popen([*SGDLAB, *without_report(["sweep", sweep, *overrides])], cwd=cwd, env=full_env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from sgdlab.tracking.query import sweep_runs
 
-from conftest import SGDLAB, mlflow_runs, run_sgdlab, status_json
+from conftest import SGDLAB, mlflow_runs, run_sgdlab, status_json, without_report
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray head
 
@@ -22,7 +22,7 @@ axes:
 
 
 def start_sweep(cwd, *args):
-    return subprocess.Popen([*SGDLAB, "sweep", "slow", *args], cwd=cwd, stdout=subprocess.PIPE,
+    return subprocess.Popen([*SGDLAB, *without_report(["sweep", "slow", *args])], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

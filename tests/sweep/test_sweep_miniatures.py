@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SGDLAB, mlflow_runs
+from conftest import NO_REPORT, REPO, SGDLAB, mlflow_runs
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,7 @@ def miniatures(ray_head, tmp_path_factory):
         folder = tmp_path_factory.mktemp(name)
         shutil.copy(empty_store, folder / "mlflow.db")
         overrides, _ = MINIATURES[name]
-        return name, (folder, subprocess.run([*SGDLAB, "sweep", name, *overrides, *ONE_TASK,
+        return name, (folder, subprocess.run([*SGDLAB, "sweep", name, *overrides, *ONE_TASK, NO_REPORT,
                                               f"cluster.address={address}"],
                                              cwd=folder, env=env, capture_output=True, text=True, timeout=300))
 

@@ -12,11 +12,12 @@ import uuid
 
 import pytest
 from mlflow import __version__ as mlflow_version
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from sgdlab.tracking import record_store
 from sgdlab.tracking.query import sweep_runs
 from sgdlab.tracking.record_store import ClientStore, create_runs, store_for, update_runs
+from sgdlab.tracking.datasets import dataset_record
 from sgdlab.tracking.run_records import NewRun, RunUpdate
 from sgdlab.tracking.store import client, open_sweep
 
@@ -29,6 +30,8 @@ FIRST = [("loss", 1.0, 1000, 0), ("loss", 0.5, 1001, 10), ("loss", 0.5, 1001, 10
 SECOND = [("loss", 0.25, 1004, 20), ("error", 0.5, 999, 10), ("big", 2.0, 1000, 0), ("small", 1.0, 1005, 2)]
 FIRST_TAGS = {"sgdlab.heartbeat": "1.0", "extra": "a"}
 SECOND_TAGS = {"sgdlab.heartbeat": "2.0", "sgdlab.outcome": "converged"}
+DATASET = dataset_record({"data": {"name": "digits_parity", "n_train": 64, "n_test": None, "batch_size": 8,
+                                   "seed": 0}})
 
 
 def _by_client(uri: str, experiment_id: str) -> str:
@@ -36,6 +39,8 @@ def _by_client(uri: str, experiment_id: str) -> str:
     run = mlflow.create_run(experiment_id, run_name="trial", tags=TAGS)
     run_id = run.info.run_id
     mlflow.log_batch(run_id, params=[Param(k, v) for k, v in PARAMS.items()])
+    mlflow.log_inputs(run_id, [DatasetInput(Dataset(DATASET.name, DATASET.digest, "code", DATASET.source,
+                                                    profile=DATASET.profile), [InputTag("mlflow.data.context", "train")])])
     mlflow.log_batch(run_id, metrics=[Metric(*m) for m in FIRST], tags=[RunTag(k, v) for k, v in FIRST_TAGS.items()])
     mlflow.log_batch(run_id, metrics=[Metric(*m) for m in SECOND], tags=[RunTag(k, v) for k, v in SECOND_TAGS.items()])
     mlflow.set_terminated(run_id, "FINISHED")
@@ -43,7 +48,7 @@ def _by_client(uri: str, experiment_id: str) -> str:
 
 
 def _by_record_store(uri: str, experiment_id: str) -> str:
-    ((run_id, _),) = create_runs(uri, experiment_id, [NewRun("trial", TAGS, PARAMS)])
+    ((run_id, _),) = create_runs(uri, experiment_id, [NewRun("trial", TAGS, PARAMS, DATASET, "train")])
     update_runs(uri, [RunUpdate(run_id, FIRST, FIRST_TAGS)])
     update_runs(uri, [RunUpdate(run_id, SECOND, SECOND_TAGS, "FINISHED")])
     return run_id
@@ -103,6 +108,14 @@ def _assert_written_like_client(store_uri: str) -> None:
     assert ours.data.params == ref.data.params == PARAMS
     assert ours.data.tags == ref.data.tags
     assert ours.data.tags["sgdlab.heartbeat"] == "2.0" and ours.data.tags["extra"] == "a"
+    # One dataset record, shared by both runs (the UI's Dataset column and filter), with the context tag.
+    (theirs_in,), (ours_in,) = ref.inputs.dataset_inputs, ours.inputs.dataset_inputs
+    assert ours_in.dataset.to_dictionary() == theirs_in.dataset.to_dictionary()
+    assert (ours_in.dataset.name, ours_in.dataset.digest) == ("digits_parity", DATASET.digest)
+    assert [(t.key, t.value) for t in ours_in.tags] == [(t.key, t.value) for t in theirs_in.tags] == [
+        ("mlflow.data.context", "train")]
+    found = mlflow.search_runs([handle.experiment_id], f"dataset.digest = '{DATASET.digest}'")
+    assert {r.info.run_id for r in found} >= {ref.info.run_id, ours.info.run_id}
     assert ours.data.metrics.keys() == ref.data.metrics.keys() == {"loss", "error", "big", "small"}
     for key in ref.data.metrics:
         assert _same(ours.data.metrics[key], ref.data.metrics[key]), key

@@ -26,15 +26,16 @@ from sgdlab.analysis.batch_ratio_section import batch_ratio
 from sgdlab.analysis.density_section import spectral_densities
 from sgdlab.analysis.lambda_max_section import sharpness_vs_batch
 from sgdlab.analysis.layer_section import layer_sensitivities
-from sgdlab.analysis.report_section import Files
+from sgdlab.analysis.report_section import Files, Numbers
 from sgdlab.analysis.stable_lr_section import stable_lr
 from sgdlab.analysis.trajectory_section import sharpness_trajectories
 from sgdlab.analysis.wu_su_section import with_wu_su, wu_su_check
 
 
 def curvature_sections(frame: pd.DataFrame, probes: pd.DataFrame, histories: dict, densities: dict,
-                       out_dir: Path) -> tuple[list[str], Files, Files]:
-    """(markdown lines, figures, tables) of every curvature figure the records allow (module docstring)."""
+                       out_dir: Path, numbers: Numbers) -> tuple[list[str], Files, Files]:
+    """(markdown lines, figures, tables) of every curvature figure the records allow (module docstring); the
+    fitted slopes of lr_max(B) are added to `numbers`."""
     out_dir = Path(out_dir)
     lines: list[str] = []
     figures: Files = []
@@ -51,7 +52,7 @@ def curvature_sections(frame: pd.DataFrame, probes: pd.DataFrame, histories: dic
     for section in (lambda: sharpness_trajectories(frame, histories, out_dir),
                     lambda: sharpness_vs_batch(frame, probes, out_dir),
                     lambda: batch_ratio(probes, out_dir),
-                    lambda: stable_lr(frame, out_dir),
+                    lambda: stable_lr(frame, out_dir, numbers),
                     lambda: spectral_densities(probes, densities, out_dir),
                     lambda: wu_su_check(probes, out_dir),
                     lambda: layer_sensitivities(probes, out_dir)):

@@ -16,14 +16,16 @@ import pandas as pd
 from sgdlab.analysis import plots
 from sgdlab.analysis.figure_layout import LEGEND_WIDTH, batch_axis
 from sgdlab.analysis.fits import fit_power_law
-from sgdlab.analysis.report_section import Files, markdown_table
+from sgdlab.analysis.report_section import Files, Numbers, markdown_table, number_key
 
 LABELS = {"optim.lr": "lr", "optim.temperature": "T", "data.batch_size": "B", "data.n_train": "P",
           "model.alpha": "alpha"}
 
 
-def refine_section(brackets: pd.DataFrame, axis: str, criterion: str, out_dir: Path) -> tuple[list[str], Files, Files]:
-    """(markdown lines, figures, tables) of a refinement's brackets; nothing without brackets."""
+def refine_section(brackets: pd.DataFrame, axis: str, criterion: str, out_dir: Path,
+                   numbers: Numbers) -> tuple[list[str], Files, Files]:
+    """(markdown lines, figures, tables) of a refinement's brackets, nothing without brackets; the fitted power
+    laws go into `numbers`."""
     if brackets is None or brackets.empty:
         return [], [], []
     csv = out_dir / "refine_brackets.csv"
@@ -63,6 +65,8 @@ def refine_section(brackets: pd.DataFrame, axis: str, criterion: str, out_dir: P
                 grid = np.geomspace(located["x"].min(), located["x"].max(), 50)
                 handles += ax.plot(grid, fit(grid), "--", color=colour, label=f"fit {fit.exponent_text()}")
                 lines.append(f"- {name}* ~ {LABELS.get(x_key, x_key)}^b for {label}: {fit.describe()}")
+                numbers.update({number_key(f"{name}_exponent", label): fit.exponent,
+                                number_key(f"{name}_exponent_se", label): fit.stderr})
         if (frame["x"] > 0).all() and (frame["lower"].dropna() > 0).all():
             ax.set_yscale("log")
             if x_key == "data.batch_size":

@@ -35,6 +35,7 @@ from sgdlab.analysis.perceptron import CHI, MIN_P, exponent_plot, norm_plot, p_e
 from sgdlab.analysis.phase import phase_diagram
 from sgdlab.analysis.probes import probe_frame
 from sgdlab.analysis.refine_section import refine_section
+from sgdlab.analysis.report_section import Numbers, number_key
 from sgdlab.tracking.query import RunRecord
 
 PHASE_METRICS = ("test_error", "weight_change", "train_time")
@@ -50,6 +51,7 @@ class Report:
     summary: pd.DataFrame
     markdown: str
     tables: list[Path] = field(default_factory=list)  # CSVs besides summary.csv (probes.csv, lr_max.csv, ...)
+    numbers: Numbers = field(default_factory=dict)  # headline numbers, logged as metrics of the sweep's run
 
 
 def _values(values) -> str:
@@ -130,7 +132,8 @@ def _phase_diagrams(frame: pd.DataFrame, swept: list[str], out_dir: Path) -> tup
     return lines, figures
 
 
-def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path) -> tuple[list[str], Figures]:
+def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path,
+                          numbers: Numbers) -> tuple[list[str], Figures]:
     n_P, n_T = frame["P"].nunique(), frame["T"].nunique()
     if not ({"T", "P"} <= set(swept) and n_P >= 2 and n_T > N_PLATEAU and "weight_change" in frame):
         return [f"- T_c(P): not computed (needs T and P swept, at least 2 values of P and {N_PLATEAU + 1} of T, "
@@ -144,6 +147,7 @@ def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path) 
                       "smallest T), log-interpolated.", "",
                   "| P | T_c | plateau | temperatures |", "| --- | --- | --- | --- |"]
         lines += [f"| {plots.number(r.P)} | {r.T_c:.3g} | {r.plateau:.3g} | {r.n_T} |" for r in table.itertuples()]
+        numbers.update({number_key("T_c", where, f"P {plots.number(r.P)}"): r.T_c for r in table.itertuples()})
         found = table[np.isfinite(table["T_c"])]
         curves = aggregate(part[part["alpha"] == table["alpha"].iloc[0]], by=["P", "T"], metrics=["weight_change"])
         path = plots.lines_plot(curves, "T", "weight_change_mean", out_dir / f"weight_change_vs_T{suffix}.png",
@@ -155,6 +159,8 @@ def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path) 
             continue
         fit = fit_power_law(found["P"], found["T_c"])
         lines += ["", f"- {fit.describe('T_c', 'P')}, prefactor {fit.prefactor:.3g}."]
+        numbers.update({number_key("T_c_exponent", where): fit.exponent,
+                        number_key("T_c_exponent_se", where): fit.stderr})
         path = plots.power_law_plot(found["P"], found["T_c"], fit, out_dir / f"tc_vs_P{suffix}.png",
                                     xlabel=plots.label("P"), ylabel=plots.label("T_c"),
                                     title=f"alpha = {alpha}" + (f", {where}" if where else ""))
@@ -162,7 +168,8 @@ def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path) 
     return lines, figures
 
 
-def _perceptron_exponents(frame: pd.DataFrame, swept: list[str], out_dir: Path) -> tuple[list[str], Figures]:
+def _perceptron_exponents(frame: pd.DataFrame, swept: list[str], out_dir: Path,
+                          numbers: Numbers) -> tuple[list[str], Figures]:
     if not ({CHI, "P"} <= set(swept) and "weight_delta" in frame):
         return [], []
     table = p_exponents(frame)
@@ -176,6 +183,10 @@ def _perceptron_exponents(frame: pd.DataFrame, swept: list[str], out_dir: Path) 
     lines += [f"| {plots.number(r.chi)} | {r.claim:.3g} | {plots.number(r.T)} | {r.exponent:.3g}"
               + (f" ± {r.exponent_se:.2g}" if np.isfinite(r.exponent_se) else "") + f" | {r.n_seeds} | {r.n_P} |"
               for r in table.itertuples()]
+    for r in table.itertuples():
+        where = f"chi {plots.number(r.chi)}", f"T {plots.number(r.T)}"
+        numbers.update({number_key("perceptron_exponent", *where): r.exponent,
+                        number_key("perceptron_exponent_se", *where): r.exponent_se})
     figures = [(exponent_plot(table, out_dir / "p_exponent_vs_chi.png"),
                 "the fitted P exponent of ||w - w0|| against 1/(1+chi), one colour per T"),
                (norm_plot(frame, out_dir / "norm_vs_P.png"),
@@ -203,18 +214,21 @@ def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes:
     figures: Figures = []
     findings: list[str] = []
     tables: Figures = []
+    numbers: Numbers = {}
     if len(frame):
-        for section in (_phase_diagrams, _critical_temperature, _perceptron_exponents):
+        for section in (_phase_diagrams, lambda *a: _critical_temperature(*a, numbers),
+                        lambda *a: _perceptron_exponents(*a, numbers)):
             lines, drawn = section(frame, swept, out_dir)
             findings += lines
             figures += drawn
     measured = probe_frame(list(probes or []), [r for r in records if r.kind == "train"])
     if len(frame) or len(measured):
-        lines, drawn, tables = curvature_sections(frame, measured, histories or {}, densities or {}, out_dir)
+        lines, drawn, tables = curvature_sections(frame, measured, histories or {}, densities or {}, out_dir,
+                                                  numbers)
         findings += lines
         figures += drawn
     if refinement is not None:
-        lines, drawn, refined = refine_section(*refinement, out_dir)
+        lines, drawn, refined = refine_section(*refinement, out_dir, numbers)
         findings, figures, tables = findings + lines, figures + drawn, tables + refined
     text = [f"# sgdlab report: {sweep}", "", *_overview(frame, swept, missing), *_not_finished(frame, missing)]
     if findings:
@@ -226,4 +240,4 @@ def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes:
     markdown = "\n".join(text) + "\n"
     (out_dir / "summary.md").write_text(markdown)
     return Report(figures=[path for path, _ in figures], summary=summary, markdown=markdown,
-                  tables=[path for path, _ in tables])
+                  tables=[path for path, _ in tables], numbers=numbers)

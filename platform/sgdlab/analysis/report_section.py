@@ -1,4 +1,5 @@
-"""A section of the sweep report: (markdown lines for summary.md, figures, tables), each file with a caption.
+"""A section of the sweep report: (markdown lines for summary.md, figures, tables), each file with a caption, and
+the headline numbers it adds to `Numbers` (fitted exponents, T_c values, ...), logged as metrics of the sweep's run.
 
 Values are written as mean ± standard error; a table shows at most MAX_ROWS rows in summary.md, its CSV holds
 all of them.
@@ -6,12 +7,20 @@ all of them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 MAX_ROWS = 30  # table rows written into summary.md (the CSVs hold all)
 Files = list[tuple[Path, str]]  # path, caption
+Numbers = dict[str, float]  # metric name on the sweep's run -> value
+
+
+def number_key(*parts) -> str:
+    """A metric name from its parts, 'summary/T_c/P_512': characters MLflow refuses in a name ('=', ',', ...) become
+    '_', parts are joined by '/'."""
+    return "/".join(["summary", *(re.sub(r"[^\w.\- ]", "_", str(p)) for p in parts if str(p))])
 
 
 def plus_minus(mean: float, se: float, digits: int = 3) -> str:

@@ -17,7 +17,7 @@ from sgdlab.analysis import plots
 from sgdlab.analysis.figure_layout import LEGEND_WIDTH, batch_axis
 from sgdlab.analysis.figure_lines import line_parts
 from sgdlab.analysis.frames import grid_axes, key_columns, swept_columns
-from sgdlab.analysis.report_section import Files, markdown_table
+from sgdlab.analysis.report_section import Files, Numbers, markdown_table, number_key
 from sgdlab.analysis.stability import REFERENCE_TEXT, largest_stable_lr, reference_slope, stable_lr_fit
 
 MIN_LRS = 3  # learning rates per (optimizer, B) for a largest stable lr
@@ -28,7 +28,8 @@ def _optimizer_text(name) -> str:
     return OPTIMIZER_NAMES.get(str(name).lower(), str(name))
 
 
-def stable_lr(frame: pd.DataFrame, out_dir: Path) -> tuple[list[str], Files, Files]:
+def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers) -> tuple[list[str], Files, Files]:
+    """(lines, figure, tables) of lr_max against B; the fitted exponents and each lr_max go into `numbers`."""
     if not {"lr", "B", "optimizer"} <= set(frame.columns) or frame.empty:
         return [], [], []
     placed = frame[(pd.to_numeric(frame["lr"], errors="coerce") > 0) & (pd.to_numeric(frame["B"], errors="coerce") > 0)]
@@ -70,6 +71,10 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path) -> tuple[list[str], Files, Fil
                 error = f" ± {fit.stderr:.2f}" if np.isfinite(fit.stderr) else " (no error bar: 2 points)"
                 ref_text = f" (reference {REFERENCE_TEXT.get(ref, f'{ref:g}')})" if ref is not None else ""
                 sentences.append(f"~ B^{fit.exponent:.2f}{error} for {label}{ref_text}")
+                numbers.update({number_key("lr_max_exponent", label): fit.exponent,
+                                number_key("lr_max_exponent_se", label): fit.stderr})
+            numbers.update({number_key("lr_max", label, f"B {plots.number(r.B)}"): r.lr_max
+                            for r in bounded.itertuples()})
             fit_rows.append({"line": label, "exponent": fit.exponent if fit else np.nan,
                              "exponent_se": fit.stderr if fit else np.nan,
                              "prefactor": fit.prefactor if fit else np.nan,

@@ -84,17 +84,29 @@ def trial_table(trials, title: str) -> Table:
     return table
 
 
+def swept_params(trials) -> list[str]:
+    """The params (flattened config keys) that differ between the trials, in config order, without the groups
+    that are not part of a trial's identity."""
+    from sgdlab.config.schema import NON_IDENTITY_GROUPS
+    from sgdlab.params import flatten, param_text
+
+    flat = [flatten(t.config) for t in trials]
+    return [key for key in flat[0] if key.split(".")[0] not in NON_IDENTITY_GROUPS
+            and len({param_text(f.get(key)) for f in flat}) > 1]
+
+
 def execute(name: str, jobs: list, config: dict, uri: str, plan: str, description: str = "", then=None,
-            after=None) -> None:
+            after=None, view_params: list[str] | None = None) -> None:
     """Run the jobs on Ray (`plan`, what will run, is printed once they are known to fit the cluster; `then`:
-    the next rounds' jobs, see run_jobs) and print the summary, then call `after()`; exit 2 if the cluster can
-    never run them, 1 if any trial failed, 130 when interrupted."""
+    the next rounds' jobs, `view_params`: the swept params, see run_jobs) and print the summary, then call
+    `after()`; exit 2 if the cluster can never run them, 1 if any trial failed, 130 when interrupted."""
     from sgdlab.orchestration.scheduler import run_jobs
 
     from sgdlab.tracking.location import StoreError
 
     try:
-        results = run_jobs(name, jobs, config, uri, description, console=err, announce=plan, then=then)
+        results = run_jobs(name, jobs, config, uri, description, console=err, announce=plan, then=then,
+                           view_params=view_params)
     except (ConfigError, StoreError) as exc:  # resources the cluster can never provide; a store gone bad meanwhile
         raise fail_input(str(exc))
     except KeyboardInterrupt:
@@ -173,8 +185,13 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
         if rounds:
             report_brackets(rounds)
         return
-    execute(name, jobs, first, uri, summary, spec.description, then=rounds and rounds.next_jobs,
-            after=rounds and (lambda: report_brackets(rounds)))
+    def after() -> None:
+        if rounds:
+            report_brackets(rounds)
+        auto_report(name, uri, first)
+
+    execute(name, jobs, first, uri, summary, spec.description, then=rounds and rounds.next_jobs, after=after,
+            view_params=swept_params(trials))
 
 
 def refinement_rounds(spec, trials, strings, uri: str, first: dict):
@@ -223,7 +240,7 @@ def resubmit(name: str = typer.Argument(..., help="sweep name"),
     if not jobs:
         err.print(summary)
         return
-    execute(name, jobs, jobs[0].config, uri, summary)
+    execute(name, jobs, jobs[0].config, uri, summary, after=lambda: auto_report(name, uri, jobs[0].config))
 
 
 def sweep_status(name: str, overrides: list[str]) -> dict:
@@ -307,8 +324,7 @@ def report(name: str = typer.Argument(..., help="sweep name"),
     """Phase diagrams, curvature figures, fits and summaries of a sweep: reports/NAME/ and the sweep's MLflow run."""
     from sgdlab.config.recorded import runtime_value
     from sgdlab.sweep.spec import check_name
-    from sgdlab.tracking.location import StoreError, check_store, resolve_uri, sqlite_path
-    from sgdlab.tracking.query import sweep_runs
+    from sgdlab.tracking.location import StoreError, check_store, resolve_uri
 
     folder = Path(out_dir or Path("reports") / name)
     try:
@@ -318,18 +334,28 @@ def report(name: str = typer.Argument(..., help="sweep name"),
             raise ConfigError(f"--out {folder}: {unwritable}")
         uri = resolve_uri()
         check_store(uri, runtime_value({}, "tracking", "timeout_s"))
-        records = sweep_runs(uri, name, kind=None)
-        trains = [r for r in records if r.kind == "train"]
-        probes = [r for r in records if r.kind == "probe"]
-        if not trains and not probes:
-            raise ConfigError(f"no runs of sweep {name!r} in {uri}; run `make sweep EXP={name}` first")
-        refinement = refinement_brackets(name, uri)
+        err.print(write_report(name, uri, folder), highlight=False)
     except (ConfigError, StoreError) as exc:
         raise fail_input(str(exc))
 
+
+def write_report(name: str, uri: str, folder: Path) -> str:
+    """Write the sweep's report into `folder` and attach it, with its headline numbers as metrics, to the sweep's
+    MLflow run (unless the store is read-only); returns the line that says what was written. ConfigError when the
+    store holds no run of the sweep."""
+    from sgdlab.tracking.location import sqlite_path
+    from sgdlab.tracking.query import sweep_runs
+
+    records = sweep_runs(uri, name, kind=None)
+    trains = [r for r in records if r.kind == "train"]
+    probes = [r for r in records if r.kind == "probe"]
+    if not trains and not probes:
+        raise ConfigError(f"no runs of sweep {name!r} in {uri}; run `make sweep EXP={name}` first")
+    refinement = refinement_brackets(name, uri)
+
     from sgdlab.analysis.report import build_report
     from sgdlab.analysis.report_inputs import report_inputs
-    from sgdlab.tracking.store import log_sweep_files, open_sweep
+    from sgdlab.tracking.store import log_sweep_files, log_sweep_metrics, open_sweep
 
     histories, densities, warnings = report_inputs(uri, trains, probes)
     for warning in warnings:
@@ -341,12 +367,30 @@ def report(name: str = typer.Argument(..., help="sweep name"),
     store = sqlite_path(uri)
     read_only = store is not None and not os.access(store.parent, os.W_OK)
     if not read_only:
-        log_sweep_files(open_sweep(uri, name), files)
-    err.print(f"{name}: report of {len(trains)} train and {len(probes)} probe runs in {folder}/ "
-              f"({len(result.figures)} figures, summary.csv, summary.md"
-              f"{', ' + ', '.join(p.name for p in result.tables) if result.tables else ''}), "
-              + ("not attached to the sweep's MLflow run: its store is read-only." if read_only else
-                 "also attached to the sweep's MLflow run under report/."))
+        handle = open_sweep(uri, name)
+        log_sweep_files(handle, files)
+        log_sweep_metrics(handle, {k: v for k, v in result.numbers.items() if v == v and abs(v) != float("inf")})
+    return (f"{name}: report of {len(trains)} train and {len(probes)} probe runs in {folder}/ "
+            f"({len(result.figures)} figures, summary.csv, summary.md"
+            f"{', ' + ', '.join(p.name for p in result.tables) if result.tables else ''}), "
+            + ("not attached to the sweep's MLflow run: its store is read-only." if read_only else
+               "also attached to the sweep's MLflow run under report/"
+               + (f", with {len(result.numbers)} summary numbers as its metrics summary/*." if result.numbers else ".")))
+
+
+def auto_report(name: str, uri: str, config: dict) -> None:
+    """The report at the end of `sgdlab sweep` (report.auto): one line whatever happens; never fails the sweep."""
+    if not config["report"]["auto"]:
+        return
+    folder = Path("reports") / name
+    try:
+        unwritable = why_not_writable(folder)
+        if unwritable:
+            raise ConfigError(f"{folder}: {unwritable}")
+        err.print(write_report(name, uri, folder), highlight=False)
+    except Exception as exc:  # noqa: BLE001 (the trials are recorded; a report can be made later)
+        err.print(f"report not written ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                  f"write it with: make report EXP={name}", markup=False, highlight=False)
 
 
 def refinement_brackets(name: str, uri: str):
@@ -422,7 +466,7 @@ def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: 
     from sgdlab.config.recorded import runtime_value
     from sgdlab.sweep.spec import check_name
     from sgdlab.tracking.location import StoreError, check_store, resolve_uri, sqlite_path
-    from sgdlab.tracking.store import experiment_url, sweep_experiments
+    from sgdlab.tracking.store import experiment_url, report_url, sweep_experiments
 
     uri = resolve_uri()
     try:
@@ -433,7 +477,7 @@ def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: 
             raise ConfigError(f"no store at {store}; run a sweep first (make sweep EXP=smoke) or set "
                               "MLFLOW_TRACKING_URI")
         check_store(uri, runtime_value({}, "tracking", "timeout_s"))
-        sweeps = dict(sweep_experiments(uri))
+        sweeps = {sweep: (exp_id, view) for sweep, exp_id, view in sweep_experiments(uri)}
         if name is not None and name not in sweeps:
             raise ConfigError(f"no sweep {name!r} in {uri}; sweeps there: {', '.join(sweeps) or 'none'}")
     except (ConfigError, StoreError) as exc:
@@ -441,9 +485,12 @@ def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: 
     chosen = name or next(iter(sweeps), None)
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = uri if uri.startswith("http") else f"http://{local}:{port}"
-    url = experiment_url(base, sweeps[chosen]) if chosen else base
+    url = experiment_url(base, *sweeps[chosen]) if chosen else base
+    report = report_url(uri, base, sweeps[chosen][0]) if chosen else None
+    report_line = f"\n{chosen}'s report (figures, summary): {report}" if report else ""
     if uri.startswith("http"):  # a tracking server is running already
-        out.print(f"{chosen or 'sgdlab'} on the MLflow server {uri}: {url}", highlight=False, soft_wrap=True)
+        out.print(f"{chosen or 'sgdlab'} on the MLflow server {uri}: {url}{report_line}", highlight=False,
+                  soft_wrap=True)
         return
     from sgdlab.tracking.server import is_loopback
 
@@ -451,7 +498,8 @@ def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: 
         err.print(f"warning: --host {host} serves the dashboard, which has no authentication, to every machine "
                   f"that reaches this one: anyone there can read and change the records in {uri}",
                   markup=False, highlight=False)
-    err.print(f"MLflow dashboard for {uri}; {chosen or 'the store'}'s runs: {url}", highlight=False, soft_wrap=True)
+    err.print(f"MLflow dashboard for {uri}; {chosen or 'the store'}'s runs: {url}{report_line}", highlight=False,
+              soft_wrap=True)
     if open_browser:  # a helper that waits for the server, then asks the desktop for a browser
         opener = ("import sys, webbrowser; from sgdlab.tracking.server import wait_ready; "
                   "wait_ready(sys.argv[1], 60); webbrowser.open(sys.argv[2])")

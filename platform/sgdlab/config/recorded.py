@@ -50,7 +50,8 @@ def apply_runtime_overrides(config: dict, changes: dict[tuple[str, str], object]
     ranges, as for a new trial)."""
     out, defaults = copy.deepcopy(config), copy.deepcopy(_defaults())
     out["fault"] = defaults["fault"]
-    out.setdefault("exec", defaults["exec"])  # configs recorded before the exec group existed
+    for group in ("exec", "report"):  # configs recorded before these groups existed
+        out.setdefault(group, defaults[group])
     for group, name in NON_IDENTITY_KEYS:  # and before train.compile_after
         out[group].setdefault(name, defaults[group][name])
     for (group, name), value in changes.items():

@@ -185,6 +185,11 @@ class Exec:
     pack_size: Union[int, Literal["auto"]]
 
 
+@dataclass
+class Report:
+    auto: bool = True
+
+
 OPTIONS: dict[str, dict[str, type]] = {
     "data": {
         "digits_parity": DigitsParity,
@@ -205,11 +210,12 @@ SINGLE: dict[str, type] = {
     "fault": Fault,
     "probe": Probe,
     "exec": Exec,
+    "report": Report,
 }
 TOP_LEVEL = {"seed"}
 
 # Keys that do not change what a trial computes: excluded from trial identity, overridable on resubmit.
-NON_IDENTITY_GROUPS = ("tracking", "cluster", "resources", "fault", "probe", "exec")
+NON_IDENTITY_GROUPS = ("tracking", "cluster", "resources", "fault", "probe", "exec", "report")
 # How often a trial saves itself and whether its step is compiled: not what it computes (compiled numbers agree up
 # to the order of floating-point operations).
 NON_IDENTITY_KEYS = (("train", "checkpoint_every"), ("train", "compile_after"))

@@ -15,6 +15,7 @@ from typing import Sequence
 from sgdlab.config.compose import Composer, parse_override
 from sgdlab.config.schema import ConfigError
 from sgdlab.sweep.identity import trial_id
+from sgdlab.params import flatten, param_text
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,14 @@ class Trial:
     trial_id: str
     config: dict
     overrides: tuple[str, ...]
-    swept: dict[str, str]  # axis key -> this trial's value, for tables and run names
+    swept: dict[str, str]  # axis key -> this trial's value (sgdlab.params.param_text), for tables and run names
+
+
+def swept_values(config: dict, overrides: dict[str, str]) -> dict[str, str]:
+    """axis key -> the trial's value as its param shows it (param_text of the composed value: '1' for
+    model.alpha=1.0, the derived lr of a T axis as composed), or the override's value for a group choice."""
+    flat = flatten(config)
+    return {k: param_text(flat[k]) if k in flat else line.split("=", 1)[1] for k, line in overrides.items()}
 
 
 def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
@@ -67,7 +75,7 @@ def expand_all(override_lists: Sequence[Sequence[str]], composer: Composer | Non
             if tid in seen:  # two spellings of one config (lr vs temperature) are one trial
                 continue
             seen.add(tid)
-            swept = {k: by_key[k].split("=", 1)[1] for k in swept_keys}
+            swept = swept_values(config, {k: by_key[k] for k in swept_keys})
             trials.append(Trial(trial_id=tid, config=config, overrides=tuple(combo), swept=swept))
         out.append(trials)
     return out

@@ -30,6 +30,7 @@ from sgdlab.config.compose import Composer
 from sgdlab.config.schema import ConfigError
 from sgdlab.sweep import criterion as criteria
 from sgdlab.sweep.expand import Trial, expand_all, parse_axes
+from sgdlab.params import flatten, param_text
 
 SCALES = ("log", "linear")
 SEED_AXIS = "seed"
@@ -157,8 +158,8 @@ class Refinement:
             combo.points.setdefault(float(trial.swept[refine.axis]), []).append(trial)
         for combo in self.combinations.values():
             combo.initial = sorted(combo.points)
-        # An integer axis (data.batch_size, data.n_train) gets integer midpoints.
-        self.integer = all(t.swept[refine.axis].lstrip("-").isdigit() for t in trials)
+        # An integer axis (data.batch_size, data.n_train: ints in the composed config) gets integer midpoints.
+        self.integer = all(type(flatten(t.config).get(refine.axis)) is int for t in trials)
 
     def advance(self, values: dict[str, dict], given_up: set[str] = frozenset()) -> list[Trial]:
         """Replay the rounds as far as `values` (trial_id -> its seed values, finished trials only) reach; the
@@ -211,9 +212,9 @@ class Refinement:
         values = [str(int(x)) if self.integer else repr(x) for _, x in midpoints]
         override_lists = [[*self.overrides, *(f"{k}={v}" for k, v in combo.values.items()),
                            f"{self.refine.axis}={value}"] for (combo, _), value in zip(midpoints, values)]
-        return [[replace(t, swept={**combo.values, self.refine.axis: value,
+        return [[replace(t, swept={**combo.values, self.refine.axis: param_text(x),
                                    **{k: v for k, v in t.swept.items() if k == SEED_AXIS}}) for t in trials]
-                for (combo, _), value, trials in zip(midpoints, values, expand_all(override_lists, self.composer))]
+                for (combo, x), trials in zip(midpoints, expand_all(override_lists, self.composer))]
 
     def _bracket(self, combo: Combination, values: dict[str, dict]) -> tuple[float | None, float | None]:
         plateau = None

@@ -16,8 +16,9 @@ import sys
 from typing import Callable
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
+from sgdlab.tracking.datasets import CONTEXT_TAG, SOURCE_TYPE
 from sgdlab.tracking.location import retried
 from sgdlab.tracking.run_records import NewRun, RecordStore, RunUpdate
 from sgdlab.tracking.store import client
@@ -43,6 +44,11 @@ class ClientStore:
         for i in range(0, len(params), CLIENT_PARAMS):
             chunk = params[i:i + CLIENT_PARAMS]
             retried(lambda: self.client.log_batch(created.info.run_id, params=chunk))
+        if run.dataset is not None:
+            d = run.dataset
+            dataset = Dataset(d.name, d.digest, SOURCE_TYPE, d.source, profile=d.profile)
+            inputs = [DatasetInput(dataset, [InputTag(CONTEXT_TAG, run.context)])]
+            retried(lambda: self.client.log_inputs(created.info.run_id, datasets=inputs))
         return created.info.run_id, created.info.artifact_uri
 
     def batches(self, updates: list[RunUpdate]) -> list[list[RunUpdate]]:

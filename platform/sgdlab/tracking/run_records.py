@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sgdlab.tracking.datasets import DatasetRecord
+
 
 @dataclass
 class NewRun:
     run_name: str
     tags: dict[str, str]
     params: dict[str, str]
+    dataset: DatasetRecord | None = None  # logged as the run's dataset input, with the context `context`
+    context: str = ""
 
 
 @dataclass
@@ -26,7 +30,8 @@ class RecordStore(Protocol):
     history and its latest values (newest by step, timestamp, value), as MlflowClient does."""
 
     def create_runs(self, experiment_id: str, runs: list[NewRun]) -> list[tuple[str, str]]:
-        """Create RUNNING runs in the experiment; returns (run_id, artifact_uri) for each, in order."""
+        """Create RUNNING runs in the experiment, each with its dataset input; returns (run_id, artifact_uri) for
+        each, in order."""
 
     def batches(self, updates: list[RunUpdate]) -> list[list[RunUpdate]]:
         """The updates, in order, grouped into the batches this store writes one at a time."""

@@ -4,9 +4,9 @@ table models (mlflow.store.tracking.dbmodels), every call in one transaction, wh
 MLflow's client writes one run per call, about 50 SQL statements over a trial's life, and that costs more than the
 training of a tiny trial; a pack of 100 tiny trials writes its records in a handful of transactions instead. The
 rows are the ones the client writes: runs (status, times, artifact_uri), tags (with mlflow.runName), params,
-metrics (NaN as 0 with is_nan, infinities as the largest float) and latest_metrics (the newest by step,
-timestamp, value). A test reads them back through MlflowClient and compares them with runs written by the client;
-since the table models are MLflow's internals, tracking/record_store.py uses this store only with the mlflow
+metrics (NaN as 0 with is_nan, infinities as the largest float), latest_metrics (the newest by step, timestamp,
+value) and dataset inputs (datasets, inputs, input_tags). A test reads them back through MlflowClient and compares
+them with runs written by the client; since the table models are MLflow's internals, tracking/record_store.py uses this store only with the mlflow
 version that test passed with.
 
 Every call is retried on a transient lock as a whole: a failed transaction leaves nothing behind.
@@ -21,12 +21,16 @@ from collections import defaultdict
 from functools import lru_cache
 
 from mlflow.store.db.utils import create_sqlalchemy_engine_with_retry
-from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
+from mlflow.store.tracking.dbmodels.models import (SqlDataset, SqlExperiment, SqlInput, SqlInputTag, SqlLatestMetric,
+                                                  SqlMetric, SqlParam, SqlRun, SqlTag)
 from mlflow.utils.uri import append_to_uri_path
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from sgdlab.tracking import tags
+from sgdlab.tracking.datasets import CONTEXT_TAG, SOURCE_TYPE
 from sgdlab.tracking.location import retried
 from sgdlab.tracking.run_records import NewRun, RunUpdate
 
@@ -91,7 +95,35 @@ def _database_create(uri: str, experiment_id: str, runs: list[NewRun]) -> list[t
         session.execute(insert(SqlTag.__table__), tag_rows)
         if param_rows:
             session.execute(insert(SqlParam.__table__), param_rows)
+        _insert_inputs(session, int(experiment_id), [(run_id, run) for (run_id, _), run in zip(created, runs)])
     return created
+
+
+def _insert_inputs(session: Session, experiment_id: int, runs: list[tuple[str, NewRun]]) -> None:
+    """The runs' dataset inputs as MLflow's log_inputs writes them: a datasets row per (experiment, name, digest),
+    shared by every run that uses it (inserted unless present: another writer may add it at the same moment), an
+    inputs row from the dataset to each run and its context tag."""
+    datasets = {(run.dataset.name, run.dataset.digest): run.dataset for _, run in runs if run.dataset is not None}
+    if not datasets:
+        return
+    upsert = (sqlite_insert if session.bind.dialect.name == "sqlite" else postgresql_insert)(SqlDataset.__table__)
+    session.execute(upsert.on_conflict_do_nothing(), [
+        {"dataset_uuid": uuid.uuid4().hex, "experiment_id": experiment_id, "name": d.name, "digest": d.digest,
+         "dataset_source_type": SOURCE_TYPE, "dataset_source": d.source, "dataset_schema": None,
+         "dataset_profile": d.profile} for d in datasets.values()])
+    stored = {(row.name, row.digest): row.dataset_uuid for row in session.execute(
+        select(SqlDataset.name, SqlDataset.digest, SqlDataset.dataset_uuid).where(
+            SqlDataset.experiment_id == experiment_id, SqlDataset.name.in_({n for n, _ in datasets})))}
+    input_rows, input_tags = [], []
+    for run_id, run in runs:
+        if run.dataset is not None:
+            input_uuid = uuid.uuid4().hex
+            input_rows.append({"input_uuid": input_uuid, "source_type": "DATASET", "destination_type": "RUN",
+                               "source_id": stored[(run.dataset.name, run.dataset.digest)],
+                               "destination_id": run_id})
+            input_tags.append({"input_uuid": input_uuid, "name": CONTEXT_TAG, "value": run.context})
+    session.execute(insert(SqlInput.__table__), input_rows)
+    session.execute(insert(SqlInputTag.__table__), input_tags)
 
 
 def _stored(value: float) -> tuple[bool, float]:

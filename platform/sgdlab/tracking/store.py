@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import getpass
+import json
 import os
 import sqlite3
 import subprocess
@@ -95,15 +96,54 @@ def find_experiment_id(mlflow: MlflowClient, sweep: str) -> str | None:
     return exp.experiment_id if exp is not None else None
 
 
-def sweep_experiments(uri: str) -> list[tuple[str, str]]:
-    """(sweep name, experiment id) of every sweep in the store, the most recently updated first."""
+def sweep_experiments(uri: str) -> list[tuple[str, str, bool]]:
+    """(sweep name, experiment id, whether it holds the trials view) of every sweep in the store, the most
+    recently updated first."""
     found = retried(lambda: client(uri).search_experiments(order_by=["last_update_time DESC"]))
-    return [(e.name, e.experiment_id) for e in found if e.name != "Default"]
+    return [(e.name, e.experiment_id, VIEW_TAG in e.tags) for e in found if e.name != "Default"]
 
 
-def experiment_url(base: str, experiment_id: str) -> str:
-    """A sweep's experiment in the MLflow UI's model-training view (MLflow 3 opens its GenAI traces view else)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+# The MLflow UI (3.x) opens an experiment by its kind: its GenAI view (traces, evaluation runs) unless the
+# experiment says it is model development.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# A view of the runs list stored on the experiment, which the UI loads from a URL that names it
+# (`viewStateShareKey`, MLflow's "share view"): the key of the experiment tag is VIEW_TAG.
+VIEW_KEY = "sgdlab-trials"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_METRICS = ("test_error", "train_loss", "weight_change", "train_time", "steps", "sharpness")
+
+
+def trials_view(params: list[str]) -> str:
+    """The shared view of a sweep's runs (JSON, as MLflow's UI stores it): every run a row, sorted by name (the UI
+    nests child runs, collapsed under the sweep run, only while runs are sorted by date), and as columns the dataset,
+    the swept params, the final metrics of the records contract and the outcome."""
+    columns = ["attributes.`Dataset`", *(f"params.`{p}`" for p in params),
+               *(f"metrics.`{m}`" for m in VIEW_METRICS), f"tags.`{tags.OUTCOME}`"]
+    return json.dumps({"orderByKey": f"tags.`{tags.RUN_NAME}`", "orderByAsc": True, "searchFilter": "",
+                       "selectedColumns": columns})
+
+
+def experiment_url(base: str, experiment_id: str, view: bool = False) -> str:
+    """A sweep's experiment in the MLflow UI's model-training view (MLflow 3 opens its GenAI traces view else),
+    with view=True in the sweep's shared view of its trials (trials_view)."""
+    shared = f"&viewStateShareKey={VIEW_KEY}" if view else ""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning{shared}"
+
+
+def report_url(uri: str, base: str, experiment_id: str) -> str | None:
+    """The URL of the sweep run's report folder in the UI, or None while it has no report."""
+    mlflow = client(uri)
+    run_id = find_sweep_run(mlflow, experiment_id)
+    if run_id is None or not retried(lambda: mlflow.list_artifacts(run_id, "report")):
+        return None
+    return run_url(base, experiment_id, run_id, "report")
+
+
+def run_url(base: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
+    """A run's page in the MLflow UI's model-training view; with `artifact`, that artifact opened in its
+    Artifacts tab."""
+    page = f"artifacts/{artifact}" if artifact else ""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/{page}?workflowType=machine_learning"
 
 
 @contextmanager
@@ -160,7 +200,8 @@ def _experiment(mlflow: MlflowClient, sweep: str, artifacts: str | None) -> str:
     if exp_id is not None:
         return exp_id
     try:
-        return retried(lambda: mlflow.create_experiment(sweep, artifact_location=artifacts, tags={tags.SWEEP: sweep}))
+        return retried(lambda: mlflow.create_experiment(sweep, artifact_location=artifacts,
+                                                        tags={tags.SWEEP: sweep, **EXPERIMENT_KIND}))
     except Exception:
         exp_id = find_experiment_id(mlflow, sweep)
         if exp_id is None:
@@ -168,31 +209,34 @@ def _experiment(mlflow: MlflowClient, sweep: str, artifacts: str | None) -> str:
         return exp_id
 
 
-def _sweep_run(mlflow: MlflowClient, exp_id: str, sweep: str, description: str, git: dict[str, str]) -> str:
-    """The id of the sweep's run (its oldest active run of kind 'sweep'), created if missing; of two created at
-    the same moment by two drivers, the younger is deleted."""
-    def oldest():
-        found = retried(lambda: mlflow.search_runs(
-            [exp_id], filter_string=f"tags.`{tags.KIND}` = 'sweep'", run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1, order_by=["attributes.start_time ASC", "attributes.run_id ASC"]))
-        return found[0].info.run_id if found else None
+def find_sweep_run(mlflow: MlflowClient, exp_id: str) -> str | None:
+    """The id of the sweep's run: its oldest active run of kind 'sweep' (None before the first driver)."""
+    found = retried(lambda: mlflow.search_runs(
+        [exp_id], filter_string=f"tags.`{tags.KIND}` = 'sweep'", run_view_type=ViewType.ACTIVE_ONLY,
+        max_results=1, order_by=["attributes.start_time ASC", "attributes.run_id ASC"]))
+    return found[0].info.run_id if found else None
 
-    run_id = oldest()
+
+def _sweep_run(mlflow: MlflowClient, exp_id: str, sweep: str, description: str, git: dict[str, str]) -> str:
+    """The id of the sweep's run (find_sweep_run), created if missing; of two created at the same moment by two
+    drivers, the younger is deleted."""
+    run_id = find_sweep_run(mlflow, exp_id)
     if run_id is not None:
         return run_id
     run = retried(lambda: mlflow.create_run(exp_id, run_name=f"sweep {sweep}", tags={
         tags.SWEEP: sweep, tags.KIND: "sweep", tags.NOTE: description, **git}))
     # The sweep run is RUNNING only while a driver works on it (sweep_working / sweep_ended); FINISHED between.
     retried(lambda: mlflow.set_terminated(run.info.run_id, "FINISHED"))
-    run_id = oldest()
+    run_id = find_sweep_run(mlflow, exp_id)
     if run_id != run.info.run_id:
         retried(lambda: mlflow.delete_run(run.info.run_id))
     return run_id
 
 
-def open_sweep(uri: str, sweep: str, description: str = "") -> SweepHandle:
+def open_sweep(uri: str, sweep: str, description: str = "", view_params: list[str] | None = None) -> SweepHandle:
     """Create (or find) the database, the sweep's experiment and its one run of kind 'sweep'; safe to call from
-    several drivers at once. The handle carries a new submission id (tracking/claims.py)."""
+    several drivers at once. With view_params (the swept params), the experiment also gets its model-development
+    kind and the trials view (trials_view). The handle carries a new submission id (tracking/claims.py)."""
     path = sqlite_path(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,6 +248,9 @@ def open_sweep(uri: str, sweep: str, description: str = "") -> SweepHandle:
             adopt_artifacts(path)
         artifacts = (path.parent / "mlartifacts" / sweep).as_uri() if path is not None else None
         exp_id = _experiment(mlflow, sweep, artifacts)
+        if view_params is not None:
+            for key, value in {**EXPERIMENT_KIND, VIEW_TAG: trials_view(view_params)}.items():
+                retried(lambda: mlflow.set_experiment_tag(exp_id, key, value))
         git = git_state()
         git = {**git, **source_tags(git)}
         run_id = _sweep_run(mlflow, exp_id, sweep, description, git)

@@ -44,15 +44,3 @@ def run_name(swept: dict[str, str]) -> str:
     """Readable name from a trial's swept values, e.g. 'alpha=4 T=0.001 P=512 seed=0'."""
     parts = [f"{NAME_ABBREVIATIONS.get(k, k.rsplit('.', 1)[-1])}={v}" for k, v in swept.items()]
     return " ".join(parts) or "trial"
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}: the run's params."""
-    out: dict[str, object] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out

@@ -28,9 +28,11 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
 from sgdlab import numerics
+from sgdlab.params import flatten, param_text
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import retried
 from sgdlab.tracking.claims import contest
+from sgdlab.tracking.datasets import dataset_record
 from sgdlab.tracking.query import RunRecord, trial_records
 from sgdlab.tracking.record_store import create_runs, update_runs
 from sgdlab.tracking.run_records import NewRun, RunUpdate
@@ -60,15 +62,16 @@ class RunSpec:
 
 def start_runs(handle: SweepHandle, specs: list[RunSpec], heartbeat_s: float | None = 15.0,
                stale_after_s: float = 120.0) -> list["TrialRun"]:
-    """Create the runs of trial attempts in one write (RUNNING, tags, the flattened config as params), each with
-    its config.yaml artifact."""
+    """Create the runs of trial attempts in one write (RUNNING, tags, the flattened config as params, the data set
+    as dataset input), each with its config.yaml artifact."""
     now, node = f"{time.time():.3f}", socket.gethostname()
     new = [NewRun(spec.run_name,
                   {tags.SWEEP: handle.sweep, tags.TRIAL_ID: spec.trial_id, tags.KIND: spec.kind,
                    tags.ATTEMPT: str(spec.attempt), tags.PARENT: handle.sweep_run_id, tags.NODE: node,
                    tags.HEARTBEAT: now, tags.NUMERICS: str(numerics.VERSION), tags.SUBMISSION: handle.submission,
                    **handle.run_tags, **spec.extra_tags},
-                  {k: str(v)[:MAX_PARAM_CHARS] for k, v in tags.flatten(spec.config).items()}) for spec in specs]
+                  {k: param_text(v)[:MAX_PARAM_CHARS] for k, v in flatten(spec.config).items()},
+                  dataset_record(spec.config) if "data" in spec.config else None, spec.kind) for spec in specs]
     created = create_runs(handle.uri, handle.experiment_id, new)
     runs = [TrialRun(handle, spec.trial_id, spec.kind, run_id, artifact_uri, heartbeat_s, stale_after_s)
             for spec, (run_id, artifact_uri) in zip(specs, created)]
