@@ -246,6 +246,11 @@ def test_report_fits_tc_when_T_and_P_vary(tmp_path):
     assert {"tc_vs_P.png", "weight_change_vs_T.png", "phase_test_error.png"} <= names
     assert "T_c ~ P^b with b = -0.5 ± " in report.markdown and "(3 points), prefactor 0.32." in report.markdown
     assert "| 1024 | 0.01 | 0.05 | 12 |" in report.markdown
+    # the headline numbers, logged as metrics of the sweep's run
+    assert report.numbers["summary/T_c/P 1024"] == pytest.approx(0.01) and report.numbers[
+        "summary/T_c_exponent"] == pytest.approx(-0.5)
+    assert set(report.numbers) == {"summary/T_c/P 256", "summary/T_c/P 1024", "summary/T_c/P 4096",
+                                   "summary/T_c_exponent", "summary/T_c_exponent_se"}
 
 
 def test_report_with_no_runs(tmp_path):

@@ -116,6 +116,9 @@ def test_planted_lr_max_slopes_are_recovered_within_their_error_bars(tmp_path):
         assert abs(fit.exponent - PLANTED[optimizer][1]) < 2.5 * fit.exponent_se
         assert fit.reference == PLANTED[optimizer][1]
     sgd, adam = fits.loc["SGD"], fits.loc["Adam"]
+    assert report.numbers["summary/lr_max_exponent/SGD"] == sgd.exponent
+    assert report.numbers["summary/lr_max_exponent_se/Adam"] == adam.exponent_se
+    assert report.numbers["summary/lr_max/SGD/B 64"] == pytest.approx(0.152219, rel=1e-5)
     assert (f"- largest stable lr ~ B^{adam.exponent:.2f} ± {adam.exponent_se:.2f} for Adam (reference 1/2), "
             f"~ B^{sgd.exponent:.2f} ± {sgd.exponent_se:.2f} for SGD (reference 1).") in report.markdown
     assert "| SGD | 64 | 0.152219 | 0.181019 | 30/18/48 |" in report.markdown

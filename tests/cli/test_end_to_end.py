@@ -15,7 +15,10 @@ import yaml
 
 from sgdlab import numerics
 from sgdlab.sweep import spec
+from sgdlab.params import param_text
 from sgdlab.sweep.expand import expand
+from sgdlab.tracking.datasets import dataset_record
+from sgdlab.tracking.store import VIEW_TAG
 
 from conftest import SGDLAB, TINY, mlflow_runs, run_sgdlab, status_json
 
@@ -28,13 +31,23 @@ def test_sweep_records_every_trial_and_skips_finished_ones(sweeps_dir, tmp_path)
     work.mkdir()
     assert status_json(work, "tiny")["counts"]["pending"] == 4 and not (work / "mlflow.db").exists()
 
-    out = run_sgdlab("sweep", "tiny", cwd=work)
+    (work / "reports").write_text("not a folder")  # the report fails: one line, and the sweep does not
+    out = run_sgdlab("sweep", "tiny", "report.auto=true", cwd=work)
     assert out.returncode == 0, out.stderr
     assert "4 to run" in out.stderr and "4 finished" in out.stderr
+    assert "report not written (ConfigError: reports/tiny: reports is not a folder); write it with: make report " \
+           "EXP=tiny" in " ".join(out.stderr.split())
 
     trials = {t.trial_id: t for t in expand(spec.load("tiny").override_strings())}
     client, runs = mlflow_runs(work / "mlflow.db", "tiny")
     assert len(runs) == 4 and {r.data.tags["sgdlab.trial_id"] for r in runs} == set(trials)
+    assert len(client.search_runs([runs[0].info.experiment_id], "params.`model.alpha` = '1'")) == 2
+    # The UI opens the experiment in its model-training view, with the trials view that `sgdlab ui` links to.
+    experiment = client.get_experiment(runs[0].info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags[VIEW_TAG])
+    assert view["orderByKey"] == "tags.`mlflow.runName`" and "params.`model.alpha`" in view["selectedColumns"]
+    assert "params.`seed`" in view["selectedColumns"] and "metrics.`test_error`" in view["selectedColumns"]
     (sweep_run,) = client.search_runs([runs[0].info.experiment_id], "tags.`sgdlab.kind` = 'sweep'")
     # The sweep run ends with the driver, its trial counts as metrics (it is RUNNING only while one works).
     assert sweep_run.info.status == "FINISHED"
@@ -52,8 +65,11 @@ def test_sweep_records_every_trial_and_skips_finished_ones(sweeps_dir, tmp_path)
         assert tags["mlflow.user"] and run.info.user_id == tags["mlflow.user"]
         assert tags.get("mlflow.source.git.commit", "") == tags["sgdlab.git_sha"]
         assert run.info.run_name == f"alpha={trial.swept['model.alpha']} seed={trial.swept['seed']}"
-        assert run.data.params["data.n_train"] == "64" and run.data.params["model.alpha"] == str(
-            trial.config["model"]["alpha"])
+        # params in one number format, the one of the run name: a filter by a named value finds the run
+        assert run.data.params["data.n_train"] == "64" and run.data.params["model.alpha"] == trial.swept[
+            "model.alpha"] == param_text(trial.config["model"]["alpha"]) in ("1", "16")
+        (data,) = run.inputs.dataset_inputs  # the UI's Dataset column
+        assert (data.dataset.name, data.dataset.digest) == ("digits_parity", dataset_record(trial.config).digest)
         assert float(run.data.params["optim.lr"]) == pytest.approx(0.01 * 8 * 8)
         for metric in ("test_error", "weight_change", "train_time", "train_loss", "steps"):
             assert metric in run.data.metrics
@@ -91,9 +107,9 @@ def test_report_writes_files_and_attaches_them_to_the_sweep_run(sweeps_dir, tmp_
     (sweeps_dir / "tiny.yaml").write_text(TINY)
     missing = run_sgdlab("report", "tiny", cwd=tmp_path)
     assert missing.returncode == 2 and "no runs of sweep 'tiny'" in missing.stderr
-    assert run_sgdlab("sweep", "tiny", "model.alpha=1", cwd=tmp_path).returncode == 0  # a partial sweep
-    out = run_sgdlab("report", "tiny", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    out = run_sgdlab("sweep", "tiny", "model.alpha=1", "report.auto=true", cwd=tmp_path)  # a partial sweep
+    assert out.returncode == 0, out.stderr  # ends with its report (report.auto)
+    assert "report of 2 train and 0 probe runs in reports/tiny/" in " ".join(out.stderr.split())
     folder = tmp_path / "reports" / "tiny"
     assert (folder / "summary.csv").is_file()
     summary = (folder / "summary.md").read_text()

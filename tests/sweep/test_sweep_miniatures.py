@@ -14,6 +14,7 @@ batches. Why each value is there is said next to it.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,8 @@ MINIATURES = {
                           "train.log_every=10", "probe.n_examples=64", "probe.trace_samples=4"],
                          ["layer_sensitivity.png"]),
 }
+# A headline number the report logs as a metric of the sweep's run (the experiments table compares sweeps by them).
+NUMBERS = {"temperature_vs_p": "summary/T_c_exponent", "lr_batch_scaling": "summary/lr_max_exponent/SGD"}
 PARALLEL = 3  # sweeps at a time: their drivers and worker start-ups overlap the others' training
 
 
@@ -147,6 +150,9 @@ def test_miniature_runs_through_ray_and_mlflow_and_draws_its_figures(miniatures,
     for figure in MINIATURES[name][1]:
         path = folder / "reports" / name / figure
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (figure, summary)
+    if name in NUMBERS:
+        _, (sweep_run,) = mlflow_runs(folder / "mlflow.db", name, kind="sweep")
+        assert math.isfinite(sweep_run.data.metrics[NUMBERS[name]]), sweep_run.data.metrics
 
 
 def test_every_sweep_expands_in_dry_run(tmp_path, monkeypatch):
