@@ -217,6 +217,21 @@ def find_sweep_run(mlflow: MlflowClient, exp_id: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
+def _experiment_tags(mlflow: MlflowClient, exp_id: str, wanted: dict[str, str]) -> None:
+    """Set the experiment's tags that differ from `wanted`. Two drivers may set one at the same moment: on a server
+    the second insert can fail (a unique violation on PostgreSQL), which is no error when the tag now holds a value
+    (the last writer's: both drivers of one sweep write the same view unless their command lines differ)."""
+    stored = retried(lambda: mlflow.get_experiment(exp_id)).tags
+    for key, value in wanted.items():
+        if stored.get(key) == value:
+            continue
+        try:
+            retried(lambda: mlflow.set_experiment_tag(exp_id, key, value))
+        except Exception:
+            if key not in retried(lambda: mlflow.get_experiment(exp_id)).tags:
+                raise
+
+
 def _sweep_run(mlflow: MlflowClient, exp_id: str, sweep: str, description: str, git: dict[str, str]) -> str:
     """The id of the sweep's run (find_sweep_run), created if missing; of two created at the same moment by two
     drivers, the younger is deleted."""
@@ -249,8 +264,7 @@ def open_sweep(uri: str, sweep: str, description: str = "", view_params: list[st
         artifacts = (path.parent / "mlartifacts" / sweep).as_uri() if path is not None else None
         exp_id = _experiment(mlflow, sweep, artifacts)
         if view_params is not None:
-            for key, value in {**EXPERIMENT_KIND, VIEW_TAG: trials_view(view_params)}.items():
-                retried(lambda: mlflow.set_experiment_tag(exp_id, key, value))
+            _experiment_tags(mlflow, exp_id, {**EXPERIMENT_KIND, VIEW_TAG: trials_view(view_params)})
         git = git_state()
         git = {**git, **source_tags(git)}
         run_id = _sweep_run(mlflow, exp_id, sweep, description, git)
