@@ -45,7 +45,7 @@ ALLOWED_IMPORTS: dict[str, set[str]] = {
     "jobs": {"training", "probes", "tracking", "sweep"},  # sweep: the identity of an end probe (probe_id)
     # jobs, plus what the data flow feeds the plan and the scheduler: trials (sweep) and records (tracking);
     # config: a plan rejects bad input with ConfigError; runtime ships the package itself to Ray workers
-    "orchestration": {"sgdlab", "config", "jobs", "tracking", "sweep"},
+    "orchestration": {"sgdlab", "config", "params", "jobs", "tracking", "sweep"},
     "analysis": {"config", "tracking"},  # records, and the non-identity keys of trial configs
     "cli": {"sgdlab", "paths", "numerics", "params", "config", "sweep", "training", "probes", "tracking", "jobs", "orchestration",
             "analysis"},

@@ -4,6 +4,7 @@ Synthetic run records of known shape (no MLflow); every check compares with an a
 """
 
 import math
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -60,12 +61,11 @@ def test_power_law_by_hand():
     assert fit.describe("T_c", "P") == "T_c ~ P^b with b = 1.5 ± 0.29 (3 points)"
 
 
-def test_power_law_needs_two_x_values():
-    with pytest.raises(ValueError):
+def test_power_law_needs_three_x_values():
+    with pytest.raises(ValueError, match="at least 3 distinct positive x values, got 1"):
         fit_power_law([4, 4, -1], [1, 2, 3])
-    two = fit_power_law([1, 2], [1, 4])  # exactly determined: no error bar
-    assert two.exponent == pytest.approx(2) and math.isnan(two.stderr)
-    assert two.describe() == "y ~ x^b with b = 2 (2 points, too few for an error bar)"
+    with pytest.raises(ValueError, match="got 2"):  # two points determine a line exactly: no power law
+        fit_power_law([1, 2, 2], [1, 4, 4])
 
 
 def test_power_law_recovers_planted_exponent_within_its_error_bar():
@@ -240,6 +240,16 @@ def test_partial_report_says_what_is_missing(tmp_path):
     assert report.summary["n_failed"].sum() == 1 and report.summary["n_trials"].sum() == 7
 
 
+def test_tc_leaves_out_trials_stopped_at_max_steps(tmp_path):
+    capped = [replace(r, tags={**r.tags, tags.OUTCOME: "max_steps"}, metrics={**r.metrics, "weight_change": 1e-9})
+              if r.params["data.n_train"] == "1024" and r.params["optim.temperature"] == "0.08" else r
+              for r in lazy_sweep()]
+    report = build_report(capped, "sgd_noise", tmp_path)
+    assert "smallest T), log-interpolated; 4 trials stopped at max_steps are left out." in report.markdown
+    assert "| 1024 | 0.01 | 0.05 | 11 |" in report.markdown  # T = 0.08 is gone, T_c is unchanged
+    assert "T_c ~ P^b with b = -0.5 ± " in report.markdown
+
+
 def test_report_fits_tc_when_T_and_P_vary(tmp_path):
     report = build_report(lazy_sweep(), "sgd_noise", tmp_path)
     names = {p.name for p in report.figures}
@@ -322,10 +332,11 @@ def test_p_exponent_noiseless_is_exact_and_leaves_out_unfitted_runs():
 
     table = p_exponents(trial_frame(planted_perceptron(sigma=0.0)))
     assert list(zip(table["chi"], table["T"])) == [(0.0, 0.1), (0.0, 1.0), (1.0, 0.1), (1.0, 1.0)]
+    assert set(table["metric"]) == {"weight_delta"}  # records without the teacher frame: ||w - w0|| only
     assert np.allclose(table["exponent"], table["claim"], atol=1e-9)  # no trace of the max_steps runs
     assert np.allclose(table["claim"], [1, 1, 0.5, 0.5])
-    assert list(table["n_seeds"]) == [4, 4, 4, 4] and list(table["n_P"]) == [4, 4, 4, 4]
-    assert np.all(table["exponent_se"] < 1e-9)
+    assert list(table["n_replicas"]) == [4, 4, 4, 4] and list(table["n_P"]) == [4, 4, 4, 4]
+    assert np.all(table["exponent_se"] < 1e-9) and np.allclose(table["low"], table["high"])
 
 
 def test_p_exponent_recovers_the_planted_exponent_within_its_error_bar():
@@ -349,7 +360,10 @@ def test_p_exponent_recovers_the_planted_exponent_within_its_error_bar():
     row = table.loc[(1.0, 1.0)]
     assert row["exponent"] == pytest.approx(np.mean(slopes), rel=1e-9)
     assert row["exponent_se"] == pytest.approx(np.std(slopes, ddof=1) / math.sqrt(8), rel=1e-9)
-    assert row["n_seeds"] == 8 and row["n_P"] == 4
+    assert row["n_replicas"] == 8 and row["n_P"] == 4
+    # the bootstrap 68% interval of a mean of 8 is about +- its standard error
+    assert row["low"] < row["exponent"] < row["high"]
+    assert 0.6 < (row["high"] - row["low"]) / (2 * row["exponent_se"]) < 1.2
 
 
 def test_report_of_a_perceptron_sweep_draws_the_exponent_figures(tmp_path):
@@ -357,5 +371,31 @@ def test_report_of_a_perceptron_sweep_draws_the_exponent_figures(tmp_path):
     names = {p.name for p in report.figures}
     assert {"p_exponent_vs_chi.png", "norm_vs_P.png"} <= names
     assert all((tmp_path / n).read_bytes()[:8] == PNG_MAGIC for n in names)
-    assert "| 1 | 0.5 | 0.1 | 0.5 ± 0 | 4 | 4 |" in report.markdown
-    assert pd.read_csv(tmp_path / "p_exponents.csv").shape == (4, 7)
+    assert "| ||w - w0|| | 1 | 0.5 | 0.1 | 0.5 ± 0 | [0.5, 0.5] | 4 | 4 |" in report.markdown
+    assert pd.read_csv(tmp_path / "p_exponents.csv").shape == (4, 10)
+    assert report.numbers["summary/perceptron_exponent/weight_delta/chi 1/T 0.1"] == pytest.approx(0.5)
+
+
+def test_perceptron_replicas_the_teacher_frame_ratio_and_one_chi(tmp_path):
+    """Replicas are (seed, data.seed) pairs; the ratio w_par / ||w_perp|| is fitted beside ||w - w0||; one chi is
+    enough for the section, and too few P say why there is no fit."""
+    from sgdlab.analysis.perceptron import p_exponents
+
+    records = []
+    for data_seed in (0, 1):
+        for run in planted_perceptron(sigma=0.0, seeds=range(2)):
+            if run.params["data.chi"] != "0" or run.params["optim.temperature"] != "0.1":
+                continue
+            P = float(run.params["data.n_train"])
+            records.append(replace(run, run_id=f"{run.run_id}-d{data_seed}",
+                                   params={**run.params, "data.seed": str(data_seed)},
+                                   tags={**run.tags, tags.TRIAL_ID: f"{run.tags[tags.TRIAL_ID]}-d{data_seed}"},
+                                   metrics={**run.metrics, "w_ratio": 0.2 * P ** 0.9}))
+    table = p_exponents(trial_frame(records)).set_index("metric")
+    assert table.loc["w_ratio", "exponent"] == pytest.approx(0.9) and table.loc["w_ratio", "n_replicas"] == 4
+    assert table.loc["weight_delta", "exponent"] == pytest.approx(1.0) and table.loc["weight_delta", "chi"] == 0
+    report = build_report(records, "perceptron", tmp_path)
+    assert "| w_par / ||w_perp|| | 0 | 1 | 0.1 | 0.9 ± " in report.markdown
+    few = [r for r in records if r.params["data.n_train"] in ("128", "256")]
+    assert "- Perceptron P exponents: not computed (needs at least 3 values of P; here 2)." in build_report(
+        few, "perceptron", tmp_path).markdown

@@ -75,7 +75,7 @@ def test_largest_stable_lr_criterion_by_hand():
     assert table.loc[32, "lr_max"] == 0.8 and table.loc[32, "censored"] and math.isnan(table.loc[32, "lr_unstable"])
     assert math.isnan(table.loc[64, "lr_max"]) and table.loc[64, "lr_unstable"] == 0.1
     fit = stable_lr_fit(table.reset_index())  # B = 8 and 16 only: 32 is censored, 64 has none
-    assert fit.n == 2 and fit.exponent == pytest.approx(0.0, abs=1e-12)
+    assert fit is None  # a fit needs 3 batch sizes
 
 
 LR_GRID = 1e-3 * 2.0 ** (np.arange(0, 48) / 4)  # factor 2^(1/4)

@@ -64,7 +64,7 @@ def test_sweep_records_every_trial_and_skips_finished_ones(sweeps_dir, tmp_path)
         assert tags["mlflow.source.name"] == "sgdlab" and tags["mlflow.source.type"] == "LOCAL"
         assert tags["mlflow.user"] and run.info.user_id == tags["mlflow.user"]
         assert tags.get("mlflow.source.git.commit", "") == tags["sgdlab.git_sha"]
-        assert run.info.run_name == f"alpha={trial.swept['model.alpha']} seed={trial.swept['seed']}"
+        assert run.info.run_name == f"alpha={trial.swept['model.alpha']} seed={trial.swept['seed']} P=64"
         # params in one number format, the one of the run name: a filter by a named value finds the run
         assert run.data.params["data.n_train"] == "64" and run.data.params["model.alpha"] == trial.swept[
             "model.alpha"] == param_text(trial.config["model"]["alpha"]) in ("1", "16")
@@ -156,7 +156,7 @@ def dashboard_serves_runs_and_report(store_dir, sweep_run_id, pngs):
         runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
         assert len(runs) == 2 and all(r["info"]["status"] == "FINISHED" for r in runs)
         names = sorted(r["info"]["run_name"] for r in runs)
-        assert names == ["seed=0", "seed=1"]  # named by the swept values (alpha is fixed here)
+        assert names == ["seed=0 P=64", "seed=1 P=64"]  # the swept values (alpha is fixed here), and P
         summary = get("/get-artifact", path="report/summary.md", run_uuid=sweep_run_id).decode()
         assert summary.startswith("# sgdlab report: tiny")
         for png in pngs:

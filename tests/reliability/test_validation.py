@@ -38,6 +38,7 @@ def digest(folder: Path) -> dict[str, str]:
     (("sweep", "tiny", "train.loss_threshold=nan"), "train.loss_threshold: must be a finite number, got nan"),
     (("sweep", "tiny", "train.loss_threshold=inf"), "train.loss_threshold: must be a finite number, got inf"),
     (("sweep", "tiny", "data=teacher_perceptron", "data.chi=nan"), "data.chi: must be a finite number, got nan"),
+    (("sweep", "tiny", "data=digits"), "loss: hinge is binary (one output, labels +-1); data=digits has ten classes"),
     (("sweep", "tiny", "resources.max_in_flight=-1"), "resources.max_in_flight: must be > 0, got -1"),
     (("sweep", "tiny", "seed=range(0,5,0)"), "seed: range() arg 3 must not be zero"),
     (("sweep", "../tiny"), "no paths"),

@@ -103,3 +103,14 @@ def test_scales_select_presets(sweeps_dir):
     with pytest.raises(ConfigError, match="scale=huge: unknown scale"):
         sweep.override_strings("huge")
     assert spec.split_scale(["seed=1", "scale=paper"]) == ("paper", ["seed=1"])
+
+
+def test_run_names_tell_seed_from_data_seed_and_show_P():
+    from sgdlab.tracking.tags import run_name
+
+    assert run_name({"model.alpha": "1", "seed": "0"}, {"data.n_train": "64"}) == "alpha=1 seed=0 P=64"
+    assert run_name({"data.n_train": "64", "seed": "0"}, {"data.n_train": "64"}) == "P=64 seed=0"  # once
+    assert run_name({"seed": "0", "data.seed": "1"}) == "seed=0 data.seed=1"
+    assert run_name({"data.seed": "1"}) == "data.seed=1"  # never mistaken for the trial's seed
+    assert run_name({"model.width": "8", "probe.width": "2"}) == "model.width=8 probe.width=2"
+    assert run_name({}) == "trial"

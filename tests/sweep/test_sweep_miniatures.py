@@ -40,14 +40,15 @@ MINIATURES = {
     # 2 alpha x 2 T at one P: the smallest (alpha, T) plane a phase diagram draws; 50 steps need not fit the data.
     "sgd_noise": ([*MLP, PACK, "data.n_train=64", "model.alpha=1,1024", "optim.temperature=0.001,0.01", "seed=0",
                    "train.max_steps=50", "train.log_every=25"], ["phase_test_error.png"]),
-    # 3 T (N_PLATEAU = 2 plateau points + 1) x 2 P: the least T_c(P) needs. 50 steps at lr = T B width stop
-    # before the data are fitted, so the weight change grows ~ T and crosses 2x its plateau at T = 0.01 for
-    # both P: T_c exists at 2 P and the power-law figure is drawn.
-    "temperature_vs_p": ([*MLP, PACK, "data.n_train=64,128", "optim.temperature=0.0001,0.001,0.01", "seed=0",
-                          "train.max_steps=50", "train.log_every=25"], ["weight_change_vs_T.png", "tc_vs_P.png"]),
+    # 3 T (N_PLATEAU = 2 plateau points + 1) x 3 P (a fit needs 3): the least T_c(P) needs. Every trial fits its
+    # data (converged: runs stopped at max_steps are left out of T_c) within ~120 steps, and the weight change
+    # crosses 2x its plateau near T = 0.01 at each P: T_c exists at 3 P and the power-law figure is drawn.
+    "temperature_vs_p": ([*MLP, PACK, "data.n_train=16,32,64", "data.batch_size=8", "optim.temperature=0.001,0.01,0.1",
+                          "seed=0", "train.max_steps=3000", "train.log_every=100"],
+                         ["weight_change_vs_T.png", "tc_vs_P.png"]),
     # chi in {0, 1} x 3 P (MIN_P = 3 values per fit): P = 16..64 points of a small test set, at a T deep in
     # the noisy regime where every run fits its data (converged) within a few hundred steps.
-    "perceptron": (["data.n_train=16,32,64", "data.n_test=256", "optim.temperature=10", "seed=0",
+    "perceptron": (["data.n_train=16,32,64", "data.n_test=256", "optim.temperature=0.01", "seed=0", "data.seed=0",
                     "train.max_steps=2000", "train.log_every=500"], ["p_exponent_vs_chi.png", "norm_vs_P.png"]),
     # one full-batch lr; 2 sharpness points (steps 0 and 20) and the last make a trajectory against 2/lr.
     "edge_of_stability": ([*MLP, "data.n_train=32", "data.batch_size=32", "optim.lr=20", "train.max_steps=40",
@@ -61,9 +62,9 @@ MINIATURES = {
     "batch_hessian": ([*MLP, "data.n_train=64", "data.batch_size=16", "seed=0", "train.max_steps=40",
                        "train.log_every=20", "probe.batch_sizes=[4,16]", "probe.n_batches=2", "probe.n_examples=64",
                        "probe.trace_samples=2"], ["batch_ratio.png"]),
-    # SGD only, 2 B x 3 lr (MIN_LRS = 3): lr = 0.5 is stable and lr = 4096 makes the MSE explode past
-    # train.divergence_loss = 1e3 within 20 steps, so lr_max is bracketed at both B. Packed (MSE under vmap).
-    "lr_batch_scaling": ([*MLP, PACK, "data.n_train=64", "optim=sgd", "data.batch_size=8,32", "optim.lr=0.5,4,4096",
+    # SGD only, 3 B (a fit needs 3) x 3 lr (MIN_LRS = 3): lr = 0.5 is stable and lr = 4096 makes the MSE explode
+    # past train.divergence_loss = 1e3 within 20 steps, so lr_max is bracketed at every B. Packed (MSE under vmap).
+    "lr_batch_scaling": ([*MLP, PACK, "data.n_train=64", "optim=sgd", "data.batch_size=8,16,32", "optim.lr=0.5,4,4096",
                           "seed=0", "train.max_steps=20", "train.log_every=10"], ["lr_max_vs_B.png"]),
     # one SGD run with its end probe (lambda_max and trace: the Wu & Su quantity); 40 steps need not interpolate.
     "stability_trace": ([*MLP, "data.n_train=32", "data.batch_size=4", "optim.lr=0.5", "seed=0",

@@ -32,6 +32,17 @@ def test_perceptron_on_separable_data_reaches_zero_hinge_loss(composer):
     assert result.metrics["min_margin"] >= 1.0
     assert result.metrics["train_time"] == pytest.approx(8 * result.steps)
     assert logged[-1][0] == result.steps and [s for s, _ in logged[:-1]] == list(range(20, result.steps, 20))
+    # The teacher frame (y = sign(x_1)): w - w0 = w_par e_1 + w_perp, from the final and initial weights.
+    w0 = models.init_params(models.build(cfg["model"], (1, 1, 8), 1), [cfg["seed"]], torch.float32, "cpu")["weight"][0]
+    delta = (result.params["weight"] - w0).flatten().double()
+    m = result.metrics
+    assert m["w_par"] == pytest.approx(float(delta[0]), rel=1e-5) and m["w_par"] > 0  # learned the teacher's sign
+    assert m["w_perp"] == pytest.approx(float(delta[1:].norm()), rel=1e-5)
+    assert m["w_ratio"] == pytest.approx(m["w_par"] / m["w_perp"], rel=1e-9)
+    assert m["w0_norm"] == pytest.approx(float(w0.double().norm()), rel=1e-5)
+    assert m["weight_delta"] == pytest.approx(math.hypot(m["w_par"], m["w_perp"]), rel=1e-5)
+    mlp = train(composer(["data.n_train=64", "model.depth=1", "model.width=8", "optim.lr=1", "train.max_steps=5"]))
+    assert "w_par" not in mlp.metrics  # only the teacher perceptron has a teacher frame
 
 
 @pytest.mark.parametrize("model", ["mlp", "perceptron", "cnn"])
@@ -122,8 +133,18 @@ def test_digits_and_mnist1d_parity():
     assert d.x_train.shape == (200, 1, 8, 8) and len(d.x_test) == 1797 - 200
     assert torch.allclose(d.x_train.flatten(1).norm(dim=1), torch.full((200,), 8.0, dtype=torch.float64))
     assert 0.4 < float(d.y_train.double().mean()) < 0.6
-    m = datasets.load({"name": "mnist1d_parity", "n_train": 100, "n_test": 50, "batch_size": 1, "seed": 0})
-    assert m.x_train.shape == (100, 1, 1, 40) and m.x_test.shape == (50, 1, 1, 40)
+    # exactly P and n_test points (mnist1d makes num_samples // 10 signals per class and splits with int())
+    for P, n_test in ((100, 50), (511, 1000), (512, 1000), (1021, 1000), (1024, 1000), (16384, 1000)):
+        m = datasets.load({"name": "mnist1d_parity", "n_train": P, "n_test": n_test, "batch_size": 1, "seed": 0})
+        assert m.x_train.shape == (P, 1, 1, 40) and m.x_test.shape == (n_test, 1, 1, 40) and m.n_classes == 2
+    assert 0.4 < float(m.y_train.double().mean()) < 0.6
+    smaller = datasets.load({"name": "mnist1d_parity", "n_train": 512, "n_test": 1000, "batch_size": 1, "seed": 0})
+    assert not torch.equal(smaller.x_train, m.x_train[:512])  # another pool: (P + n_test) rounded up to 10
+    ten = datasets.load({"name": "digits", "n_train": 300, "n_test": 100, "batch_size": 1, "seed": 0})
+    assert ten.x_train.shape == (300, 1, 8, 8) and len(ten.x_test) == 100 and ten.n_classes == 10
+    assert set(ten.y_train.tolist()) == set(range(10))
+    parity = datasets.load({"name": "digits_parity", "n_train": 300, "n_test": 100, "batch_size": 1, "seed": 0})
+    assert torch.equal(parity.x_train, ten.x_train) and torch.equal(parity.y_train, (ten.y_train % 2 == 0).long())
     with pytest.raises(ValueError, match="digits has 1797 examples"):
         datasets.load({"name": "digits_parity", "n_train": 1797, "n_test": None, "batch_size": 1, "seed": 0})
 

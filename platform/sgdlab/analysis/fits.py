@@ -1,8 +1,9 @@
 """Fits: power laws y = a x^b, and the temperature T_c where SGD noise starts to move the weights.
 
-Power law: ordinary least squares of log y = log a + b log x over the points with finite, positive x and y.
-With u = log x, S_uu = sum (u - mean u)^2 and residual sum of squares RSS, the exponent's standard error is
-sqrt(RSS / (n - 2) / S_uu) (the regression covariance); it is undefined (NaN) for n = 2 points.
+Power law: ordinary least squares of log y = log a + b log x over the points with finite, positive x and y, at
+least MIN_FIT_POINTS distinct x (two points determine a line exactly and say nothing of a power law). With
+u = log x, S_uu = sum (u - mean u)^2 and residual sum of squares RSS, the exponent's standard error is
+sqrt(RSS / (n - 2) / S_uu) (the regression covariance).
 
 T_c (Sclocchi, Geiger & Wyart 2023): at small T the seed-averaged weight change ||w - w0|| / ||w0|| sits on a
 plateau (gradient-flow limit) and grows as a power of T above T_c. Criterion: plateau = mean weight change at
@@ -23,6 +24,7 @@ from sgdlab.analysis.frames import aggregate
 
 FACTOR = 2.0
 N_PLATEAU = 2
+MIN_FIT_POINTS = 3  # distinct x values of a power-law fit
 
 
 @dataclass(frozen=True)
@@ -42,17 +44,18 @@ class PowerLaw:
 
     def describe(self, y: str = "y", x: str = "x") -> str:
         """e.g. 'T_c ~ P^b with b = -0.518 ± 0.079 (3 points)'."""
-        points = f"{self.n} points" + ("" if math.isfinite(self.stderr) else ", too few for an error bar")
-        return f"{y} ~ {x}^b with {self.exponent_text()} ({points})"
+        return f"{y} ~ {x}^b with {self.exponent_text()} ({self.n} points)"
 
 
 def fit_power_law(x, y) -> PowerLaw:
-    """Least squares in log-log space; points with a non-finite or non-positive x or y are left out."""
+    """Least squares in log-log space; points with a non-finite or non-positive x or y are left out; ValueError
+    with fewer than MIN_FIT_POINTS distinct x values left (callers check first and say why a fit is missing)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     u, v = np.log(x[keep]), np.log(y[keep])
-    if len(np.unique(u)) < 2:
-        raise ValueError(f"a power-law fit needs at least 2 distinct positive x values, got {len(np.unique(u))}")
+    if len(np.unique(u)) < MIN_FIT_POINTS:
+        raise ValueError(f"a power-law fit needs at least {MIN_FIT_POINTS} distinct positive x values, got "
+                         f"{len(np.unique(u))}")
     du = u - u.mean()
     s_uu = du @ du
     slope = du @ (v - v.mean()) / s_uu

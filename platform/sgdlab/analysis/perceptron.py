@@ -1,13 +1,16 @@
-"""The perceptron's weight norm against P (Sclocchi, Geiger & Wyart 2023): on the chi-depleted teacher task
-(density of |x_1| ~ |x_1|^chi near the boundary x_1 = 0), SGD at temperature T above the noise-free regime ends
-with ||w - w0|| ~ T P^b, b = 1/(1+chi).
+"""The perceptron's P exponents (Sclocchi, Geiger & Wyart 2023): on the chi-depleted teacher task (density of
+|x_1| ~ |x_1|^chi near the boundary x_1 = 0), SGD at temperature T in the noise-dominated regime ends with
+w_par / ||w_perp|| ~ P^b and ||w - w0|| ~ T P^b, b = 1/(1+chi), where w - w0 = w_par e_1 + w_perp in the teacher's
+frame (training.pack.teacher_frame). The ratio is the observable the theory is written in; ||w - w0|| mixes
+w_par with ||w_perp|| ~ T sqrt(d), nearly flat in P, and its exponent is biased low at small P/d.
 
-p_exponents: for each (chi, T) and each seed, b_seed = the least-squares slope of log ||w - w0|| (the metric
-`weight_delta`) against log P (fits.fit_power_law) over that seed's converged runs, when they cover at least
-MIN_P values of P. A run stopped by max_steps has not fitted its data (its norm is still growing) and a diverged
-one has no norm: both are left out. Over the seeds: b = mean of b_seed, standard error std/sqrt(n) (ddof = 1;
-NaN for one seed).
-Whether a T is above the noise-free regime is read off norm_plot: there ||w - w0|| / T does not depend on T,
+p_exponents: for each metric of METRICS the frame holds, each (chi, T) and each replica (a seed and, when it
+varies, a data.seed), b_r = the least-squares slope of log metric against log P (fits.fit_power_law) over that
+replica's converged runs, when they cover at least MIN_P values of P. A run stopped by max_steps has not fitted its
+data and a diverged one has no norm: both are left out. Over the replicas: b = mean of b_r, its standard error
+std/sqrt(n) (ddof = 1) and a bootstrap 68% interval (the 15.9 and 84.1 percentiles of the mean of N_BOOTSTRAP
+resamples of the replicas, with replacement; NaN for one replica).
+Whether a T is in the noise-dominated regime is read off norm_plot: there ||w - w0|| / T does not depend on T,
 and the lines of the different T fall on one another.
 """
 
@@ -22,10 +25,13 @@ from sgdlab.analysis import plots
 from sgdlab.analysis.fits import fit_power_law
 from sgdlab.analysis.frames import aggregate
 
-CHI = "data.chi"
-METRIC = "weight_delta"
+CHI = "chi"
+METRICS = {"w_ratio": "w_par / ||w_perp||", "weight_delta": "||w - w0||"}  # fitted when recorded, in this order
+NORM = "weight_delta"
 MIN_P = 3
-COLUMNS = ("chi", "T", "claim", "exponent", "exponent_se", "n_seeds", "n_P")
+N_BOOTSTRAP = 2000
+REPLICA = ("seed", "data.seed")  # a replica: the initialization and batches, and the data set where it varies
+COLUMNS = ("metric", "chi", "T", "claim", "exponent", "exponent_se", "low", "high", "n_replicas", "n_P")
 
 
 def claimed_exponent(chi) -> np.ndarray:
@@ -33,52 +39,72 @@ def claimed_exponent(chi) -> np.ndarray:
     return 1.0 / (1.0 + np.asarray(chi, dtype=float))
 
 
-def _converged(frame: pd.DataFrame) -> pd.DataFrame:
+def _converged(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     keep = (frame["status"] == "finished") & (frame["outcome"] == "converged")
-    return frame[keep & np.isfinite(frame[METRIC]) & (frame[METRIC] > 0)]
+    return frame[keep & np.isfinite(frame[metric]) & (frame[metric] > 0)]
+
+
+def bootstrap_interval(values, seed: int = 0) -> tuple[float, float]:
+    """The 68% bootstrap interval of the mean of `values` (NaN, NaN for fewer than 2)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return np.nan, np.nan
+    means = np.random.default_rng(seed).choice(values, size=(N_BOOTSTRAP, len(values))).mean(axis=1)
+    low, high = np.percentile(means, [15.87, 84.13])
+    return float(low), float(high)
 
 
 def p_exponents(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (chi, T) with at least one seed fit (module docstring); columns COLUMNS, n_P the most P
-    values a seed's fit used."""
+    """One row per (metric, chi, T) with at least one replica fit (module docstring); columns COLUMNS, n_P the
+    most P values a replica's fit used."""
+    replica = [c for c in REPLICA if c in frame]
     rows = []
-    for (chi, T), cell in _converged(frame).groupby([CHI, "T"], sort=True):
-        slopes, n_P = [], 0
-        for _, runs in cell.groupby("seed", sort=True):
-            if runs["P"].nunique() >= MIN_P:
-                slopes.append(fit_power_law(runs["P"], runs[METRIC]).exponent)
-                n_P = max(n_P, runs["P"].nunique())
-        if slopes:
-            se = np.std(slopes, ddof=1) / np.sqrt(len(slopes)) if len(slopes) > 1 else np.nan
-            rows.append({"chi": chi, "T": T, "claim": float(claimed_exponent(chi)), "exponent": np.mean(slopes),
-                         "exponent_se": se, "n_seeds": len(slopes), "n_P": n_P})
+    for metric in (m for m in METRICS if m in frame):
+        for (chi, T), cell in _converged(frame, metric).groupby([CHI, "T"], sort=True):
+            slopes, n_P = [], 0
+            for _, runs in cell.groupby(replica, sort=True):
+                if runs["P"].nunique() >= MIN_P:
+                    slopes.append(fit_power_law(runs["P"], runs[metric]).exponent)
+                    n_P = max(n_P, runs["P"].nunique())
+            if slopes:
+                se = np.std(slopes, ddof=1) / np.sqrt(len(slopes)) if len(slopes) > 1 else np.nan
+                low, high = bootstrap_interval(slopes)
+                rows.append({"metric": metric, "chi": chi, "T": T, "claim": float(claimed_exponent(chi)),
+                             "exponent": np.mean(slopes), "exponent_se": se, "low": low, "high": high,
+                             "n_replicas": len(slopes), "n_P": n_P})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def exponent_plot(table: pd.DataFrame, path: Path) -> Path:
-    """The fitted b ± its standard error against 1/(1+chi), one colour per T, and the claim b = 1/(1+chi)."""
+    """The fitted b with its bootstrap 68% interval against 1/(1+chi): one colour per T, one marker per metric
+    (o the ratio w_par / ||w_perp||, s ||w - w0||), and the claim b = 1/(1+chi)."""
+    series = sorted({(m, T) for m, T in zip(table["metric"], table["T"])}, key=lambda k: (list(METRICS).index(k[0]),
+                                                                                         k[1]))
     temps = sorted(table["T"].unique())
-    shift = 0.012 * (np.arange(len(temps)) - (len(temps) - 1) / 2)  # side by side at each chi
+    shift = 0.012 * (np.arange(len(series)) - (len(series) - 1) / 2)  # side by side at each chi
     with plots.styled():
         fig, (ax,) = plots.new_figure()
         claims = np.array(sorted(table["claim"].unique()))
         line = np.linspace(claims.min() - 0.1, claims.max() + 0.1, 2)
         ax.plot(line, line, "--", color="0.4", label="claim: b = 1/(1+chi)")
-        for i, T in enumerate(temps):
-            part = table[table["T"] == T]
-            ax.errorbar(part["claim"] + shift[i], part["exponent"], yerr=part["exponent_se"], fmt="o",
-                        color=f"C{i}", label=f"T = {plots.number(T)}")
+        for i, (metric, T) in enumerate(series):
+            part = table[(table["metric"] == metric) & (table["T"] == T)]
+            interval = [(part["exponent"] - part["low"]).fillna(0), (part["high"] - part["exponent"]).fillna(0)]
+            ax.errorbar(part["claim"] + shift[i], part["exponent"], yerr=interval,
+                        fmt="o" if metric == "w_ratio" else "s", color=f"C{temps.index(T) % 10}", capsize=2,
+                        label=f"{METRICS[metric]}, T = {plots.number(T)}")
         ax.set_xticks(claims, [f"{c:.3g}\n(chi = {plots.number(chi)})" for c, chi in
                                table.groupby("claim")["chi"].first().items()])
-        ax.set(xlabel="1/(1+chi)", ylabel="fitted b in ||w - w0|| ~ P^b", title="perceptron: P exponent")
-        ax.legend()
+        ax.set(xlabel="1/(1+chi)", ylabel="fitted b in metric ~ P^b (bar: 68% bootstrap)",
+               title="perceptron: P exponent")
+        ax.legend(fontsize="small")
         return plots.save(fig, path)
 
 
 def norm_plot(frame: pd.DataFrame, path: Path) -> Path:
     """||w - w0|| / T (seed mean ± s.e. of the converged runs) against P, one panel per chi, one line per T."""
-    runs = _converged(frame)
-    cells = aggregate(runs.assign(norm_over_T=runs[METRIC] / runs["T"]), by=[CHI, "T", "P"],
+    runs = _converged(frame, NORM)
+    cells = aggregate(runs.assign(norm_over_T=runs[NORM] / runs["T"]), by=[CHI, "T", "P"],
                       metrics=["norm_over_T"])
     chis = sorted(cells[CHI].unique())
     with plots.styled():

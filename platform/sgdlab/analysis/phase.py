@@ -4,7 +4,9 @@ A cell is one (alpha, T) grid point at one P. Its colour is the metric's seed me
 non-diverged trials (frames.aggregate). Marks:
   grey, hatched 'xx'   diverged: every finished trial of the cell diverged;
   red 'x'              some, not all, seeds diverged (the colour is the mean of the others);
-  white, dotted        no result: the cell's trials failed or are unfinished, or none was run (missing).
+  white, dotted        no result: the cell's trials failed or are unfinished, or none was run (missing);
+  white triangle       some seed stopped at train.max_steps without fitting its data (the colour includes it:
+                       its numbers are those of an unfinished fit, and fits over the cells leave it out).
 alpha runs on a log2 axis, T on a log10 axis; cells end at the geometric midpoints between grid values. The
 panels share one colour scale: logarithmic when all values are positive and span at least two decades
 (weight change, training time), else linear (test error).
@@ -28,6 +30,7 @@ CMAP = "viridis"
 DIVERGED = {"facecolor": "0.78", "edgecolor": "0.3", "hatch": "xx", "linewidth": 0}
 NO_RESULT = {"facecolor": "white", "edgecolor": "0.55", "hatch": "..", "linewidth": 0}
 PARTIAL = {"marker": "x", "color": "crimson", "markersize": 6, "markeredgewidth": 1.5, "linestyle": ""}
+CAPPED = {"marker": "^", "markerfacecolor": "white", "markeredgecolor": "black", "markersize": 6, "linestyle": ""}
 LOG_SCALE_DECADES = 2
 
 
@@ -70,6 +73,7 @@ def phase_diagram(frame: pd.DataFrame, path: Path, metric: str = "test_error", t
     """
     placed = frame[(frame["alpha"] > 0) & (frame["T"] > 0)]
     cells = aggregate(placed, by=["P", "alpha", "T"], metrics=[metric])
+    capped = set(placed.loc[placed["outcome"] == "max_steps", ["P", "T", "alpha"]].itertuples(index=False, name=None))
     alphas, temps = np.sort(cells["alpha"].unique()), np.sort(cells["T"].unique())
     x_edges, y_edges = cell_edges(alphas), cell_edges(temps)
     norm = color_norm(cells[f"{metric}_mean"])
@@ -93,6 +97,9 @@ def phase_diagram(frame: pd.DataFrame, path: Path, metric: str = "test_error", t
                 elif state == "partial":
                     ax.plot([alpha], [T], **PARTIAL)
                 seen.add(state)
+                if (P, T, alpha) in capped:
+                    ax.plot([alpha], [T], **CAPPED)
+                    seen.add("capped")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log", base=10)
             ax.set_xlim(x_edges[0], x_edges[-1])
@@ -104,7 +111,8 @@ def phase_diagram(frame: pd.DataFrame, path: Path, metric: str = "test_error", t
         fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=axes, label=plots.label(metric))
         legend = {"diverged": Patch(**DIVERGED, label="diverged (all seeds)"),
                   "partial": Line2D([], [], **PARTIAL, label="some seeds diverged"),
-                  "none": Patch(**NO_RESULT, label="no result (failed, unfinished or missing)")}
+                  "none": Patch(**NO_RESULT, label="no result (failed, unfinished or missing)"),
+                  "capped": Line2D([], [], **CAPPED, label="stopped at max_steps (not fitted)")}
         handles = [h for state, h in legend.items() if state in seen]
         if handles:
             fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))

@@ -15,7 +15,7 @@ import pandas as pd
 
 from sgdlab.analysis import plots
 from sgdlab.analysis.figure_layout import LEGEND_WIDTH, batch_axis
-from sgdlab.analysis.fits import fit_power_law
+from sgdlab.analysis.fits import MIN_FIT_POINTS, fit_power_law
 from sgdlab.analysis.report_section import Files, Numbers, markdown_table, number_key
 
 LABELS = {"optim.lr": "lr", "optim.temperature": "T", "data.batch_size": "B", "data.n_train": "P",
@@ -60,7 +60,10 @@ def refine_section(brackets: pd.DataFrame, axis: str, criterion: str, out_dir: P
                                        yerr=[bounded["estimate"] - bounded["lower"],
                                              bounded["upper"] - bounded["estimate"]],
                                        fmt="o", color=colour, capsize=3, label=label))
-            if located["x"].nunique() >= 2:
+            if located["x"].nunique() < MIN_FIT_POINTS:
+                lines.append(f"- {name}* ~ {LABELS.get(x_key, x_key)}^b for {label}: not computed: "
+                             f"{located['x'].nunique()} located values of {x_key} (a fit needs {MIN_FIT_POINTS}).")
+            else:
                 fit = fit_power_law(located["x"], located["estimate"])
                 grid = np.geomspace(located["x"].min(), located["x"].max(), 50)
                 handles += ax.plot(grid, fit(grid), "--", color=colour, label=f"fit {fit.exponent_text()}")

@@ -5,8 +5,9 @@
 - T_c(P) when T and P vary with at least 2 values of P and N_PLATEAU + 1 values of T: T_c at the largest alpha
   (fits.critical_temperatures), the power law T_c ~ P^b, and the weight-change curves it comes from.
 Params that still vary within those cells (B, optimizer, ...) split the figures, one per value.
-- The perceptron's P exponent when data.chi and P vary and ||w - w0|| (weight_delta) is recorded: the fitted b of
-  ||w - w0|| ~ P^b per (chi, T) next to 1/(1+chi), and ||w - w0|| / T against P (analysis.perceptron).
+- The perceptron's P exponents on the teacher task when P varies: the fitted b of w_par / ||w_perp|| ~ P^b and of
+  ||w - w0|| ~ P^b per (chi, T) with bootstrap intervals next to 1/(1+chi), and ||w - w0|| / T against P
+  (analysis.perceptron).
 - A refinement's brackets (analysis.refine_section), for a sweep with a refine block.
 - Curvature (analysis.curvature), each only when the records hold what it needs: sharpness trajectories against
   2/lr, end-of-training lambda_max against B, the mini-batch ratio E[lambda_max(H_B)] / lambda_max(H), the
@@ -28,10 +29,10 @@ import pandas as pd
 
 from sgdlab.analysis import plots
 from sgdlab.analysis.curvature import curvature_sections
-from sgdlab.analysis.fits import FACTOR, N_PLATEAU, critical_temperatures, fit_power_law
+from sgdlab.analysis.fits import FACTOR, MIN_FIT_POINTS, N_PLATEAU, critical_temperatures, fit_power_law
 from sgdlab.analysis.frames import (aggregate, grid_axes, key_columns, missing_trials, param_columns, swept_columns,
                                     trial_frame)
-from sgdlab.analysis.perceptron import CHI, MIN_P, exponent_plot, norm_plot, p_exponents
+from sgdlab.analysis.perceptron import CHI, METRICS, MIN_P, NORM, exponent_plot, norm_plot, p_exponents
 from sgdlab.analysis.phase import phase_diagram
 from sgdlab.analysis.probes import probe_frame
 from sgdlab.analysis.refine_section import refine_section
@@ -140,11 +141,18 @@ def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path,
                 f"and the weight change; here {n_P} P and {n_T} T)."], []
     lines, figures = [], []
     for suffix, where, part in _splits(frame, ["P", "alpha", "T"], swept):
+        capped = int((part["outcome"] == "max_steps").sum())
+        part = part[part["outcome"] != "max_steps"]  # stopped before fitting their data: left out of T_c
+        if part.empty:
+            lines.append(f"- T_c(P){' at ' + where if where else ''}: not computed: all {capped} trials stopped at "
+                         "max_steps before fitting their data.")
+            continue
         table = critical_temperatures(part)
         alpha = plots.number(table["alpha"].iloc[0])
         lines += ["", f"T_c at alpha = {alpha}{' (' + where + ')' if where else ''}: the first T where the "
                       f"seed-averaged weight change crosses {FACTOR:g} x its plateau (mean over the {N_PLATEAU} "
-                      "smallest T), log-interpolated.", "",
+                      "smallest T), log-interpolated"
+                      + (f"; {capped} trials stopped at max_steps are left out." if capped else "."), "",
                   "| P | T_c | plateau | temperatures |", "| --- | --- | --- | --- |"]
         lines += [f"| {plots.number(r.P)} | {r.T_c:.3g} | {r.plateau:.3g} | {r.n_T} |" for r in table.itertuples()]
         numbers.update({number_key("T_c", where, f"P {plots.number(r.P)}"): r.T_c for r in table.itertuples()})
@@ -154,8 +162,9 @@ def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path,
                                 group="P", yerr="weight_change_se", ylabel=plots.label("weight_change"),
                                 title=f"alpha = {alpha}" + (f", {where}" if where else ""))
         figures.append((path, f"weight change against T at alpha = {alpha}, one line per P"))
-        if found["P"].nunique() < 2:
-            lines += ["", f"- T_c ~ P^b: not fitted ({len(found)} P with a T_c inside the T grid)."]
+        if found["P"].nunique() < MIN_FIT_POINTS:
+            lines += ["", f"- T_c ~ P^b: not computed: {len(found)} P with a T_c inside the T grid (a fit needs "
+                          f"{MIN_FIT_POINTS})."]
             continue
         fit = fit_power_law(found["P"], found["T_c"])
         lines += ["", f"- {fit.describe('T_c', 'P')}, prefactor {fit.prefactor:.3g}."]
@@ -170,25 +179,31 @@ def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path,
 
 def _perceptron_exponents(frame: pd.DataFrame, swept: list[str], out_dir: Path,
                           numbers: Numbers) -> tuple[list[str], Figures]:
-    if not ({CHI, "P"} <= set(swept) and "weight_delta" in frame):
+    if not (frame[CHI].notna().any() and NORM in frame):  # not a teacher-perceptron sweep
         return [], []
+    if "P" not in swept or frame["P"].nunique() < MIN_P:
+        return [f"- Perceptron P exponents: not computed (needs at least {MIN_P} values of P; here "
+                f"{frame['P'].nunique()})."], []
     table = p_exponents(frame)
     if table.empty:
-        return [f"- P exponent of ||w - w0||: not fitted (no seed has converged runs at {MIN_P} or more P)."], []
+        return [f"- Perceptron P exponents: not computed (no replica has converged runs at {MIN_P} or more P)."], []
     table.to_csv(out_dir / "p_exponents.csv", index=False)
-    lines = ["", "Perceptron: b in ||w - w0|| ~ P^b at fixed chi and T, fitted per seed on the converged runs "
-                 f"(at least {MIN_P} P), mean ± s.e. over seeds, next to the claim 1/(1+chi) "
-                 "([p_exponents.csv](p_exponents.csv)):", "",
-             "| chi | 1/(1+chi) | T | b | seeds | P values |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {plots.number(r.chi)} | {r.claim:.3g} | {plots.number(r.T)} | {r.exponent:.3g}"
-              + (f" ± {r.exponent_se:.2g}" if np.isfinite(r.exponent_se) else "") + f" | {r.n_seeds} | {r.n_P} |"
+    lines = ["", "Perceptron: b in metric ~ P^b at fixed chi and T, fitted per replica (seed and data.seed) on the "
+                 f"converged runs (at least {MIN_P} P), mean ± s.e. and bootstrap 68% interval over replicas, next to "
+                 "the claim 1/(1+chi) ([p_exponents.csv](p_exponents.csv)):", "",
+             "| metric | chi | 1/(1+chi) | T | b | 68% interval | replicas | P values |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {METRICS[r.metric]} | {plots.number(r.chi)} | {r.claim:.3g} | {plots.number(r.T)} | {r.exponent:.3g}"
+              + (f" ± {r.exponent_se:.2g}" if np.isfinite(r.exponent_se) else "")
+              + (f" | [{r.low:.3g}, {r.high:.3g}]" if np.isfinite(r.low) else " | -") + f" | {r.n_replicas} | {r.n_P} |"
               for r in table.itertuples()]
     for r in table.itertuples():
-        where = f"chi {plots.number(r.chi)}", f"T {plots.number(r.T)}"
+        where = r.metric, f"chi {plots.number(r.chi)}", f"T {plots.number(r.T)}"
         numbers.update({number_key("perceptron_exponent", *where): r.exponent,
-                        number_key("perceptron_exponent_se", *where): r.exponent_se})
+                        number_key("perceptron_exponent_low", *where): r.low,
+                        number_key("perceptron_exponent_high", *where): r.high})
     figures = [(exponent_plot(table, out_dir / "p_exponent_vs_chi.png"),
-                "the fitted P exponent of ||w - w0|| against 1/(1+chi), one colour per T"),
+                "the fitted P exponents (w_par / ||w_perp||: o, ||w - w0||: s) against 1/(1+chi), one colour per T"),
                (norm_plot(frame, out_dir / "norm_vs_P.png"),
                 "||w - w0|| / T against P, one panel per chi, one line per T (converged runs)")]
     return lines, figures

@@ -29,7 +29,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from sgdlab.analysis.fits import PowerLaw, fit_power_law
+from sgdlab.analysis.fits import MIN_FIT_POINTS, PowerLaw, fit_power_law
 
 EOS_TAIL = 0.25
 MLFLOW_INF = 1.7976931348623157e308  # what MLflow stores for an infinite metric value
@@ -113,9 +113,10 @@ def largest_stable_lr(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def stable_lr_fit(table: pd.DataFrame) -> PowerLaw | None:
-    """lr_max ~ B^b over the uncensored finite lr_max of one line (one optimizer); None with < 2 distinct B."""
+    """lr_max ~ B^b over the uncensored finite lr_max of one line (one optimizer); None with fewer than
+    MIN_FIT_POINTS distinct B."""
     usable = table[~table["censored"].astype(bool) & np.isfinite(table["lr_max"].astype(float))]
-    if usable["B"].nunique() < 2:
+    if usable["B"].nunique() < MIN_FIT_POINTS:
         return None
     return fit_power_law(usable["B"], usable["lr_max"])
 

@@ -18,6 +18,7 @@ from sgdlab.analysis.figure_layout import LEGEND_WIDTH, batch_axis
 from sgdlab.analysis.figure_lines import line_parts
 from sgdlab.analysis.frames import grid_axes, key_columns, swept_columns
 from sgdlab.analysis.report_section import Files, Numbers, markdown_table, number_key
+from sgdlab.analysis.fits import MIN_FIT_POINTS
 from sgdlab.analysis.stability import REFERENCE_TEXT, largest_stable_lr, reference_slope, stable_lr_fit
 
 MIN_LRS = 3  # learning rates per (optimizer, B) for a largest stable lr
@@ -68,11 +69,14 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers) -> tuple[lis
                     u, v = np.log(bounded["B"].astype(float)), np.log(bounded["lr_max"].astype(float))
                     handles += ax.plot(grid, np.exp(v.mean() + ref * (np.log(grid) - u.mean())), ":", color=colour,
                                        lw=1.2, label=f"reference slope {REFERENCE_TEXT.get(ref, f'{ref:g}')}")
-                error = f" ± {fit.stderr:.2f}" if np.isfinite(fit.stderr) else " (no error bar: 2 points)"
+                error = f" ± {fit.stderr:.2f}"
                 ref_text = f" (reference {REFERENCE_TEXT.get(ref, f'{ref:g}')})" if ref is not None else ""
                 sentences.append(f"~ B^{fit.exponent:.2f}{error} for {label}{ref_text}")
                 numbers.update({number_key("lr_max_exponent", label): fit.exponent,
                                 number_key("lr_max_exponent_se", label): fit.stderr})
+            else:
+                sentences.append(f"not computed for {label}: {bounded['B'].nunique()} batch sizes with a bracketed "
+                                 f"lr_max (a fit needs {MIN_FIT_POINTS})")
             numbers.update({number_key("lr_max", label, f"B {plots.number(r.B)}"): r.lr_max
                             for r in bounded.itertuples()})
             fit_rows.append({"line": label, "exponent": fit.exponent if fit else np.nan,
@@ -93,7 +97,7 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers) -> tuple[lis
                  "failed or unfinished trial and no divergence are skipped; where no lr diverged, the largest is "
                  "only a lower bound and is left out of the fit).", ""]
     lines.append("- largest stable lr " + ", ".join(sentences) + "." if sentences
-                 else "- largest stable lr ~ B^b: not fitted (fewer than 2 batch sizes with a bracketed lr_max).")
+                 else "- largest stable lr ~ B^b: not computed (no line has a bracketed lr_max).")
     lines.append("")
     rows = [[*(_optimizer_text(r[c]) if c == "optimizer" else plots.number(r[c]) for c in by),
              plots.number(r["lr_max"]) + (" (lower bound)" if r["censored"] else ""),

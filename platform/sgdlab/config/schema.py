@@ -35,6 +35,11 @@ class DigitsParity(DataCommon):
 
 
 @dataclass
+class Digits(DataCommon):
+    pass
+
+
+@dataclass
 class Mnist1dParity(DataCommon):
     pass
 
@@ -193,6 +198,7 @@ class Report:
 OPTIONS: dict[str, dict[str, type]] = {
     "data": {
         "digits_parity": DigitsParity,
+        "digits": Digits,
         "mnist1d_parity": Mnist1dParity,
         "teacher_perceptron": TeacherPerceptron,
         "mnist_parity": MnistParity,

@@ -87,6 +87,9 @@ def validate(raw: dict) -> dict:
             raise ConfigError(f"model.{key}: must be >= 1, got {model[key]}")
     if "stages" in model and (not model["stages"] or min(model["stages"]) < 1):
         raise ConfigError(f"model.stages: must be a non-empty list of channel counts >= 1, got {model['stages']}")
+    if cfg["loss"]["name"] == "hinge" and data["name"] in MULTICLASS:
+        raise ConfigError(f"loss: hinge is binary (one output, labels +-1); data={data['name']} has ten classes: "
+                          "use loss=mse or loss=cross_entropy")
     if cfg["loss"]["name"] == "hinge" and train["loss_threshold"] is not None and train["loss_threshold"] < 0:
         raise ConfigError(f"train.loss_threshold: must be >= 0, got {train['loss_threshold']}")
     probe = cfg["probe"]
@@ -129,7 +132,9 @@ def validate(raw: dict) -> dict:
 # Examples in the data sets of fixed size (training/data.py draws P and the test set from these; a test checks
 # that the numbers agree): digits is one pool split into train and test, MNIST and CIFAR-10 have a train pool
 # and a test pool. mnist1d and the teacher perceptron generate any number of examples.
-POOLS = {"digits_parity": (1797, None), "mnist_parity": (60000, 10000), "cifar10_animals": (50000, 10000)}
+POOLS = {"digits_parity": (1797, None), "digits": (1797, None), "mnist_parity": (60000, 10000),
+         "cifar10_animals": (50000, 10000)}
+MULTICLASS = {"digits"}  # data sets of more than two classes: no hinge loss (one output, labels +-1)
 
 
 def _fits_the_data_set(data: dict) -> None:

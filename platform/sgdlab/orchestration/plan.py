@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from sgdlab.config.schema import ConfigError
+from sgdlab.params import param_text
 from sgdlab.sweep.expand import Trial
 from sgdlab.sweep.identity import probe_id, trial_id
 from sgdlab.tracking import tags
@@ -67,7 +68,7 @@ def plan_sweep(trials: list[Trial], records: list[RunRecord], stale_after_s: flo
         runs = runs_by_trial.get(trial.trial_id, [])
         state = trial_state(runs, stale_after_s, now)
         wants_probe = trial.config["probe"]["at_end"]
-        name = tags.run_name(trial.swept)
+        name = tags.run_name(trial.swept, {"data.n_train": param_text(trial.config["data"]["n_train"])})
         if state == "finished":
             plan.skipped_finished.append(trial)
             probes = probes_by_id.get(probe_id(trial.config, trial.trial_id), []) if wants_probe else []

@@ -22,7 +22,7 @@ import numpy as np
 from sgdlab.config.schema import ConfigError
 
 METRICS = ("train_loss", "train_error", "test_loss", "test_error", "n_unfitted", "min_margin", "weight_delta",
-           "weight_change", "train_time", "steps")
+           "weight_change", "train_time", "steps", "w_par", "w_perp", "w_ratio", "w0_norm")
 OUTCOMES = ("converged", "diverged", "max_steps")
 OPERATORS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt,
              "<=": operator.le}

@@ -40,7 +40,13 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
 
 
-def run_name(swept: dict[str, str]) -> str:
-    """Readable name from a trial's swept values, e.g. 'alpha=4 T=0.001 P=512 seed=0'."""
-    parts = [f"{NAME_ABBREVIATIONS.get(k, k.rsplit('.', 1)[-1])}={v}" for k, v in swept.items()]
+def run_name(swept: dict[str, str], shown: dict[str, str] | None = None) -> str:
+    """Readable name from a trial's swept values, then the `shown` ones that are not swept, e.g.
+    'alpha=4 T=0.001 seed=0 P=512'. A key is abbreviated (NAME_ABBREVIATIONS, else its last part) unless another
+    key of the name has the same short form, or the short form is `seed` (the trial's own seed): `data.seed` is
+    always 'data.seed=1'."""
+    values = {**swept, **{k: v for k, v in (shown or {}).items() if k not in swept}}
+    short = {k: NAME_ABBREVIATIONS.get(k, k.rsplit(".", 1)[-1]) for k in values}
+    clash = {s for s in short.values() if list(short.values()).count(s) > 1} | {"seed"}
+    parts = [f"{k if short[k] in clash and k != 'seed' else short[k]}={v}" for k, v in values.items()]
     return " ".join(parts) or "trial"

@@ -1,6 +1,8 @@
-"""Binary classification data sets, as tensors, drawn reproducibly from `data.seed`.
+"""Classification data sets, as tensors, drawn reproducibly from `data.seed`: exactly data.n_train training points
+and data.n_test test points (or one clear error).
 
-Labels are class indices; for the binary tasks class 1 is the label +1 of the hinge loss.
+Labels are class indices; for the binary tasks class 1 is the label +1 of the hinge loss; `digits` keeps the ten
+digit classes (for the one-hot MSE of the edge-of-stability sweeps).
 Inputs are centred with the training mean and each scaled to norm sqrt(d) (the teacher perceptron's inputs are
 left Gaussian so that the density of x_1 near the boundary is exactly the one asked for).
 """
@@ -20,6 +22,7 @@ import torch
 
 # Images available per pool; schema-independent facts used for clear errors.
 DIGITS_IMAGES = 1797
+CLASSES = {"digits": 10}  # the others are binary
 
 
 class DataUnavailable(FileNotFoundError):
@@ -72,27 +75,36 @@ def _draw(x_pool: np.ndarray, y_pool: np.ndarray, n: int | None, seed: int, what
     return x_pool[idx], y_pool[idx]
 
 
-def digits_parity(cfg: dict) -> tuple:
+def _digit_images() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = digits.images.astype(np.float64)[:, None]  # (1797, 1, 8, 8)
-    y = (digits.target % 2 == 0).astype(np.int64)
-    return _split(x, y, cfg["n_train"], cfg["n_test"], cfg["seed"], "digits")
+    return digits.images.astype(np.float64)[:, None], digits.target.astype(np.int64)  # (1797, 1, 8, 8), 0..9
+
+
+def digits_parity(cfg: dict) -> tuple:
+    x, digit = _digit_images()
+    return _split(x, (digit % 2 == 0).astype(np.int64), cfg["n_train"], cfg["n_test"], cfg["seed"], "digits")
+
+
+def digits(cfg: dict) -> tuple:
+    """The ten classes of scikit-learn's digits."""
+    return _split(*_digit_images(), cfg["n_train"], cfg["n_test"], cfg["seed"], "digits")
 
 
 def mnist1d_parity(cfg: dict) -> tuple:
+    """mnist1d generates num_samples // 10 signals per class, shuffled by its seed: a pool of the next multiple of
+    10 at or above P + n_test, whose first P signals are the training set and the next n_test the test set."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
-    n_test = cfg["n_test"] or 1000
-    args.num_samples = cfg["n_train"] + n_test
-    args.train_split = cfg["n_train"] / args.num_samples
+    n_train, n_test = cfg["n_train"], cfg["n_test"] or 1000
+    args.num_samples = 10 * -(-(n_train + n_test) // 10)
+    args.train_split = 1.0  # the whole pool in d["x"]; the split is made here, exactly
     args.seed = cfg["seed"]
     d = make_dataset(args)  # generated locally from the package's templates, nothing downloaded
-    to_parity = lambda t: (np.asarray(t) % 2 == 0).astype(np.int64)  # noqa: E731
-    return (np.asarray(d["x"], np.float64)[:, None, None], to_parity(d["y"]),
-            np.asarray(d["x_test"], np.float64)[:, None, None], to_parity(d["y_test"]))
+    x, y = np.asarray(d["x"], np.float64)[:, None, None], (np.asarray(d["y"]) % 2 == 0).astype(np.int64)
+    return x[:n_train], y[:n_train], x[n_train:n_train + n_test], y[n_train:n_train + n_test]
 
 
 def teacher_perceptron(cfg: dict) -> tuple:
@@ -184,6 +196,7 @@ def cifar10_animals(cfg: dict) -> tuple:
 
 LOADERS = {
     "digits_parity": digits_parity,
+    "digits": digits,
     "mnist1d_parity": mnist1d_parity,
     "teacher_perceptron": teacher_perceptron,
     "mnist_parity": mnist_parity,
@@ -204,4 +217,4 @@ def _load(cfg_json: str) -> Dataset:
     if cfg["name"] != "teacher_perceptron":
         x_tr, x_te = _normalize(x_tr, x_te)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    return Dataset(t(x_tr).double(), t(y_tr), t(x_te).double(), t(y_te), n_classes=2)
+    return Dataset(t(x_tr).double(), t(y_tr), t(x_te).double(), t(y_te), n_classes=CLASSES.get(cfg["name"], 2))

@@ -5,6 +5,8 @@ dim 0; functions of one member are vmapped over that dimension.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -172,15 +174,30 @@ def set_metrics(shared: Shared, pack: PackState, rows: list[int], which: str) ->
     return [{k: v[j] for k, v in values.items()} for j in range(len(rows))]
 
 
+def teacher_frame(shared: Shared, params: dict, params0: dict) -> list[dict[str, float]] | None:
+    """The perceptron on the teacher task (y = sign(x_1)), in the teacher's frame: w - w0 = w_par e_1 + w_perp,
+    logged as w_par, w_perp = ||w_perp||, w_ratio = w_par / ||w_perp|| (the observable ~ P^(1/(1+chi)) of the
+    perceptron theory) and w0_norm = ||w0||. None for any other model or data set."""
+    if shared.cfg["model"]["name"] != "perceptron" or shared.cfg["data"]["name"] != "teacher_perceptron":
+        return None
+    delta = (params["weight"] - params0["weight"]).flatten(1)  # (members, d): the readout of one output
+    par, perp = delta[:, 0], delta[:, 1:].norm(dim=1)
+    norm0 = params0["weight"].flatten(1).norm(dim=1)
+    return [{"w_par": a, "w_perp": b, "w_ratio": a / b if b > 0 else math.nan, "w0_norm": c}
+            for a, b, c in zip(par.tolist(), perp.tolist(), norm0.tolist())]
+
+
 def metrics(shared: Shared, pack: PackState, rows: list[int]) -> list[dict[str, float]]:
-    """Everything logged: full-set metrics, ||w - w0|| and ||w - w0|| / ||w0||, t and the step count."""
+    """Everything logged: full-set metrics, ||w - w0|| and ||w - w0|| / ||w0||, t and the step count, and for the
+    teacher perceptron its teacher-frame observables (teacher_frame)."""
     train_set, test_set = set_metrics(shared, pack, rows, "train"), set_metrics(shared, pack, rows, "test")
     sub = take({"params": pack.params, "params0": pack.params0}, rows)
     squares = lambda tree: sum((v.flatten(1) ** 2).sum(1) for v in tree.values())  # noqa: E731
     deltas = torch.sqrt(squares({k: sub["params"][k] - sub["params0"][k] for k in sub["params"]}))
     norms0 = torch.sqrt(squares(sub["params0"]))
+    frame = teacher_frame(shared, sub["params"], sub["params0"]) or [{} for _ in rows]
     return [{"train_loss": tr["loss"], "train_error": tr["error"], "test_loss": te["loss"],
              "test_error": te["error"], "n_unfitted": tr["unfitted"], "min_margin": tr["min_margin"],
-             "weight_delta": delta, "weight_change": delta / norm0, "train_time": t_, "steps": float(step)}
-            for tr, te, delta, norm0, t_, step in zip(train_set, test_set, deltas.tolist(), norms0.tolist(),
-                                                       pack.t[rows].tolist(), pack.steps[rows].tolist())]
+             "weight_delta": delta, "weight_change": delta / norm0, "train_time": t_, "steps": float(step), **extra}
+            for tr, te, delta, norm0, t_, step, extra in zip(train_set, test_set, deltas.tolist(), norms0.tolist(),
+                                                              pack.t[rows].tolist(), pack.steps[rows].tolist(), frame)]
