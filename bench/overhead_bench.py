@@ -89,7 +89,9 @@ def sweep_overhead(uri: str, name: str, trials: list, workers: int, compute: flo
     started = time.perf_counter()
     run_trials(jobs, handle, max_in_flight=2 * workers)
     wall = time.perf_counter() - started
-    assert sum(r.status == "FINISHED" for r in sweep_runs(uri, name)) == len(trials)
+    runs = sweep_runs(uri, name)
+    assert sum(r.status == "FINISHED" for r in runs) == len(trials), [
+        (r.status, r.error) for r in runs if r.status != "FINISHED"]
     return {"sweep": name, "trials": len(trials), "wall_s": wall, "compute_s": compute,
             "ideal_s": compute / workers, "ratio": wall / (compute / workers)}
 
