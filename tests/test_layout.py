@@ -38,7 +38,8 @@ ALLOWED_IMPORTS: dict[str, set[str]] = {
     "numerics": set(),
     "params": set(),
     "config": {"paths"},  # compose finds conf/
-    "sweep": {"config", "paths", "params"},  # run names show values as params do  # spec finds sweeps/, expand composes, identity drops the non-identity keys
+    # spec finds sweeps/, expand composes, identity drops the non-identity keys; run names show values as params do
+    "sweep": {"config", "paths", "params"},
     "training": set(),  # torch only
     "probes": set(),  # torch only
     "tracking": {"paths", "numerics", "params"},  # the default store; runs record the numerics version, params
@@ -47,8 +48,8 @@ ALLOWED_IMPORTS: dict[str, set[str]] = {
     # config: a plan rejects bad input with ConfigError; runtime ships the package itself to Ray workers
     "orchestration": {"sgdlab", "config", "params", "jobs", "tracking", "sweep"},
     "analysis": {"config", "tracking"},  # records, and the non-identity keys of trial configs
-    "cli": {"sgdlab", "paths", "numerics", "params", "config", "sweep", "training", "probes", "tracking", "jobs", "orchestration",
-            "analysis"},
+    "cli": {"sgdlab", "paths", "numerics", "params", "config", "sweep", "training", "probes", "tracking", "jobs",
+            "orchestration", "analysis"},
 }
 
 

@@ -39,8 +39,8 @@ def _by_client(uri: str, experiment_id: str) -> str:
     run = mlflow.create_run(experiment_id, run_name="trial", tags=TAGS)
     run_id = run.info.run_id
     mlflow.log_batch(run_id, params=[Param(k, v) for k, v in PARAMS.items()])
-    mlflow.log_inputs(run_id, [DatasetInput(Dataset(DATASET.name, DATASET.digest, "code", DATASET.source,
-                                                    profile=DATASET.profile), [InputTag("mlflow.data.context", "train")])])
+    dataset = Dataset(DATASET.name, DATASET.digest, "code", DATASET.source, profile=DATASET.profile)
+    mlflow.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
     mlflow.log_batch(run_id, metrics=[Metric(*m) for m in FIRST], tags=[RunTag(k, v) for k, v in FIRST_TAGS.items()])
     mlflow.log_batch(run_id, metrics=[Metric(*m) for m in SECOND], tags=[RunTag(k, v) for k, v in SECOND_TAGS.items()])
     mlflow.set_terminated(run_id, "FINISHED")

@@ -6,6 +6,7 @@ Ray and torch are imported only by the commands that run trials, so `sgdlab stat
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -369,13 +370,14 @@ def write_report(name: str, uri: str, folder: Path) -> str:
     if not read_only:
         handle = open_sweep(uri, name)
         log_sweep_files(handle, files)
-        log_sweep_metrics(handle, {k: v for k, v in result.numbers.items() if v == v and abs(v) != float("inf")})
+        log_sweep_metrics(handle, {k: v for k, v in result.numbers.items() if math.isfinite(v)})
     return (f"{name}: report of {len(trains)} train and {len(probes)} probe runs in {folder}/ "
             f"({len(result.figures)} figures, summary.csv, summary.md"
             f"{', ' + ', '.join(p.name for p in result.tables) if result.tables else ''}), "
             + ("not attached to the sweep's MLflow run: its store is read-only." if read_only else
                "also attached to the sweep's MLflow run under report/"
-               + (f", with {len(result.numbers)} summary numbers as its metrics summary/*." if result.numbers else ".")))
+               + (f", with {len(result.numbers)} summary numbers as its metrics summary/*." if result.numbers
+                  else ".")))
 
 
 def auto_report(name: str, uri: str, config: dict) -> None:

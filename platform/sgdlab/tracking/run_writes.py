@@ -6,8 +6,8 @@ training of a tiny trial; a pack of 100 tiny trials writes its records in a hand
 rows are the ones the client writes: runs (status, times, artifact_uri), tags (with mlflow.runName), params,
 metrics (NaN as 0 with is_nan, infinities as the largest float), latest_metrics (the newest by step, timestamp,
 value) and dataset inputs (datasets, inputs, input_tags). A test reads them back through MlflowClient and compares
-them with runs written by the client; since the table models are MLflow's internals, tracking/record_store.py uses this store only with the mlflow
-version that test passed with.
+them with runs written by the client; since the table models are MLflow's internals, tracking/record_store.py
+uses this store only with the mlflow version that test passed with.
 
 Every call is retried on a transient lock as a whole: a failed transaction leaves nothing behind.
 """
