@@ -245,8 +245,8 @@ def test_tc_leaves_out_trials_stopped_at_max_steps(tmp_path):
               if r.params["data.n_train"] == "1024" and r.params["optim.temperature"] == "0.08" else r
               for r in lazy_sweep()]
     report = build_report(capped, "sgd_noise", tmp_path)
-    assert "smallest T), log-interpolated; 4 trials stopped at max_steps are left out." in report.markdown
-    assert "| 1024 | 0.01 | 0.05 | 11 |" in report.markdown  # T = 0.08 is gone, T_c is unchanged
+    assert "(1000 bootstrap replicates); 4 trials stopped at max_steps are left out." in report.markdown
+    assert "| 1024 | 0.01 | [0.01, 0.01] | 0.05 | 0.4 | 11 | 2 |" in report.markdown  # T = 0.08 gone, T_c unchanged
     assert "T_c ~ P^b with b = -0.5 ± " in report.markdown
 
 
@@ -255,12 +255,19 @@ def test_report_fits_tc_when_T_and_P_vary(tmp_path):
     names = {p.name for p in report.figures}
     assert {"tc_vs_P.png", "weight_change_vs_T.png", "phase_test_error.png"} <= names
     assert "T_c ~ P^b with b = -0.5 ± " in report.markdown and "(3 points), prefactor 0.32." in report.markdown
-    assert "| 1024 | 0.01 | 0.05 | 12 |" in report.markdown
+    # a seed's curve is the mean curve x 1.1 or x 0.9: T_c is the same for any draw of seeds (an interval of width 0)
+    assert "| 1024 | 0.01 | [0.01, 0.01] | 0.05 | 0.8 | 12 | 2 |" in report.markdown
+    # the flat plateau against the noisy regime's P^(1/2) (T0 ~ P^-1/2) is what makes T_c fall as P^-1/2
+    assert "| noisy regime (weight change at the largest T) | 0.5 | [0.462, 0.538] | 3 |" in report.markdown
     # the headline numbers, logged as metrics of the sweep's run
     assert report.numbers["summary/T_c/P 1024"] == pytest.approx(0.01) and report.numbers[
         "summary/T_c_exponent"] == pytest.approx(-0.5)
+    assert report.numbers["summary/plateau_exponent"] == pytest.approx(0, abs=1e-12)
+    assert report.numbers["summary/noisy_exponent"] == pytest.approx(0.5)
     assert set(report.numbers) == {"summary/T_c/P 256", "summary/T_c/P 1024", "summary/T_c/P 4096",
-                                   "summary/T_c_exponent", "summary/T_c_exponent_se"}
+                                   "summary/T_c_exponent", "summary/T_c_exponent_se", "summary/T_c_exponent_low",
+                                   "summary/T_c_exponent_high", *(f"summary/{q}_exponent{end}" for q in
+                                                                  ("plateau", "noisy") for end in ("", "_low", "_high"))}
 
 
 def test_report_with_no_runs(tmp_path):
@@ -399,3 +406,24 @@ def test_perceptron_replicas_the_teacher_frame_ratio_and_one_chi(tmp_path):
     few = [r for r in records if r.params["data.n_train"] in ("128", "256")]
     assert "- Perceptron P exponents: not computed (needs at least 3 values of P; here 2)." in build_report(
         few, "perceptron", tmp_path).markdown
+
+
+def test_tc_bootstrap_recovers_the_exponents_of_synthetic_curves():
+    """Plateau p P^(1/2) and noisy regime 0.1 T P: T_c ~ P^-(1/2) (a = p - q with k = 1). Seeds scatter by 5%:
+    the 68% intervals contain the true exponents and are narrow."""
+    from sgdlab.analysis.tc_bootstrap import tc_uncertainty
+
+    rng, rows = np.random.default_rng(0), []
+    for P in (512, 1024, 2048, 4096):
+        for seed in range(5):
+            for T in np.geomspace(1e-4, 1e-1, 10):
+                w = (1e-3 * (P / 512) ** 0.5 + 0.1 * T * P / 512) * np.exp(0.05 * rng.standard_normal())
+                rows.append({"P": P, "seed": seed, "T": T, "alpha": 4096, "weight_change": w, "status": "finished",
+                             "outcome": "converged"})
+    result = tc_uncertainty(pd.DataFrame(rows), n_boot=300)
+    exponents = result.exponents.set_index("quantity")
+    for quantity, truth in (("T_c", -0.5), ("plateau", 0.5), ("noisy", 1.0)):
+        low, high = exponents.loc[quantity, ["low", "high"]]
+        assert low - 0.03 <= truth <= high + 0.03 and high - low < 0.1, (quantity, low, high)
+    assert result.noisy_T == pytest.approx(0.1) and list(result.per_P["n_seeds"]) == [5, 5, 5, 5]
+    assert (result.per_P["T_c_low"] <= result.per_P["T_c"]).all() and (result.per_P["T_c"] <= result.per_P["T_c_high"]).all()

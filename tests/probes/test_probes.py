@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from sgdlab.probes.batch import minibatch_curvature
+from sgdlab.probes.batch import batch_sharpness, minibatch_curvature, sampled_batches
 from sgdlab.probes.blocks import block_probes
 from sgdlab.probes.density import density_on_grid, moments, slq
 from sgdlab.probes.hvp import CurvatureOperator, ParamLayout
@@ -391,6 +391,25 @@ def test_minibatch_curvature_matches_dense(problem):
     again = minibatch_curvature(problem.predict, problem.loss, problem.params, data, batch_size=12, n_batches=3,
                                 tol=1e-10, seed=4)
     assert all(torch.equal(a, b) for a, b in zip(result.indices, again.indices))
+
+
+def test_batch_sharpness_alone_matches_dense_on_the_same_batches(problem):
+    """The cheap in-training batch sharpness (one gradient and one product a batch) draws the batches
+    minibatch_curvature draws and gives g_B^T H_B g_B / g_B^T g_B of the dense float64 H_B, averaged."""
+    data, layout = problem.data, ParamLayout.of(problem.params)
+    mean, stderr = batch_sharpness(problem.predict, problem.loss, problem.params, data, batch_size=12, n_batches=4,
+                                   seed=7)
+    w, values = layout.flatten(problem.params), []
+    for index in sampled_batches(data, 12, 4, seed=7):
+        batch = tuple(t[index] for t in data)
+        h = problem.dense(batches=[batch])
+        g = torch.func.grad(lambda flat: problem.loss(problem.predict(layout.unflatten(flat), batch), batch))(w)
+        values.append(float(g @ h @ g / (g @ g)))
+    assert mean == pytest.approx(np.mean(values), rel=1e-8)
+    assert stderr == pytest.approx(np.std(values, ddof=1) / 2, rel=1e-6)
+    full = minibatch_curvature(problem.predict, problem.loss, problem.params, data, batch_size=12, n_batches=4,
+                               tol=1e-10, seed=7)
+    assert full.batch_sharpness_mean == pytest.approx(mean, rel=1e-8)
 
 
 # ---------------------------------------------------------------- curvlinops

@@ -118,6 +118,13 @@ def run_to_the_end_with(r: Refinement, loss_of) -> tuple[dict, int]:
     ("test_error > 0.1", "all", [{"outcome": "", "test_error": 0.05}, {"outcome": "", "test_error": 0.2}], False),
     ("final train_loss > initial train_loss", "any",
      [{"outcome": "", "train_loss": 2.0, "initial:train_loss": 1.0}], True),
+    ("final train_loss > initial train_loss", "any",  # a diverged run's final loss counts as +inf
+     [{"outcome": "diverged", "train_loss": float("nan"), "initial:train_loss": 1.0}], True),
+    ("final train_loss > initial train_loss", "mean",
+     [{"outcome": "diverged", "train_loss": 0.5, "initial:train_loss": 1.0},
+      {"outcome": "max_steps", "train_loss": 0.5, "initial:train_loss": 1.0}], True),
+    ("final train_loss > initial train_loss", "any",
+     [{"outcome": "max_steps", "train_loss": 0.9, "initial:train_loss": 1.0}], False),
     ("weight_change > 2 x plateau", "any", [{"outcome": "", "weight_change": 0.3}], True),  # plateau 0.1
     ("weight_change > 2 x plateau", "any", [{"outcome": "", "weight_change": 0.15}], False),
 ])

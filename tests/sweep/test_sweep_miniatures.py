@@ -43,7 +43,8 @@ MINIATURES = {
     # 3 T (N_PLATEAU = 2 plateau points + 1) x 3 P (a fit needs 3): the least T_c(P) needs. Every trial fits its
     # data (converged: runs stopped at max_steps are left out of T_c) within ~120 steps, and the weight change
     # crosses 2x its plateau near T = 0.01 at each P: T_c exists at 3 P and the power-law figure is drawn.
-    "temperature_vs_p": ([*MLP, PACK, "data.n_train=16,32,64", "data.batch_size=8", "optim.temperature=0.001,0.01,0.1",
+    "temperature_vs_p": ([*MLP, PACK, "data=digits_parity", "data.n_test=200", "model.alpha=1024",
+                          "data.n_train=16,32,64", "data.batch_size=8", "optim.temperature=0.001,0.01,0.1",
                           "seed=0", "train.max_steps=3000", "train.log_every=100"],
                          ["weight_change_vs_T.png", "tc_vs_P.png"]),
     # chi in {0, 1} x 3 P (MIN_P = 3 values per fit): P = 16..64 points of a small test set, at a T deep in
@@ -54,18 +55,21 @@ MINIATURES = {
     "edge_of_stability": ([*MLP, "data.n_train=32", "data.batch_size=32", "optim.lr=20", "train.max_steps=40",
                            "train.log_every=20", "probe.every=20", "probe.n_examples=32"],
                           ["sharpness_trajectories.png"]),
-    # 2 batch sizes (the least a lambda_max-against-B figure needs), each with its end probe.
-    "sgd_sharpness": ([*MLP, "data.n_train=64", "data.batch_size=4,16", "seed=0", "train.max_steps=40",
-                       "train.log_every=20", "probe.n_examples=64", "probe.n_batches=2", "probe.trace_samples=2"],
-                      ["lambda_max_vs_B.png"]),
+    # 2 batch sizes (the least a lambda_max-against-B figure needs), each with its sharpness and batch sharpness
+    # at steps 0, 20 and 40.
+    "sgd_sharpness": ([*MLP, "data.n_train=64", "data.batch_size=4,16", "seed=0", "optim.lr=4", "train.max_steps=40",
+                       "train.log_every=20", "probe.every=20", "probe.n_examples=64", "probe.n_batches=2"],
+                      ["lambda_max_vs_B.png", "sharpness_trajectories.png"]),
     # one trained point probed at 2 batch sizes below N = 64.
     "batch_hessian": ([*MLP, "data.n_train=64", "data.batch_size=16", "seed=0", "train.max_steps=40",
                        "train.log_every=20", "probe.batch_sizes=[4,16]", "probe.n_batches=2", "probe.n_examples=64",
                        "probe.trace_samples=2"], ["batch_ratio.png"]),
-    # SGD only, 3 B (a fit needs 3) x 3 lr (MIN_LRS = 3): lr = 0.5 is stable and lr = 4096 makes the MSE explode
-    # past train.divergence_loss = 1e3 within 20 steps, so lr_max is bracketed at every B. Packed (MSE under vmap).
+    # SGD only, 3 B (a fit needs 3) x 3 lr (MIN_LRS = 3): lr = 0.5 lowers the loss and lr = 4096 makes the MSE
+    # explode within 20 steps, so the criterion brackets lr_max at every B; one refinement round. Packed (MSE under
+    # vmap), each member measuring E[lambda_max(H_B)] at step 0 for the prediction.
     "lr_batch_scaling": ([*MLP, PACK, "data.n_train=64", "optim=sgd", "data.batch_size=8,16,32", "optim.lr=0.5,4,4096",
-                          "seed=0", "train.max_steps=20", "train.log_every=10"], ["lr_max_vs_B.png"]),
+                          "seed=0", "train.max_steps=20", "train.log_every=10", "probe.n_batches=2",
+                          "refine.max_rounds=1"], ["lr_max_vs_B.png", "refine_boundary.png"]),
     # one SGD run with its end probe (lambda_max and trace: the Wu & Su quantity); 40 steps need not interpolate.
     "stability_trace": ([*MLP, "data.n_train=32", "data.batch_size=4", "optim.lr=0.5", "seed=0",
                          "train.max_steps=40", "train.log_every=20", "probe.n_examples=32", "probe.trace_samples=4"],
@@ -76,7 +80,8 @@ MINIATURES = {
                          ["layer_sensitivity.png"]),
 }
 # A headline number the report logs as a metric of the sweep's run (the experiments table compares sweeps by them).
-NUMBERS = {"temperature_vs_p": "summary/T_c_exponent", "lr_batch_scaling": "summary/lr_max_exponent/SGD"}
+NUMBERS = {"temperature_vs_p": ["summary/T_c_exponent"],
+           "lr_batch_scaling": ["summary/lr_max_exponent/SGD", "summary/lr_predicted_exponent"]}
 PARALLEL = 3  # sweeps at a time: their drivers and worker start-ups overlap the others' training
 
 
@@ -85,9 +90,9 @@ import json, os, sys
 from typer.testing import CliRunner
 from sgdlab.cli.main import app
 results = {}
-for name, folder in json.loads(sys.argv[1]).items():
+for name, (folder, overrides) in json.loads(sys.argv[1]).items():
     os.chdir(folder)
-    out = CliRunner().invoke(app, ["report", name])
+    out = CliRunner().invoke(app, ["report", name, *overrides])  # the sweep's own (a refinement replays with them)
     results[name] = [out.exit_code, out.output[-3000:] + (repr(out.exception) if out.exit_code else "")]
 print(json.dumps(results))
 """
@@ -124,7 +129,7 @@ def miniatures(ray_head, tmp_path_factory):
 
     with ThreadPoolExecutor(PARALLEL) as pool:
         sweeps = dict(pool.map(sweep, NAMES))
-    done = {name: str(folder) for name, (folder, out) in sweeps.items() if out.returncode == 0}
+    done = {name: (str(folder), MINIATURES[name][0]) for name, (folder, out) in sweeps.items() if out.returncode == 0}
     reports = subprocess.run([sys.executable, "-c", REPORTS, json.dumps(done)], env=env, capture_output=True,
                              text=True, timeout=300)
     assert reports.returncode == 0, reports.stderr[-3000:]
@@ -153,7 +158,7 @@ def test_miniature_runs_through_ray_and_mlflow_and_draws_its_figures(miniatures,
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (figure, summary)
     if name in NUMBERS:
         _, (sweep_run,) = mlflow_runs(folder / "mlflow.db", name, kind="sweep")
-        assert math.isfinite(sweep_run.data.metrics[NUMBERS[name]]), sweep_run.data.metrics
+        assert all(math.isfinite(sweep_run.data.metrics[key]) for key in NUMBERS[name]), sweep_run.data.metrics
 
 
 def test_every_sweep_expands_in_dry_run(tmp_path, monkeypatch):

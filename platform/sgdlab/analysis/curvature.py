@@ -33,9 +33,11 @@ from sgdlab.analysis.wu_su_section import with_wu_su, wu_su_check
 
 
 def curvature_sections(frame: pd.DataFrame, probes: pd.DataFrame, histories: dict, densities: dict,
-                       out_dir: Path, numbers: Numbers) -> tuple[list[str], Files, Files]:
+                       out_dir: Path, numbers: Numbers, lr_brackets: pd.DataFrame | None = None
+                       ) -> tuple[list[str], Files, Files]:
     """(markdown lines, figures, tables) of every curvature figure the records allow (module docstring); the
-    fitted slopes of lr_max(B) are added to `numbers`."""
+    fitted slopes of lr_max(B) are added to `numbers`. lr_brackets: a refinement of optim.lr, which then defines
+    lr_max."""
     out_dir = Path(out_dir)
     lines: list[str] = []
     figures: Files = []
@@ -52,7 +54,7 @@ def curvature_sections(frame: pd.DataFrame, probes: pd.DataFrame, histories: dic
     for section in (lambda: sharpness_trajectories(frame, histories, out_dir),
                     lambda: sharpness_vs_batch(frame, probes, out_dir),
                     lambda: batch_ratio(probes, out_dir),
-                    lambda: stable_lr(frame, out_dir, numbers),
+                    lambda: stable_lr(frame, out_dir, numbers, lr_brackets),
                     lambda: spectral_densities(probes, densities, out_dir),
                     lambda: wu_su_check(probes, out_dir),
                     lambda: layer_sensitivities(probes, out_dir)):

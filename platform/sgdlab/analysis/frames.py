@@ -132,17 +132,16 @@ def aggregate(frame: pd.DataFrame, by: list[str], metrics: list[str] | None = No
     metrics = metric_columns(frame) if metrics is None else metrics
     finished = frame["status"] == "finished"
     diverged = finished & (frame["outcome"] == "diverged")
-    work = frame[by].assign(n_trials=1, n_finished=finished, n_diverged=diverged,
-                            n_failed=frame["status"] == "failed", n_unfinished=frame["status"] == "unfinished")
-    for m in metrics:
-        values = pd.to_numeric(frame[m], errors="coerce")
-        work[m] = values.where(finished & ~diverged & np.isfinite(values))
+    counts = frame[by].assign(n_trials=1, n_finished=finished, n_diverged=diverged,
+                              n_failed=frame["status"] == "failed", n_unfinished=frame["status"] == "unfinished")
+    kept = finished & ~diverged
+    values = pd.DataFrame({m: pd.to_numeric(frame[m], errors="coerce") for m in metrics}, index=frame.index)
+    work = pd.concat([counts, values.where(kept.to_numpy()[:, None] & np.isfinite(values))], axis=1)
     groups = work.groupby(by, dropna=False, sort=True)
     out = groups[["n_trials", "n_finished", "n_diverged", "n_failed", "n_unfinished"]].sum().astype(int)
     out["frac_diverged"] = out["n_diverged"] / out["n_finished"].where(out["n_finished"] > 0)
+    n, mean, std = groups[metrics].count(), groups[metrics].mean(), groups[metrics].std(ddof=1)
+    columns = {}
     for m in metrics:
-        n = groups[m].count()
-        out[f"{m}_mean"] = groups[m].mean()
-        out[f"{m}_se"] = groups[m].std(ddof=1) / np.sqrt(n)
-        out[f"{m}_n"] = n
-    return out.reset_index()
+        columns.update({f"{m}_mean": mean[m], f"{m}_se": std[m] / np.sqrt(n[m]), f"{m}_n": n[m]})
+    return pd.concat([out, pd.DataFrame(columns, index=out.index)], axis=1).reset_index()

@@ -93,14 +93,19 @@ def grid_ticks(axis: Axis, values, base: int) -> None:
     axis.set_minor_locator(NullLocator())
 
 
-def power_law_plot(x, y, fit: PowerLaw, path: Path, *, xlabel: str, ylabel: str, title: str = "") -> Path:
-    """Points y(x) and the fitted power law on log-log axes, the exponent ± its error in the legend; x ticks at
-    the measured x (labelled as powers of 2 where they are); y labels at the decades, also at minor ticks when
-    y spans less than one."""
+def power_law_plot(x, y, fit: PowerLaw, path: Path, *, xlabel: str, ylabel: str, title: str = "",
+                   yerr=None) -> Path:
+    """Points y(x) (with error bars yerr: (below, above), if given) and the fitted power law on log-log axes, the
+    exponent ± its error in the legend; x ticks at the measured x (labelled as powers of 2 where they are); y
+    labels at the decades, also at minor ticks when y spans less than one."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     with styled():
         fig, (ax,) = new_figure()
-        ax.plot(x, y, "o", color="C0", label="measured")
+        if yerr is None:
+            ax.plot(x, y, "o", color="C0", label="measured")
+        else:
+            below, above = (np.nan_to_num(np.asarray(e, dtype=float)) for e in yerr)
+            ax.errorbar(x, y, yerr=[below, above], fmt="o", color="C0", capsize=3, label="measured")
         line = np.geomspace(np.nanmin(x), np.nanmax(x), 50)
         ax.plot(line, fit(line), "--", color="C1", label=f"fit: {fit.exponent_text()}")
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)

@@ -30,13 +30,14 @@ import pandas as pd
 from sgdlab.analysis import plots
 from sgdlab.analysis.curvature import curvature_sections
 from sgdlab.analysis.fits import FACTOR, MIN_FIT_POINTS, N_PLATEAU, critical_temperatures, fit_power_law
-from sgdlab.analysis.frames import (aggregate, grid_axes, key_columns, missing_trials, param_columns, swept_columns,
+from sgdlab.analysis.frames import (PARAMS, aggregate, grid_axes, key_columns, missing_trials, param_columns, swept_columns,
                                     trial_frame)
 from sgdlab.analysis.perceptron import CHI, METRICS, MIN_P, NORM, exponent_plot, norm_plot, p_exponents
 from sgdlab.analysis.phase import phase_diagram
 from sgdlab.analysis.probes import probe_frame
 from sgdlab.analysis.refine_section import refine_section
 from sgdlab.analysis.report_section import Numbers, number_key
+from sgdlab.analysis.tc_bootstrap import N_BOOT, tc_uncertainty
 from sgdlab.tracking.query import RunRecord
 
 PHASE_METRICS = ("test_error", "weight_change", "train_time")
@@ -53,6 +54,25 @@ class Report:
     markdown: str
     tables: list[Path] = field(default_factory=list)  # CSVs besides summary.csv (probes.csv, lr_max.csv, ...)
     numbers: Numbers = field(default_factory=dict)  # headline numbers, logged as metrics of the sweep's run
+
+
+EXPONENT_NAMES = {"T_c": "T_c", "plateau": "plateau (weight change at the smallest T)",
+                  "noisy": "noisy regime (weight change at the largest T)"}
+
+
+def _interval(low: float, high: float) -> str:
+    return f"[{low:.3g}, {high:.3g}]" if np.isfinite(low) and np.isfinite(high) else "-"
+
+
+def _refined_columns(refinement, frame: pd.DataFrame) -> tuple[str, ...]:
+    """The columns a refinement places per combination (its axis; lr and T for either of them): not a grid, so
+    left out when looking for missing grid points."""
+    if refinement is None:
+        return ()
+    axis = refinement[1]
+    if axis in ("optim.lr", "optim.temperature"):
+        return ("lr", "T")
+    return (PARAMS.get(axis, axis),)
 
 
 def _values(values) -> str:
@@ -149,13 +169,33 @@ def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path,
             continue
         table = critical_temperatures(part)
         alpha = plots.number(table["alpha"].iloc[0])
+        uncertainty = tc_uncertainty(part[part["alpha"] == table["alpha"].iloc[0]])
+        if uncertainty is not None:
+            table = table.merge(uncertainty.per_P[["P", "T_c_low", "T_c_high", "noisy", "n_seeds"]], on="P")
         lines += ["", f"T_c at alpha = {alpha}{' (' + where + ')' if where else ''}: the first T where the "
                       f"seed-averaged weight change crosses {FACTOR:g} x its plateau (mean over the {N_PLATEAU} "
-                      "smallest T), log-interpolated"
+                      "smallest T), log-interpolated; 68% interval from resampling the seeds "
+                      f"({N_BOOT} bootstrap replicates)"
                       + (f"; {capped} trials stopped at max_steps are left out." if capped else "."), "",
-                  "| P | T_c | plateau | temperatures |", "| --- | --- | --- | --- |"]
-        lines += [f"| {plots.number(r.P)} | {r.T_c:.3g} | {r.plateau:.3g} | {r.n_T} |" for r in table.itertuples()]
+                  "| P | T_c | 68% interval | plateau | noisy regime | temperatures | seeds |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {plots.number(r.P)} | {r.T_c:.3g} | " + _interval(getattr(r, "T_c_low", np.nan),
+                                                                     getattr(r, "T_c_high", np.nan))
+                  + f" | {r.plateau:.3g} | {getattr(r, 'noisy', np.nan):.3g} | {r.n_T} | {getattr(r, 'n_seeds', '-')} |"
+                  for r in table.itertuples()]
         numbers.update({number_key("T_c", where, f"P {plots.number(r.P)}"): r.T_c for r in table.itertuples()})
+        if uncertainty is not None:
+            lines += ["", f"P exponents (fit over P of the all-seed value, 68% seed-bootstrap interval; noisy regime: "
+                          f"the weight change at T = {plots.number(uncertainty.noisy_T)}, the largest T every P "
+                          "has). T_c ~ P^a decreases with P only if the noisy regime grows faster with P than the "
+                          "plateau:", "", "| quantity | exponent of P | 68% interval | P values |",
+                      "| --- | --- | --- | --- |"]
+            for r in uncertainty.exponents.itertuples():
+                lines.append(f"| {EXPONENT_NAMES[r.quantity]} | {r.exponent:.3g} | {_interval(r.low, r.high)} | "
+                             f"{r.n_P} |")
+                numbers.update({number_key(f"{r.quantity}_exponent", where): r.exponent,
+                                number_key(f"{r.quantity}_exponent_low", where): r.low,
+                                number_key(f"{r.quantity}_exponent_high", where): r.high})
         found = table[np.isfinite(table["T_c"])]
         curves = aggregate(part[part["alpha"] == table["alpha"].iloc[0]], by=["P", "T"], metrics=["weight_change"])
         path = plots.lines_plot(curves, "T", "weight_change_mean", out_dir / f"weight_change_vs_T{suffix}.png",
@@ -170,9 +210,11 @@ def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path,
         lines += ["", f"- {fit.describe('T_c', 'P')}, prefactor {fit.prefactor:.3g}."]
         numbers.update({number_key("T_c_exponent", where): fit.exponent,
                         number_key("T_c_exponent_se", where): fit.stderr})
+        bars = (found["T_c"] - found["T_c_low"], found["T_c_high"] - found["T_c"]) if "T_c_low" in found else None
         path = plots.power_law_plot(found["P"], found["T_c"], fit, out_dir / f"tc_vs_P{suffix}.png",
-                                    xlabel=plots.label("P"), ylabel=plots.label("T_c"),
-                                    title=f"alpha = {alpha}" + (f", {where}" if where else ""))
+                                    xlabel=plots.label("P"), ylabel=plots.label("T_c"), yerr=bars,
+                                    title=f"alpha = {alpha}" + (f", {where}" if where else "")
+                                    + ("\n(bars: 68% seed bootstrap)" if bars is not None else ""))
         figures.append((path, f"T_c against P with the fitted power law (alpha = {alpha})"))
     return lines, figures
 
@@ -225,7 +267,7 @@ def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes:
     swept = swept_columns(frame)
     summary = aggregate(frame, by=swept or ["P"])
     summary.to_csv(out_dir / "summary.csv", index=False)
-    missing = missing_trials(frame)
+    missing = missing_trials(frame.drop(columns=list(_refined_columns(refinement, frame)), errors="ignore"))
     figures: Figures = []
     findings: list[str] = []
     tables: Figures = []
@@ -238,8 +280,9 @@ def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes:
             figures += drawn
     measured = probe_frame(list(probes or []), [r for r in records if r.kind == "train"])
     if len(frame) or len(measured):
+        lr_brackets = refinement[0] if refinement is not None and refinement[1] == "optim.lr" else None
         lines, drawn, tables = curvature_sections(frame, measured, histories or {}, densities or {}, out_dir,
-                                                  numbers)
+                                                  numbers, lr_brackets)
         findings += lines
         figures += drawn
     if refinement is not None:

@@ -9,11 +9,16 @@ from sgdlab.tracking.query import RunRecord
 
 
 def report_inputs(uri: str, trains: list[RunRecord], probes: list[RunRecord]) -> tuple[dict, dict, list[str]]:
-    """What the curvature figures need beyond the run records: sharpness (and train loss) histories of the train
-    runs that logged a sharpness, and the spectral densities of finished probes that computed one (probe.slq_starts
-    > 0). Returns (histories, densities, warnings about unreadable densities)."""
-    with_sharpness = [r.run_id for r in trains if r.status == "FINISHED" and "sharpness" in r.metrics]
-    histories = metric_histories(uri, with_sharpness, ["sharpness", "train_loss"])
+    """What the curvature figures need beyond the run records: sharpness, train loss and batch sharpness (at the
+    run's own B, as `batch_sharpness`) histories of the train runs that logged a sharpness, and the spectral
+    densities of finished probes that computed one (probe.slq_starts > 0). Returns (histories, densities, warnings
+    about unreadable densities)."""
+    with_sharpness = [r for r in trains if r.status == "FINISHED" and "sharpness" in r.metrics]
+    own_batch = {r.run_id: f"batch_sharpness/B{r.params.get('data.batch_size')}" for r in with_sharpness}
+    histories = metric_histories(uri, list(own_batch), ["sharpness", "train_loss", *sorted(set(own_batch.values()))])
+    for run_id, key in own_batch.items():
+        if key in histories.get(run_id, {}):
+            histories[run_id]["batch_sharpness"] = histories[run_id].pop(key)
     densities, warnings = {}, []
     for record in probes:
         if record.status != "FINISHED" or record.params.get("probe.slq_starts", "1") in ("0", "None", ""):

@@ -112,6 +112,43 @@ def largest_stable_lr(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*by, "lr_max", "lr_unstable", "censored", "n_lr", "n_stable", "n_unstable"])
 
 
+def refined_stable_lr(brackets: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """The lr_max table of a refinement of optim.lr (sweep/refine.py), whose criterion defines instability:
+    lr_max = the bracket's lower end, lr_unstable = its upper end, censored when no tried lr met the criterion
+    (`above range`: lr_max is then the largest lr tried, a lower bound), n_lr = the combination's trials.
+    `columns` renames the combination's axes (data.batch_size -> B, optim -> optimizer)."""
+    table = brackets.rename(columns=columns).rename(columns={"lower": "lr_max", "upper": "lr_unstable"})
+    for key in ("lr_max", "lr_unstable"):
+        table[key] = pd.to_numeric(table[key], errors="coerce")
+    if "B" in table:
+        table["B"] = pd.to_numeric(table["B"])
+    return table.assign(censored=table["status"] == "above range", n_lr=table["trials"], n_stable=np.nan,
+                        n_unstable=np.nan)
+
+
+def predicted_stable_lr(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per B: the prediction lr = 2 / E[lambda_max(H_B)] from the step-0 probe (probe.at_start), each trial's
+    batch_lambda_max/B<its B> averaged over the trials at that B (the start does not depend on lr or the
+    optimizer); columns B, lambda_B, lambda_B_se (over seeds), lr_predicted, n. Empty without those metrics."""
+    rows = []
+    for b, part in frame[frame["status"] == "finished"].groupby("B"):
+        column = f"batch_lambda_max/B{batch_text(b)}"
+        if column not in part:
+            continue
+        per_seed = part.groupby("seed")[column].mean().dropna() if "seed" in part else part[column].dropna()
+        if per_seed.empty:
+            continue
+        se = float(per_seed.std(ddof=1) / math.sqrt(len(per_seed))) if len(per_seed) > 1 else math.nan
+        rows.append({"B": b, "lambda_B": float(per_seed.mean()), "lambda_B_se": se,
+                     "lr_predicted": 2 / float(per_seed.mean()), "n": len(per_seed)})
+    return pd.DataFrame(rows, columns=["B", "lambda_B", "lambda_B_se", "lr_predicted", "n"])
+
+
+def batch_text(value) -> str:
+    """A batch size as it appears in a metric name (B16, not B16.0)."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 def stable_lr_fit(table: pd.DataFrame) -> PowerLaw | None:
     """lr_max ~ B^b over the uncensored finite lr_max of one line (one optimizer); None with fewer than
     MIN_FIT_POINTS distinct B."""

@@ -1,9 +1,12 @@
 """The largest stable learning rate against the batch size B, per optimizer.
 
 Needs train runs where, for one optimizer, 2 batch sizes each have >= MIN_LRS learning rates and a stable lr
-below a diverged one (a bracketed lr_max). lr_max_vs_B.png: the largest stable lr (stability.largest_stable_lr)
-against B per optimizer, a bar up to the first unstable lr, the fitted power law and the reference slope
-(1 SGD, 1/2 Adam). lr_max.csv and lr_max_fits.csv.
+below an unstable one (a bracketed lr_max). Unstable means: what a refinement of optim.lr located (its criterion,
+e.g. the training loss after K steps above its start; stability.refined_stable_lr) when the sweep has one, else a
+diverged seed (stability.largest_stable_lr). lr_max_vs_B.png: lr_max against B per optimizer, a bar up to the
+first unstable lr, the fitted power law and the reference slope (1 SGD, 1/2 Adam); where the trials measured
+E[lambda_max(H_B)] at step 0 (probe.at_start), the prediction 2 / E[lambda_max(H_B)] beside them, with its own
+fit. lr_max.csv, lr_max_fits.csv and lr_predicted.csv.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from sgdlab.analysis.figure_layout import LEGEND_WIDTH, batch_axis
 from sgdlab.analysis.figure_lines import line_parts
 from sgdlab.analysis.frames import grid_axes, key_columns, swept_columns
 from sgdlab.analysis.report_section import Files, Numbers, markdown_table, number_key
-from sgdlab.analysis.fits import MIN_FIT_POINTS
-from sgdlab.analysis.stability import REFERENCE_TEXT, largest_stable_lr, reference_slope, stable_lr_fit
+from sgdlab.analysis.fits import MIN_FIT_POINTS, fit_power_law
+from sgdlab.analysis.stability import (REFERENCE_TEXT, largest_stable_lr, predicted_stable_lr, reference_slope,
+                                       refined_stable_lr, stable_lr_fit)
 
 MIN_LRS = 3  # learning rates per (optimizer, B) for a largest stable lr
+BRACKET_COLUMNS = {"optim": "optimizer", "optim.name": "optimizer", "data.batch_size": "B"}
 OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam"}
 
 
@@ -29,17 +34,22 @@ def _optimizer_text(name) -> str:
     return OPTIMIZER_NAMES.get(str(name).lower(), str(name))
 
 
-def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers) -> tuple[list[str], Files, Files]:
-    """(lines, figure, tables) of lr_max against B; the fitted exponents and each lr_max go into `numbers`."""
+def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers,
+              brackets: pd.DataFrame | None = None) -> tuple[list[str], Files, Files]:
+    """(lines, figure, tables) of lr_max against B; the fitted exponents, each lr_max and the prediction go into
+    `numbers`. brackets: a refinement of optim.lr (its brackets define lr_max), or None."""
     if not {"lr", "B", "optimizer"} <= set(frame.columns) or frame.empty:
         return [], [], []
     placed = frame[(pd.to_numeric(frame["lr"], errors="coerce") > 0) & (pd.to_numeric(frame["B"], errors="coerce") > 0)]
-    if placed["B"].nunique() < 2 or not (placed["outcome"] == "diverged").any():
+    if placed["B"].nunique() < 2 or (brackets is None and not (placed["outcome"] == "diverged").any()):
         return [], [], []
-    others = [c for c in swept_columns(placed) if c not in ("lr", "T", "B", "optimizer", "seed")]
+    others = [c for c in swept_columns(placed) if c not in ("lr", "T", "B", "optimizer", "seed")
+              and not c.startswith("optim.")]  # one optimizer's own settings (Adam's betas) differ by optimizer
     extras = key_columns(placed, others, given=["optimizer", "B", "lr", "seed"]) if others else []
     by = ["optimizer", *extras, "B"]
-    table = largest_stable_lr(placed, by)
+    refined = brackets is not None and not extras
+    table = refined_stable_lr(brackets, BRACKET_COLUMNS) if refined else largest_stable_lr(placed, by)
+    predicted = predicted_stable_lr(placed)
     bracketed = table[(table["n_lr"] >= MIN_LRS) & np.isfinite(table["lr_max"]) & ~table["censored"].astype(bool)]
     if bracketed.empty or bracketed.groupby(["optimizer", *extras], dropna=False)["B"].nunique().max() < 2:
         if {"lr", "B"} <= set(grid_axes(placed)):
@@ -83,6 +93,17 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers) -> tuple[lis
                              "exponent_se": fit.stderr if fit else np.nan,
                              "prefactor": fit.prefactor if fit else np.nan,
                              "n_points": fit.n if fit else 0, "reference": ref if ref is not None else np.nan})
+        if len(predicted):
+            handles += ax.plot(predicted["B"], predicted["lr_predicted"], "D-", color="k", ms=4, lw=1,
+                               label="2 / E[lambda_max(H_B)] at step 0")
+            fit = fit_power_law(predicted["B"], predicted["lr_predicted"]) \
+                if predicted["B"].nunique() >= MIN_FIT_POINTS else None
+            if fit is not None:
+                sentences.append(f"~ B^{fit.exponent:.2f} ± {fit.stderr:.2f} for the prediction 2 / E[lambda_max(H_B)]")
+                numbers.update({number_key("lr_predicted_exponent"): fit.exponent,
+                                number_key("lr_predicted_exponent_se"): fit.stderr})
+            numbers.update({number_key("lr_predicted", f"B {plots.number(r.B)}"): r.lr_predicted
+                            for r in predicted.itertuples()})
         batch_axis(ax, table["B"])
         ax.set(yscale="log", ylabel=plots.label("lr_max"),
                title="largest stable lr\n(bar: up to the first unstable lr; ^: lower bound)")
@@ -92,18 +113,32 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers) -> tuple[lis
     table.to_csv(csv, index=False)
     fits_csv = out_dir / "lr_max_fits.csv"
     pd.DataFrame(fit_rows).to_csv(fits_csv, index=False)
-    lines = ["", "Largest stable learning rate: an lr is stable when every seed at it finished without diverging; "
-                 "lr_max is the largest stable lr below the smallest lr at which a seed diverged (grid lrs with a "
-                 "failed or unfinished trial and no divergence are skipped; where no lr diverged, the largest is "
-                 "only a lower bound and is left out of the fit).", ""]
+    tables = [(csv, "largest stable lr per optimizer and B (criterion in summary.md)"),
+              (fits_csv, "fitted exponents of lr_max ~ B^b per optimizer, with the reference")]
+    if len(predicted):
+        predicted_csv = out_dir / "lr_predicted.csv"
+        predicted.to_csv(predicted_csv, index=False)
+        tables.append((predicted_csv, "E[lambda_max(H_B)] at step 0 per B (mean ± s.e. over seeds) and the "
+                                      "predicted largest stable lr 2 / E[lambda_max(H_B)]"))
+    if refined:
+        lines = ["", "Largest stable learning rate: lr_max is the lower end of the refinement's bracket (the largest "
+                     "lr at which its criterion did not hold, below the smallest at which it did); where no lr met "
+                     "it, the largest lr tried is only a lower bound and is left out of the fit.", ""]
+    else:
+        lines = ["", "Largest stable learning rate: an lr is stable when every seed at it finished without "
+                     "diverging; lr_max is the largest stable lr below the smallest lr at which a seed diverged "
+                     "(grid lrs with a failed or unfinished trial and no divergence are skipped; where no lr "
+                     "diverged, the largest is only a lower bound and is left out of the fit).", ""]
     lines.append("- largest stable lr " + ", ".join(sentences) + "." if sentences
                  else "- largest stable lr ~ B^b: not computed (no line has a bracketed lr_max).")
     lines.append("")
+    prediction = dict(zip(predicted["B"], predicted["lr_predicted"]))
     rows = [[*(_optimizer_text(r[c]) if c == "optimizer" else plots.number(r[c]) for c in by),
              plots.number(r["lr_max"]) + (" (lower bound)" if r["censored"] else ""),
              plots.number(r["lr_unstable"]) if np.isfinite(r["lr_unstable"]) else "-",
-             f"{r['n_stable']}/{r['n_unstable']}/{r['n_lr']}"] for _, r in table.iterrows()]
-    lines += markdown_table([*by, "lr_max", "first unstable lr", "lrs stable/unstable/grid"], rows)
-    return lines, [(path, "largest stable lr against B per optimizer, fitted slopes and reference slopes")], [
-        (csv, "largest stable lr per optimizer and B (criterion in summary.md)"),
-        (fits_csv, "fitted exponents of lr_max ~ B^b per optimizer, with the reference")]
+             str(r["n_lr"]) if refined else f"{r['n_stable']}/{r['n_unstable']}/{r['n_lr']}",
+             plots.number(prediction[r["B"]]) if r["B"] in prediction else "-"] for _, r in table.iterrows()]
+    lines += markdown_table([*by, "lr_max", "first unstable lr", "trials" if refined else "lrs stable/unstable/grid",
+                             "2 / E[lambda_max(H_B)]"], rows)
+    return lines, [(path, "largest stable lr against B per optimizer, fitted slopes, reference slopes and the "
+                          "prediction 2 / E[lambda_max(H_B)]")], tables

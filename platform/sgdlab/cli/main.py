@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -155,7 +155,7 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
             out.print(f"then refined along {spec.refine.axis} until `{spec.refine.criterion}` is bracketed to "
                       f"{spec.refine.tolerance:g} (at most {spec.refine.max_rounds} rounds)")
         if spec.description:
-            out.print(spec.description)
+            out.print(spec.description, markup=False, highlight=False)
         return
 
     from sgdlab.orchestration.plan import plan_sweep
@@ -189,7 +189,7 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
     def after() -> None:
         if rounds:
             report_brackets(rounds)
-        auto_report(name, uri, first)
+        auto_report(name, uri, first, overrides or [])
 
     execute(name, jobs, first, uri, summary, spec.description, then=rounds and rounds.next_jobs, after=after,
             view_params=swept_params(trials))
@@ -321,6 +321,8 @@ def status(name: str = typer.Argument(..., help="sweep name"),
 
 @app.command()
 def report(name: str = typer.Argument(..., help="sweep name"),
+           overrides: Optional[List[str]] = typer.Argument(None, help="the sweep command's overrides, if it had "
+                                                                      "any (a refinement is replayed with them)"),
            out_dir: Optional[str] = typer.Option(None, "--out", help="folder for the report (default reports/NAME)")):
     """Phase diagrams, curvature figures, fits and summaries of a sweep: reports/NAME/ and the sweep's MLflow run."""
     from sgdlab.config.recorded import runtime_value
@@ -335,15 +337,16 @@ def report(name: str = typer.Argument(..., help="sweep name"),
             raise ConfigError(f"--out {folder}: {unwritable}")
         uri = resolve_uri()
         check_store(uri, runtime_value({}, "tracking", "timeout_s"))
-        err.print(write_report(name, uri, folder), highlight=False)
+        err.print(write_report(name, uri, folder, overrides or []), highlight=False)
     except (ConfigError, StoreError) as exc:
         raise fail_input(str(exc))
 
 
-def write_report(name: str, uri: str, folder: Path) -> str:
+def write_report(name: str, uri: str, folder: Path, overrides: Sequence[str] = ()) -> str:
     """Write the sweep's report into `folder` and attach it, with its headline numbers as metrics, to the sweep's
     MLflow run (unless the store is read-only); returns the line that says what was written. ConfigError when the
-    store holds no run of the sweep."""
+    store holds no run of the sweep. overrides: the sweep command's, which a refinement's brackets are replayed
+    with."""
     from sgdlab.tracking.location import sqlite_path
     from sgdlab.tracking.query import sweep_runs
 
@@ -352,7 +355,7 @@ def write_report(name: str, uri: str, folder: Path) -> str:
     probes = [r for r in records if r.kind == "probe"]
     if not trains and not probes:
         raise ConfigError(f"no runs of sweep {name!r} in {uri}; run `make sweep EXP={name}` first")
-    refinement = refinement_brackets(name, uri)
+    refinement = refinement_brackets(name, uri, overrides)
 
     from sgdlab.analysis.report import build_report
     from sgdlab.analysis.report_inputs import report_inputs
@@ -380,7 +383,7 @@ def write_report(name: str, uri: str, folder: Path) -> str:
                   else ".")))
 
 
-def auto_report(name: str, uri: str, config: dict) -> None:
+def auto_report(name: str, uri: str, config: dict, overrides: Sequence[str] = ()) -> None:
     """The report at the end of `sgdlab sweep` (report.auto): one line whatever happens; never fails the sweep."""
     if not config["report"]["auto"]:
         return
@@ -389,21 +392,22 @@ def auto_report(name: str, uri: str, config: dict) -> None:
         unwritable = why_not_writable(folder)
         if unwritable:
             raise ConfigError(f"{folder}: {unwritable}")
-        err.print(write_report(name, uri, folder), highlight=False)
+        err.print(write_report(name, uri, folder, overrides), highlight=False)
     except Exception as exc:  # noqa: BLE001 (the trials are recorded; a report can be made later)
         err.print(f"report not written ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                   f"write it with: make report EXP={name}", markup=False, highlight=False)
 
 
-def refinement_brackets(name: str, uri: str):
-    """(brackets table, axis, criterion) of a sweep file with a refine block, replayed from the records; else None."""
+def refinement_brackets(name: str, uri: str, overrides: Sequence[str] = ()):
+    """(brackets table, axis, criterion) of a sweep file with a refine block (and the sweep command's overrides),
+    replayed from the records; else None."""
     import pandas as pd
 
     from sgdlab.sweep import spec
 
     if name not in spec.available():
         return None
-    sweep, trials, strings = load_trials(name, [])
+    sweep, trials, strings = load_trials(name, list(overrides))
     if not sweep.refine:
         return None
     rounds = refinement_rounds(sweep, trials, strings, uri, trials[0].config)

@@ -130,6 +130,7 @@ class Train:
     dtype: Literal["float32", "float64"]
     checkpoint_every: Optional[int] = None
     compile_after: Optional[int] = None
+    max_t: Optional[float] = None
 
 
 @dataclass
@@ -175,6 +176,7 @@ class Probe:
     per_layer: bool
     dtype: Literal["float32", "float64"]
     seed: int
+    at_start: bool = False
 
 
 @dataclass
@@ -225,3 +227,6 @@ NON_IDENTITY_GROUPS = ("tracking", "cluster", "resources", "fault", "probe", "ex
 # How often a trial saves itself and whether its step is compiled: not what it computes (compiled numbers agree up
 # to the order of floating-point operations).
 NON_IDENTITY_KEYS = (("train", "checkpoint_every"), ("train", "compile_after"))
+# Keys added after numerics version 3 whose null default computes what configs without them computed: left out of
+# trial identity while null, so that the trial ids of earlier records stay the same.
+IDENTITY_WHEN_SET = (("train", "max_t"),)

@@ -8,7 +8,8 @@ points, in batches of probe.chunk_size, size-weighted. Every probe run records t
   in the train run's `checkpoint/final.pt` (loaded with weights_only=True): sharpness and hessian_top_k/i
   (Lanczos), hessian_trace (Hutchinson, with its standard error), optionally the SLQ spectral density, the
   mini-batch vs full comparison for probe.batch_sizes and per-layer traces and top eigenvalues.
-- trajectory_hook: the in-training probe (probe.every), logging sharpness (and hessian_trace) along training.
+- trajectory_hook: the in-training probe (probe.every, probe.at_start), logging sharpness (and hessian_trace,
+  the batch sharpness, and at step 0 lambda_max(H_B)) along training.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from sgdlab.jobs.summary import TrialSummary
-from sgdlab.probes.batch import minibatch_curvature
+from sgdlab.probes.batch import batch_sharpness, minibatch_curvature
 from sgdlab.probes.blocks import block_probes
 from sgdlab.probes.density import density_on_grid, slq
 from sgdlab.probes.distributed import DistributedCurvatureOperator, shard_data
@@ -64,19 +65,47 @@ def description_tags(op: CurvatureOperator) -> dict[str, str]:
 
 
 def trajectory_hook(problem: Problem, pcfg: dict, log, make_operator=operator) -> callable:
-    """on_params callback: sharpness (and optionally hessian_trace) of the current parameters, logged at step.
-    make_operator(problem, params, pcfg): the curvature operator (`operator`, or `distributed_operator` on W
-    data-parallel workers)."""
+    """on_params callback, logged at the step it is called: along training (probe.every) the sharpness, optionally
+    hessian_trace, and batch_sharpness/B<b> for each b in probe.batch_sizes; at step 0 with probe.at_start, the
+    batch sharpness and batch_lambda_max/B<b> (E[lambda_max(H_B)] over probe.n_batches batches, with its standard
+    error and its ratio to lambda_max(H)), the point from which the largest stable lr 2 / E[lambda_max(H_B)] is
+    predicted. make_operator(problem, params,
+    pcfg): the full-data curvature operator (`operator`, or `distributed_operator` on W data-parallel workers)."""
 
     def hook(step: int, params: dict) -> None:
-        op = make_operator(problem, params, pcfg)
-        top = top_eigenpairs(op, k=1, tol=pcfg["tol"], seed=pcfg["seed"])
-        metrics = {"sharpness": float(top.eigenvalues[0])}
-        if pcfg["trace_every"] and pcfg["trace_samples"]:
-            metrics["hessian_trace"] = hutchinson(op, pcfg["trace_samples"], seed=pcfg["seed"]).mean
+        metrics = {}
+        if pcfg["every"]:
+            op = make_operator(problem, params, pcfg)
+            metrics["sharpness"] = float(top_eigenpairs(op, k=1, tol=pcfg["tol"], seed=pcfg["seed"]).eigenvalues[0])
+            if pcfg["trace_every"] and pcfg["trace_samples"]:
+                metrics["hessian_trace"] = hutchinson(op, pcfg["trace_samples"], seed=pcfg["seed"]).mean
+        if pcfg["batch_sizes"]:
+            metrics.update(batch_metrics(problem, params, pcfg, lambda_max=step == 0 and pcfg["at_start"]))
         log(step, metrics)
 
     return hook
+
+
+def batch_metrics(problem: Problem, params: dict, pcfg: dict, lambda_max: bool) -> dict[str, float]:
+    """batch_sharpness/B<b> (and with lambda_max, batch_lambda_max/B<b> and the ratio to the full lambda_max) for
+    each b in probe.batch_sizes, on probe.n_batches seeded batches of the probe data."""
+    x, y, f0 = problem.train_batches(pcfg["n_examples"], 10**12)[0]
+    dtype = DTYPES[pcfg["dtype"]]
+    data, params = (x.to(dtype), y, f0.to(dtype)), {k: v.detach().to(dtype) for k, v in params.items()}
+    metrics = {}
+    for b in pcfg["batch_sizes"]:
+        if lambda_max:
+            mb = minibatch_curvature(problem.predict, problem.batch_loss, params, data, b, pcfg["n_batches"],
+                                     chunk_size=pcfg["chunk_size"], tol=pcfg["tol"], seed=pcfg["seed"])
+            metrics.update({f"batch_lambda_max/B{b}": mb.mean, f"batch_lambda_max_se/B{b}": mb.stderr,
+                            f"batch_lambda_max_ratio/B{b}": mb.mean / mb.full_lambda_max,
+                            f"batch_sharpness/B{b}": mb.batch_sharpness_mean,
+                            f"batch_sharpness_se/B{b}": mb.batch_sharpness_stderr})
+        else:
+            mean, stderr = batch_sharpness(problem.predict, problem.batch_loss, params, data, b, pcfg["n_batches"],
+                                           seed=pcfg["seed"])
+            metrics.update({f"batch_sharpness/B{b}": mean, f"batch_sharpness_se/B{b}": stderr})
+    return metrics
 
 
 def measure(problem: Problem, params: dict, pcfg: dict, run: TrialRun) -> tuple[dict[str, float], bool]:
@@ -102,16 +131,7 @@ def measure(problem: Problem, params: dict, pcfg: dict, run: TrialRun) -> tuple[
         density = density_on_grid(quad.nodes, quad.weights, grid, sigma)
         run.log_text("eigenvalue,density\n" + "".join(f"{g:.9g},{d:.9g}\n" for g, d in zip(grid, density)),
                      "spectrum/density.csv")
-    x, y, f0 = problem.train_batches(pcfg["n_examples"], 10**9)[0]
-    data = (x.to(DTYPES[pcfg["dtype"]]), y, f0.to(DTYPES[pcfg["dtype"]]))
-    for b in pcfg["batch_sizes"]:
-        mb = minibatch_curvature(problem.predict, problem.batch_loss, {k: v.to(data[0].dtype) for k, v in params.items()},
-                                 data, b, pcfg["n_batches"], chunk_size=pcfg["chunk_size"], tol=pcfg["tol"],
-                                 seed=pcfg["seed"])
-        metrics.update({f"batch_lambda_max/B{b}": mb.mean, f"batch_lambda_max_se/B{b}": mb.stderr,
-                        f"batch_lambda_max_ratio/B{b}": mb.mean / mb.full_lambda_max,
-                        f"batch_sharpness/B{b}": mb.batch_sharpness_mean,
-                        f"batch_sharpness_se/B{b}": mb.batch_sharpness_stderr})
+    metrics.update(batch_metrics(problem, params, pcfg, lambda_max=True))
     if pcfg["per_layer"]:
         for name, block in block_probes(op, n_samples=max(pcfg["trace_samples"], 2), tol=pcfg["tol"],
                                         seed=pcfg["seed"]).items():

@@ -179,8 +179,8 @@ def _member(slot: int, index: int, config: dict, trial_id: str, took: Takeover, 
 
         records.finish(slot, result.outcome, ended)
 
-    on_params, params_every = (lambda step, params: None), config["probe"]["every"]
-    if params_every:  # sharpness along training (imported here: probes load only when asked for)
+    on_params, params_every = (lambda step, params: None), in_training_probe_every(config)
+    if params_every:  # curvature along training (imported here: probes load only when asked for)
         from sgdlab.jobs.probe import distributed_operator, operator, trajectory_hook
 
         on_params = trajectory_hook(build_problem(config, device), config["probe"], on_log,
@@ -188,3 +188,12 @@ def _member(slot: int, index: int, config: dict, trial_id: str, took: Takeover, 
     return _PackMember(config, on_log=on_log, on_step=on_step, on_checkpoint=on_checkpoint, on_end=on_end,
                        on_params=on_params, params_every=params_every, resume=took.snapshot, slot=slot,
                        index=index, trial_id=trial_id)
+
+
+def in_training_probe_every(config: dict) -> int | None:
+    """How often the in-training probe runs: probe.every, or only at step 0 (probe.at_start alone: a period no
+    run reaches, the same for every member of a pack), or never (None)."""
+    pcfg = config["probe"]
+    if pcfg["every"]:
+        return pcfg["every"]
+    return 2**62 if pcfg["at_start"] else None

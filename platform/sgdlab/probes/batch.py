@@ -38,6 +38,31 @@ class MiniBatchCurvature:
     method: str
 
 
+def sampled_batches(data: Batch, batch_size: int, n_batches: int, seed: int) -> list[Tensor]:
+    """The rows of n_batches batches of batch_size distinct training points (seeded; the same for any params)."""
+    n_data = len(data[0])
+    if not 1 <= batch_size <= n_data:
+        raise ValueError(f"batch_size must be in 1..{n_data}, got {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n_data, generator=generator)[:batch_size].to(data[0].device) for _ in range(n_batches)]
+
+
+def along_own_gradient(op: CurvatureOperator) -> float:
+    """g^T H g / g^T g for the operator's own gradient g: the curvature in the direction a step takes."""
+    g = op.gradient()
+    return float(g @ op.matvec(g) / (g @ g))
+
+
+def batch_sharpness(predict: Predict, loss: Loss, params: Mapping[str, Tensor], data: Batch, batch_size: int,
+                    n_batches: int, seed: int = 0, method: str = "auto") -> tuple[float, float]:
+    """(mean, standard error) of the batch sharpness g_B^T H_B g_B / g_B^T g_B over the sampled batches: one
+    gradient and one product per batch, cheap enough to log along training."""
+    values = [along_own_gradient(CurvatureOperator(predict, loss, params, [tuple(t[index] for t in data)],
+                                                   matrix="batch", method=method))
+              for index in sampled_batches(data, batch_size, n_batches, seed)]
+    return mean_and_stderr(np.array(values))
+
+
 def minibatch_curvature(predict: Predict, loss: Loss, params: Mapping[str, Tensor], data: Batch, batch_size: int,
                         n_batches: int, chunk_size: int = 1024, tol: float = 1e-3, seed: int = 0,
                         method: str = "auto") -> MiniBatchCurvature:
@@ -46,22 +71,16 @@ def minibatch_curvature(predict: Predict, loss: Loss, params: Mapping[str, Tenso
     data: all training tensors (first dimension = examples), on the device; the full-data Hessian sweeps them
     in chunks of chunk_size. The product method is chosen once, on the full-data operator.
     """
-    n_data = len(data[0])
-    if not 1 <= batch_size <= n_data:
-        raise ValueError(f"batch_size must be in 1..{n_data}, got {batch_size}")
+    indices = sampled_batches(data, batch_size, n_batches, seed)
     chunks = list(zip(*(t.split(chunk_size) for t in data)))
     full = CurvatureOperator(predict, loss, params, chunks, matrix="full", method=method)
     full_top = top_eigenpairs(full, k=1, tol=tol, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    indices, lambdas, sharpness, n_products = [], [], [], full_top.n_products
-    for i in range(n_batches):
-        index = torch.randperm(n_data, generator=generator)[:batch_size].to(data[0].device)
+    lambdas, sharpness, n_products = [], [], full_top.n_products
+    for i, index in enumerate(indices):
         op = CurvatureOperator(predict, loss, params, [tuple(t[index] for t in data)], matrix="batch",
                                method=full.method)
         top = top_eigenpairs(op, k=1, tol=tol, seed=seed + 1 + i)
-        g = op.gradient()
-        sharpness.append(float(g @ op.matvec(g) / (g @ g)))
-        indices.append(index)
+        sharpness.append(along_own_gradient(op))
         lambdas.append(top.eigenvalues[0])
         n_products += top.n_products + 1
     lambdas, sharpness = np.array(lambdas), np.array(sharpness)

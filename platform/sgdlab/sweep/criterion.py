@@ -2,7 +2,8 @@
 
     outcome == diverged                  the trial's outcome (== or !=; converged | diverged | max_steps)
     test_error > 0.1                     a final metric against a number
-    final train_loss > initial train_loss   the last logged value against the first
+    final train_loss > initial train_loss   the last logged value against the first (step 0); a diverged
+                                         trial's final loss counts as +inf
     weight_change > 2 x plateau          against k times the plateau: the metric's seed mean averaged over the
                                          lowest `plateau_points` points of the axis (of the same combination)
 
@@ -13,6 +14,7 @@ outcome test holds when more than half of the seeds have it).
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from sgdlab.config.schema import ConfigError
 METRICS = ("train_loss", "train_error", "test_loss", "test_error", "n_unfitted", "min_margin", "weight_delta",
            "weight_change", "train_time", "steps", "w_par", "w_perp", "w_ratio", "w0_norm")
 OUTCOMES = ("converged", "diverged", "max_steps")
+BLOWN_UP = ("train_loss", "test_loss")  # a diverged trial's final loss counts as +inf (it blew up)
 OPERATORS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt,
              "<=": operator.le}
 SEED_RULES = ("any", "all", "mean")
@@ -73,12 +76,13 @@ class Criterion:
                 return term.value
             if term.kind == "plateau":
                 return term.value * plateau
+            if not term.initial and term.name in BLOWN_UP and seed.get("outcome") == "diverged":
+                return math.inf
             return float(seed[f"initial:{term.name}" if term.initial else term.name])
 
         hits = [bool(compare(value(self.left, s), value(self.right, s))) for s in seeds]
-        averaged = {k: float(np.mean([float(s[k]) for s in seeds])) for k in seeds[0] if k != "outcome"}
-        return _combine(hits, self.seeds,
-                        mean=lambda: bool(compare(value(self.left, averaged), value(self.right, averaged))))
+        mean = lambda term: float(np.mean([value(term, s) for s in seeds]))  # noqa: E731
+        return _combine(hits, self.seeds, mean=lambda: bool(compare(mean(self.left), mean(self.right))))
 
 
 def _combine(hits: list[bool], rule: str, mean) -> bool:

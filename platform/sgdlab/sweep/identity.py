@@ -2,7 +2,7 @@
 
 trial_id = first 12 hex digits of SHA-256 over the canonical JSON (sorted keys, Python float repr) of the
 resolved config without the non-identity groups and keys (config.schema: NON_IDENTITY_GROUPS,
-NON_IDENTITY_KEYS). The same config gives the same id in any process on any machine; running on another cluster or
+NON_IDENTITY_KEYS) and without the keys of IDENTITY_WHEN_SET that are null. The same config gives the same id in any process on any machine; running on another cluster or
 with other resources does not.
 """
 
@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sgdlab.config.schema import NON_IDENTITY_GROUPS, NON_IDENTITY_KEYS
+from sgdlab.config.schema import IDENTITY_WHEN_SET, NON_IDENTITY_GROUPS, NON_IDENTITY_KEYS
 
 
 def identity_config(config: dict) -> dict:
     out = {k: v for k, v in config.items() if k not in NON_IDENTITY_GROUPS}
-    for group, key in NON_IDENTITY_KEYS:
+    dropped = [*NON_IDENTITY_KEYS, *((g, k) for g, k in IDENTITY_WHEN_SET if out.get(g, {}).get(k) is None)]
+    for group, key in dropped:
         if key in out.get(group, {}):
             out[group] = {k: v for k, v in out[group].items() if k != key}
     return out

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
-TRANSIENT = ("database is locked", "database table is locked", "could not obtain lock")
+# A read-only reader of a WAL store that opens while the last writer closes (and deletes the -shm file) gets a
+# "disk I/O error": transient like a lock (seen on a sweep's progress poll).
+TRANSIENT = ("database is locked", "database table is locked", "could not obtain lock", "disk i/o error")
 
 
 def resolve_uri(configured: str | None = None) -> str:

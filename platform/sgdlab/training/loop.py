@@ -15,9 +15,10 @@ Stopping, per member (`stop_outcomes`, checked in this order):
   converged  every training point is fitted (train.stop_when_fitted; for the hinge loss this is checked exactly:
              whenever a batch has zero loss, which is necessary for a fitted training set and the only case in
              which the update is zero) or the full training loss is <= train.loss_threshold (at log steps);
-  max_steps  train.max_steps updates, or train.max_time_s of wall time (for the whole pack).
+  max_steps  train.max_steps updates (fewer when t reaches train.max_t: pack.step_budget), or train.max_time_s
+             of wall time (for the whole pack).
 A stopped member leaves the pack (its parameters frozen at its stop step); its final metrics are those at its
-own stop step and go to its `on_end`. Metrics on the full train and test sets go to `on_log` every
+own stop step and go to its `on_end`. Metrics on the full train and test sets go to `on_log` at step 0, every
 train.log_every steps and at the end. Every train.checkpoint_every steps `on_checkpoint` receives a snapshot of
 everything that determines the rest of the member's run; `resume` continues from one bit for bit (CPU).
 """
@@ -120,6 +121,7 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
         stops[r] = Stop("max_steps")
     hand_out_params(shared, pack, members, first=True)
     retire(shared, pack, members, stops, results)
+    log_metrics(shared, pack, members, first=True)
     started = time.monotonic()
     while pack.live:
         on_tick()
@@ -200,9 +202,10 @@ def hand_out_snapshots(shared: Shared, pack: PackState, members: list[Member]) -
                                                  "params": take(pack.params, r), "opt_state": take(pack.state, r)})
 
 
-def log_metrics(shared: Shared, pack: PackState, members: list[Member]) -> dict[int, dict]:
-    """Full-set metrics of the members at a multiple of log_every, passed to their on_log; {row: metrics}."""
-    rows = np.flatnonzero(pack.steps % shared.log_every == 0).tolist()
+def log_metrics(shared: Shared, pack: PackState, members: list[Member], first: bool = False) -> dict[int, dict]:
+    """Full-set metrics of the members at a multiple of log_every (first: of those starting at step 0, the starting
+    point), passed to their on_log; {row: metrics}."""
+    rows = np.flatnonzero(pack.steps == 0 if first else pack.steps % shared.log_every == 0).tolist()
     logged = dict(zip(rows, metrics(shared, pack, rows))) if rows else {}
     for r, m in logged.items():
         members[pack.live[r]].on_log(int(m["steps"]), m)
@@ -224,7 +227,7 @@ def retire(shared: Shared, pack: PackState, members: list[Member], stops: dict[i
         if outcome not in ("diverged", "error") and stop_outcomes(shared.cfg["train"],
                                                                   loss=np.array([final["train_loss"]])):
             outcome = "diverged"
-        if stop.logged is None and (steps == 0 or steps % shared.log_every != 0):
+        if stop.logged is None and steps % shared.log_every != 0:
             members[i].on_log(steps, final)  # otherwise these metrics were just logged
         results[i] = Result(outcome, steps, final, tree_map(lambda x: x[j].clone(), final_params), stop.error)
         members[i].on_end(results[i])

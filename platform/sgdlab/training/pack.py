@@ -138,9 +138,18 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
                      torch.tensor(lrs, dtype=torch.float64, device=device), initial(data.x_train),
                      initial(data.x_test), torch.tensor(seeds, device=device),
                      torch.tensor(t, dtype=torch.float64, device=device), np.array(steps),
-                     np.array([c["train"]["max_steps"] for c in configs]), list(range(len(configs))),
+                     np.array([step_budget(c) for c in configs]), list(range(len(configs))),
                      fit_checked=np.zeros(len(configs), dtype=bool))
     return shared, pack
+
+
+def step_budget(cfg: dict) -> int:
+    """A member's step limit: train.max_steps, or fewer when the training time t = lr x steps reaches train.max_t
+    first (ceil(max_t / lr) steps)."""
+    max_steps, max_t = cfg["train"]["max_steps"], cfg["train"]["max_t"]
+    if max_t is None:
+        return max_steps
+    return min(max_steps, math.ceil(max_t / cfg["optim"]["lr"] * (1 - 1e-12)))
 
 
 def initial_outputs(shared: Shared, params0: dict, alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
