@@ -129,19 +129,22 @@ def refined_stable_lr(brackets: pd.DataFrame, columns: dict[str, str]) -> pd.Dat
 def predicted_stable_lr(frame: pd.DataFrame) -> pd.DataFrame:
     """Per B: the prediction lr = 2 / E[lambda_max(H_B)] from the step-0 probe (probe.at_start), each trial's
     batch_lambda_max/B<its B> averaged over the trials at that B (the start does not depend on lr or the
-    optimizer); columns B, lambda_B, lambda_B_se (over seeds), lr_predicted, n. Empty without those metrics."""
+    optimizer), and the full-batch limit 2 / lambda_max(H) (from batch_lambda_max_ratio); columns B, lambda_B,
+    lambda_B_se (over seeds), lr_predicted, lr_full_batch, n. Empty without those metrics."""
+    columns = ["B", "lambda_B", "lambda_B_se", "lr_predicted", "lr_full_batch", "n"]
     rows = []
     for b, part in frame[frame["status"] == "finished"].groupby("B"):
-        column = f"batch_lambda_max/B{batch_text(b)}"
+        column, ratio = f"batch_lambda_max/B{batch_text(b)}", f"batch_lambda_max_ratio/B{batch_text(b)}"
         if column not in part:
             continue
-        per_seed = part.groupby("seed")[column].mean().dropna() if "seed" in part else part[column].dropna()
+        per_seed = part.groupby("seed")[[column, ratio]].mean().dropna()
         if per_seed.empty:
             continue
-        se = float(per_seed.std(ddof=1) / math.sqrt(len(per_seed))) if len(per_seed) > 1 else math.nan
-        rows.append({"B": b, "lambda_B": float(per_seed.mean()), "lambda_B_se": se,
-                     "lr_predicted": 2 / float(per_seed.mean()), "n": len(per_seed)})
-    return pd.DataFrame(rows, columns=["B", "lambda_B", "lambda_B_se", "lr_predicted", "n"])
+        lam = per_seed[column]
+        se = float(lam.std(ddof=1) / math.sqrt(len(lam))) if len(lam) > 1 else math.nan
+        rows.append({"B": b, "lambda_B": float(lam.mean()), "lambda_B_se": se, "lr_predicted": 2 / float(lam.mean()),
+                     "lr_full_batch": 2 / float((lam / per_seed[ratio]).mean()), "n": len(lam)})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def batch_text(value) -> str:

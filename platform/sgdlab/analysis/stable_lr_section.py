@@ -96,6 +96,8 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers,
         if len(predicted):
             handles += ax.plot(predicted["B"], predicted["lr_predicted"], "D-", color="k", ms=4, lw=1,
                                label="2 / E[lambda_max(H_B)] at step 0")
+            handles.append(ax.axhline(predicted["lr_full_batch"].mean(), color="0.5", ls=":", lw=1,
+                                      label="2 / lambda_max(H) at step 0"))
             fit = fit_power_law(predicted["B"], predicted["lr_predicted"]) \
                 if predicted["B"].nunique() >= MIN_FIT_POINTS else None
             if fit is not None:

@@ -11,6 +11,7 @@ are ended, never those of another driver working on the same sweep (tracking/cla
 
 from __future__ import annotations
 
+import sqlite3
 import signal
 import time
 from collections import deque
@@ -124,7 +125,7 @@ def run_trials(jobs: list[TrialJob | PackJob], handle: SweepHandle, max_in_fligh
                 running = sum(len(trials) for trials in in_flight.values())
                 packed = {t.trial_id for trials in in_flight.values() if len(trials) > 1 for t in trials}
                 if packed and time.monotonic() - polled >= POLL_S:
-                    ended, polled = ended_since(handle.uri, handle.sweep, started_ms) or {}, time.monotonic()
+                    ended, polled = live_ended(handle, started_ms, ended), time.monotonic()
                 live = [ended[t] for t in packed if t in ended]  # members of packs in flight that have ended
                 live_finished = sum(status == "FINISHED" for status in live)
                 bar.update(task, completed=len(results) + len(live), running=running - len(live),
@@ -141,6 +142,16 @@ def run_trials(jobs: list[TrialJob | PackJob], handle: SweepHandle, max_in_fligh
                     end_running(handle, trial.trial_id, "KILLED", "interrupted by the user (Ctrl-C)", kind=kind)
             raise
     return results
+
+
+def live_ended(handle: SweepHandle, since_ms: int, last: dict[str, str]) -> dict[str, str]:
+    """The trials of packs in flight that have ended (query.ended_since), for the progress bar. A poll that
+    cannot read the store keeps the last answer: the bar is cosmetic and must never stop a sweep (SQLite has
+    answered 'disk I/O error' to this read under load, twice in one sweep, while the trials kept running)."""
+    try:
+        return ended_since(handle.uri, handle.sweep, since_ms) or {}
+    except sqlite3.Error:
+        return last
 
 
 def _summaries(ref: ray.ObjectRef, trials: list[TrialJob], handle: SweepHandle) -> list[TrialSummary]:

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
-# A read-only reader of a WAL store that opens while the last writer closes (and deletes the -shm file) gets a
-# "disk I/O error": transient like a lock (seen on a sweep's progress poll).
-TRANSIENT = ("database is locked", "database table is locked", "could not obtain lock", "disk i/o error")
+TRANSIENT = ("database is locked", "database table is locked", "could not obtain lock")
 
 
 def resolve_uri(configured: str | None = None) -> str:
