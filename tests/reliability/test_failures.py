@@ -71,3 +71,18 @@ def test_divergence_is_a_finished_result_never_retried(sweeps_dir, tmp_path):
     assert status_json(tmp_path, "hot")["outcomes"]["diverged"] == 1
     again = run_sgdlab("sweep", "hot", cwd=tmp_path)
     assert "nothing to run" in again.stderr
+
+
+def test_a_progress_poll_that_cannot_read_the_store_keeps_its_last_answer(monkeypatch):
+    """The progress bar's poll of the store (scheduler.live_ended) must never stop a sweep: SQLite answered
+    'disk I/O error' to it under load while every trial kept running."""
+    from types import SimpleNamespace
+
+    from sgdlab.orchestration import scheduler
+
+    def unreadable(*args):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(scheduler, "ended_since", unreadable)
+    last = {"a1b2c3": "FINISHED"}
+    assert scheduler.live_ended(SimpleNamespace(uri="sqlite:////nowhere/mlflow.db", sweep="s"), 0, last) == last
