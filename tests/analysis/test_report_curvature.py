@@ -54,6 +54,33 @@ def probe(of: RunRecord, metrics: dict, *, start=1, run_id=None, matrix="full", 
 
 # --- largest stable lr -----------------------------------------------------------------------------------------
 
+def test_lr_max_from_a_refinement_beside_the_step0_prediction(tmp_path):
+    """With a refinement of optim.lr, lr_max is its bracket (not a diverged seed); the step-0 probe's
+    E[lambda_max(H_B)] = 0.1 B^-1/2 (seeds 10% apart) gives the prediction 2 / mean = 20 B^1/2, fitted exactly,
+    and the full-batch line 2 / lambda_max(H) from the ratio."""
+    records = []
+    for B in (4, 16, 64):
+        for lr in (1.0, 8.0):
+            for seed in (0, 1):
+                lam = 0.1 * B ** -0.5 * (1.1 if seed else 0.9)
+                records.append(train(lr, B, seed, P=1024, outcome="max_steps",
+                                     metrics={f"batch_lambda_max/B{B}": lam, f"batch_lambda_max_ratio/B{B}": lam / 0.01,
+                                              "train_loss": 0.1}))
+    brackets = pd.DataFrame([{"optim": "sgd", "data.batch_size": str(B), "lower": lo, "upper": hi,
+                              "estimate": math.sqrt(lo * hi), "rounds": 3, "trials": 10, "added": 6,
+                              "status": "located"} for B, lo, hi in ((4, 2.0, 2.4), (16, 4.0, 4.8), (64, 8.0, 9.6))])
+    report = build_report(records, "lr_refined", tmp_path, refinement=(brackets, "optim.lr", "final train_loss > "
+                                                                                         "initial train_loss"))
+    table = pd.read_csv(tmp_path / "lr_max.csv").set_index("B")
+    assert list(table["lr_max"]) == [2.0, 4.0, 8.0] and list(table["lr_unstable"]) == [2.4, 4.8, 9.6]
+    predicted = pd.read_csv(tmp_path / "lr_predicted.csv").set_index("B")
+    assert np.allclose(predicted["lr_predicted"], [20 * 2, 20 * 4, 20 * 8]) and np.allclose(predicted["lr_full_batch"], 200)
+    assert report.numbers["summary/lr_predicted_exponent"] == pytest.approx(0.5)
+    assert report.numbers["summary/lr_max_exponent/SGD"] == pytest.approx(0.5)
+    assert "| SGD | 16 | 4 | 4.8 | 10 | 80 |" in report.markdown
+    assert "lr_max is the lower end of the refinement's bracket" in report.markdown
+
+
 def test_largest_stable_lr_criterion_by_hand():
     records = [
         # B = 8: lr 0.1, 0.2 stable; 0.4 one seed diverged; 0.8 stable again (above the first unstable: ignored)
@@ -121,7 +148,7 @@ def test_planted_lr_max_slopes_are_recovered_within_their_error_bars(tmp_path):
     assert report.numbers["summary/lr_max/SGD/B 64"] == pytest.approx(0.152219, rel=1e-5)
     assert (f"- largest stable lr ~ B^{adam.exponent:.2f} ± {adam.exponent_se:.2f} for Adam (reference 1/2), "
             f"~ B^{sgd.exponent:.2f} ± {sgd.exponent_se:.2f} for SGD (reference 1).") in report.markdown
-    assert "| SGD | 64 | 0.152219 | 0.181019 | 30/18/48 |" in report.markdown
+    assert "| SGD | 64 | 0.152219 | 0.181019 | 30/18/48 | - |" in report.markdown  # no step-0 probe: no prediction
     assert "lr_max_vs_B.png" in {p.name for p in report.figures}
     assert (tmp_path / "lr_max_vs_B.png").read_bytes()[:8] == PNG_MAGIC
     assert {p.name for p in report.tables} == {"lr_max.csv", "lr_max_fits.csv"}
