@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
-TRANSIENT = ("database is locked", "database table is locked", "could not obtain lock")
+# "disk I/O error": SQLite has answered it to reads and writes of a WAL store on this machine while several
+# drivers and their workers shared it (cause not found); the same call succeeds again moments later.
+TRANSIENT = ("database is locked", "database table is locked", "could not obtain lock", "disk i/o error")
 
 
 def resolve_uri(configured: str | None = None) -> str:
