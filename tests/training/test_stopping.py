@@ -88,20 +88,20 @@ def test_the_cheap_fit_check_stops_at_the_first_fitted_step(optimizer):
     assert len(set(expected)) > 1 and min(expected) > 50
 
 
-def test_a_training_time_budget_gives_each_member_max_t_over_lr_steps():
-    """train.max_t: member m stops (max_steps) after ceil(max_t / lr_m) steps, at training time t = lr_m x steps
-    >= max_t, or at train.max_steps if that comes first; with max_t null the config's trial id is the one it had
-    before the key existed."""
+def test_a_training_time_floor_gives_a_small_lr_the_steps_it_needs():
+    """train.min_t: member m may take max(max_steps, ceil(min_t / lr_m)) steps, so that a small lr reaches the
+    training time t = lr_m x steps = min_t; a large lr keeps max_steps. With min_t null the config's trial id is
+    the one it had before the key existed."""
     from sgdlab.config.compose import Composer
     from sgdlab.sweep.identity import identity_config
     from sgdlab.training.loop import Member, train_pack
 
     base = ["data=teacher_perceptron", "data.n_train=64", "data.dim=8", "data.batch_size=4", "model=perceptron",
-            "loss=hinge", "optim=sgd", "train.max_steps=300", "train.log_every=1000", "train.stop_when_fitted=false"]
-    cfgs = [Composer()([*base, f"optim.lr={lr}", "train.max_t=10"]) for lr in (0.5, 0.3, 0.01)]
+            "loss=hinge", "optim=sgd", "train.max_steps=30", "train.log_every=1000", "train.stop_when_fitted=false"]
+    cfgs = [Composer()([*base, f"optim.lr={lr}", "train.min_t=3"]) for lr in (0.5, 0.03, 0.007)]
     results = train_pack([Member(cfg) for cfg in cfgs])
-    assert [(r.outcome, r.steps) for r in results] == [("max_steps", 20), ("max_steps", 34), ("max_steps", 300)]
-    assert [r.metrics["train_time"] for r in results] == pytest.approx([10.0, 10.2, 3.0])
+    assert [(r.outcome, r.steps) for r in results] == [("max_steps", 30), ("max_steps", 100), ("max_steps", 429)]
+    assert [r.metrics["train_time"] for r in results] == pytest.approx([15.0, 3.0, 3.003])
     unset = Composer()([*base, "optim.lr=0.5"])
-    assert unset["train"]["max_t"] is None and "max_t" not in identity_config(unset)["train"]
-    assert identity_config(cfgs[0])["train"]["max_t"] == 10
+    assert unset["train"]["min_t"] is None and "min_t" not in identity_config(unset)["train"]
+    assert identity_config(cfgs[0])["train"]["min_t"] == 3

@@ -130,7 +130,7 @@ class Train:
     dtype: Literal["float32", "float64"]
     checkpoint_every: Optional[int] = None
     compile_after: Optional[int] = None
-    max_t: Optional[float] = None
+    min_t: Optional[float] = None
 
 
 @dataclass
@@ -229,4 +229,4 @@ NON_IDENTITY_GROUPS = ("tracking", "cluster", "resources", "fault", "probe", "ex
 NON_IDENTITY_KEYS = (("train", "checkpoint_every"), ("train", "compile_after"))
 # Keys added after numerics version 3 whose null default computes what configs without them computed: left out of
 # trial identity while null, so that the trial ids of earlier records stay the same.
-IDENTITY_WHEN_SET = (("train", "max_t"),)
+IDENTITY_WHEN_SET = (("train", "min_t"),)

@@ -60,7 +60,7 @@ def validate(raw: dict) -> dict:
                 "train.divergence_loss", "tracking.heartbeat_s", "tracking.stale_after_s", "tracking.timeout_s",
                 "tracking.flush_s"):
         _positive(cfg, key)
-    for key in ("data.n_test", "train.max_time_s", "train.max_t", "train.checkpoint_every"):
+    for key in ("data.n_test", "train.max_time_s", "train.min_t", "train.checkpoint_every"):
         _positive(cfg, key, allow_none=True)
     _positive(cfg, "train.compile_after", allow_zero=True, allow_none=True)
     _positive(cfg, "resources.cpus", allow_zero=True)

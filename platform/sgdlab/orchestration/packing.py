@@ -21,7 +21,7 @@ from sgdlab.orchestration.plan import PackJob, TrialJob
 AUTO_MIN = 16
 AUTO_MAX = 4096
 PER_MEMBER = (("seed",), ("model", "alpha"), ("optim", "lr"), ("optim", "temperature"), ("train", "max_steps"),
-              ("train", "max_t"), ("fault",))
+              ("train", "min_t"), ("fault",))
 DEFAULT_EXEC = {"pack": "auto", "pack_size": "auto"}  # configs recorded before the exec group existed
 
 

@@ -144,12 +144,12 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
 
 
 def step_budget(cfg: dict) -> int:
-    """A member's step limit: train.max_steps, or fewer when the training time t = lr x steps reaches train.max_t
-    first (ceil(max_t / lr) steps)."""
-    max_steps, max_t = cfg["train"]["max_steps"], cfg["train"]["max_t"]
-    if max_t is None:
+    """A member's step limit: train.max_steps, or more when that many steps do not reach the training time
+    t = lr x steps = train.min_t (then ceil(min_t / lr) steps): a small lr gets the steps its time needs."""
+    max_steps, min_t = cfg["train"]["max_steps"], cfg["train"]["min_t"]
+    if min_t is None:
         return max_steps
-    return min(max_steps, math.ceil(max_t / cfg["optim"]["lr"] * (1 - 1e-12)))
+    return max(max_steps, math.ceil(min_t / cfg["optim"]["lr"] * (1 - 1e-12)))
 
 
 def initial_outputs(shared: Shared, params0: dict, alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
