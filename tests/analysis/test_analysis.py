@@ -266,8 +266,9 @@ def test_report_fits_tc_when_T_and_P_vary(tmp_path):
     assert report.numbers["summary/noisy_exponent"] == pytest.approx(0.5)
     assert set(report.numbers) == {"summary/T_c/P 256", "summary/T_c/P 1024", "summary/T_c/P 4096",
                                    "summary/T_c_exponent", "summary/T_c_exponent_se", "summary/T_c_exponent_low",
-                                   "summary/T_c_exponent_high", *(f"summary/{q}_exponent{end}" for q in
-                                                                  ("plateau", "noisy") for end in ("", "_low", "_high"))}
+                                   "summary/T_c_exponent_high",
+                                   *(f"summary/{q}_exponent{end}" for q in ("plateau", "noisy")
+                                     for end in ("", "_low", "_high"))}
 
 
 def test_report_with_no_runs(tmp_path):
@@ -426,4 +427,5 @@ def test_tc_bootstrap_recovers_the_exponents_of_synthetic_curves():
         low, high = exponents.loc[quantity, ["low", "high"]]
         assert low - 0.03 <= truth <= high + 0.03 and high - low < 0.1, (quantity, low, high)
     assert result.noisy_T == pytest.approx(0.1) and list(result.per_P["n_seeds"]) == [5, 5, 5, 5]
-    assert (result.per_P["T_c_low"] <= result.per_P["T_c"]).all() and (result.per_P["T_c"] <= result.per_P["T_c_high"]).all()
+    per_P = result.per_P
+    assert (per_P["T_c_low"] <= per_P["T_c"]).all() and (per_P["T_c"] <= per_P["T_c_high"]).all()

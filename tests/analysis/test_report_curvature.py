@@ -74,7 +74,8 @@ def test_lr_max_from_a_refinement_beside_the_step0_prediction(tmp_path):
     table = pd.read_csv(tmp_path / "lr_max.csv").set_index("B")
     assert list(table["lr_max"]) == [2.0, 4.0, 8.0] and list(table["lr_unstable"]) == [2.4, 4.8, 9.6]
     predicted = pd.read_csv(tmp_path / "lr_predicted.csv").set_index("B")
-    assert np.allclose(predicted["lr_predicted"], [20 * 2, 20 * 4, 20 * 8]) and np.allclose(predicted["lr_full_batch"], 200)
+    assert np.allclose(predicted["lr_predicted"], [20 * 2, 20 * 4, 20 * 8])
+    assert np.allclose(predicted["lr_full_batch"], 200)
     assert report.numbers["summary/lr_predicted_exponent"] == pytest.approx(0.5)
     assert report.numbers["summary/lr_max_exponent/SGD"] == pytest.approx(0.5)
     assert "| SGD | 16 | 4 | 4.8 | 10 | 80 |" in report.markdown

@@ -30,8 +30,8 @@ import pandas as pd
 from sgdlab.analysis import plots
 from sgdlab.analysis.curvature import curvature_sections
 from sgdlab.analysis.fits import FACTOR, MIN_FIT_POINTS, N_PLATEAU, critical_temperatures, fit_power_law
-from sgdlab.analysis.frames import (PARAMS, aggregate, grid_axes, key_columns, missing_trials, param_columns, swept_columns,
-                                    trial_frame)
+from sgdlab.analysis.frames import (PARAMS, aggregate, grid_axes, key_columns, missing_trials, param_columns,
+                                    swept_columns, trial_frame)
 from sgdlab.analysis.perceptron import CHI, METRICS, MIN_P, NORM, exponent_plot, norm_plot, p_exponents
 from sgdlab.analysis.phase import phase_diagram
 from sgdlab.analysis.probes import probe_frame

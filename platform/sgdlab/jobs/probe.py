@@ -69,8 +69,8 @@ def trajectory_hook(problem: Problem, pcfg: dict, log, make_operator=operator) -
     hessian_trace, and batch_sharpness/B<b> for each b in probe.batch_sizes; at step 0 with probe.at_start, the
     batch sharpness and batch_lambda_max/B<b> (E[lambda_max(H_B)] over probe.n_batches batches, with its standard
     error and its ratio to lambda_max(H)), the point from which the largest stable lr 2 / E[lambda_max(H_B)] is
-    predicted. make_operator(problem, params,
-    pcfg): the full-data curvature operator (`operator`, or `distributed_operator` on W data-parallel workers)."""
+    predicted. The batches are the same at every step (seeded by probe.seed). make_operator(problem, params, pcfg):
+    the full-data curvature operator (`operator`, or `distributed_operator` on W data-parallel workers)."""
 
     def hook(step: int, params: dict) -> None:
         metrics = {}

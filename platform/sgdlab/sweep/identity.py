@@ -2,8 +2,8 @@
 
 trial_id = first 12 hex digits of SHA-256 over the canonical JSON (sorted keys, Python float repr) of the
 resolved config without the non-identity groups and keys (config.schema: NON_IDENTITY_GROUPS,
-NON_IDENTITY_KEYS) and without the keys of IDENTITY_WHEN_SET that are null. The same config gives the same id in any process on any machine; running on another cluster or
-with other resources does not.
+NON_IDENTITY_KEYS) and without the keys of IDENTITY_WHEN_SET that are null. The same config gives the same id in
+any process on any machine; running on another cluster or with other resources does not.
 """
 
 from __future__ import annotations

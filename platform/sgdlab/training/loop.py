@@ -15,8 +15,8 @@ Stopping, per member (`stop_outcomes`, checked in this order):
   converged  every training point is fitted (train.stop_when_fitted; for the hinge loss this is checked exactly:
              whenever a batch has zero loss, which is necessary for a fitted training set and the only case in
              which the update is zero) or the full training loss is <= train.loss_threshold (at log steps);
-  max_steps  train.max_steps updates (more when they do not reach t = train.min_t: pack.step_budget), or train.max_time_s
-             of wall time (for the whole pack).
+  max_steps  train.max_steps updates (more when they do not reach t = train.min_t: pack.step_budget), or
+             train.max_time_s of wall time (for the whole pack).
 A stopped member leaves the pack (its parameters frozen at its stop step); its final metrics are those at its
 own stop step and go to its `on_end`. Metrics on the full train and test sets go to `on_log` at step 0, every
 train.log_every steps and at the end. Every train.checkpoint_every steps `on_checkpoint` receives a snapshot of
