@@ -8,8 +8,9 @@ non-diverged trials (frames.aggregate). Marks:
   white triangle       some seed stopped at train.max_steps without fitting its data (the colour includes it:
                        its numbers are those of an unfinished fit, and fits over the cells leave it out).
 alpha runs on a log2 axis, T on a log10 axis; cells end at the geometric midpoints between grid values. The
-panels share one colour scale: logarithmic when all values are positive and span at least two decades
-(weight change, training time), else linear (test error).
+panels share one colour scale, set by the cells whose trials all fitted their data (a capped cell outside it
+takes the end colour, and the colour bar is extended): logarithmic when those values are positive and span at
+least two decades (weight change, training time), else linear (test error).
 """
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ def phase_diagram(frame: pd.DataFrame, path: Path, metric: str = "test_error", t
     capped = set(placed.loc[placed["outcome"] == "max_steps", ["P", "T", "alpha"]].itertuples(index=False, name=None))
     alphas, temps = np.sort(cells["alpha"].unique()), np.sort(cells["T"].unique())
     x_edges, y_edges = cell_edges(alphas), cell_edges(temps)
-    norm = color_norm(cells[f"{metric}_mean"])
+    fitted = [(P, T, a) not in capped for P, T, a in cells[["P", "T", "alpha"]].itertuples(index=False, name=None)]
+    norm = color_norm(cells.loc[fitted, f"{metric}_mean"] if any(fitted) else cells[f"{metric}_mean"])
+    values = cells[f"{metric}_mean"].to_numpy(dtype=float)
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+        (bool(np.nanmin(values, initial=np.inf) < norm.vmin), bool(np.nanmax(values, initial=-np.inf) > norm.vmax))]
     full = pd.MultiIndex.from_product([temps, alphas], names=["T", "alpha"])
     seen = set()
     with plots.styled():
@@ -108,14 +113,14 @@ def phase_diagram(frame: pd.DataFrame, path: Path, metric: str = "test_error", t
             plots.grid_ticks(ax.yaxis, temps, 10)
             ax.set(title=f"P = {plots.number(P)}", xlabel=plots.label("alpha"))
         axes[0].set_ylabel(plots.label("T"))
-        fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=axes, label=plots.label(metric))
+        fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=axes, label=plots.label(metric), extend=extend)
         legend = {"diverged": Patch(**DIVERGED, label="diverged (all seeds)"),
                   "partial": Line2D([], [], **PARTIAL, label="some seeds diverged"),
                   "none": Patch(**NO_RESULT, label="no result (failed, unfinished or missing)"),
                   "capped": Line2D([], [], **CAPPED, label="stopped at max_steps (not fitted)")}
         handles = [h for state, h in legend.items() if state in seen]
         if handles:
-            fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2))
         if title:
             fig.suptitle(title)
         return plots.save(fig, path)
