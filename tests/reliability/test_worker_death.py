@@ -20,8 +20,7 @@ overrides: [model.depth=2, model.width=16, data.n_train=128, data.batch_size=8, 
 
 def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(sweeps_dir, tmp_path):
     """The retry resumes from the checkpoint at step 150 with the numbers of an uninterrupted run, and its FINISHED
-    run carries the whole metric history from the first log step on (a pack member: tests/orchestration/
-    test_packing.py)."""
+    run carries the whole metric history from step 0 on (a pack member: tests/orchestration/test_packing.py)."""
     sweep = "long"
     (sweeps_dir / "long.yaml").write_text(LONG)
     out = run_sgdlab("sweep", sweep, "fault.kill_at_step=160", cwd=tmp_path)
@@ -44,9 +43,9 @@ def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(sweeps_dir, tm
         history = {run.info.status: sorted((m.step, m.value) for m in
                                            client.get_metric_history(run.info.run_id, "train_loss"))
                    for run in (lost, finished)}
-        assert [step for step, _ in history["FINISHED"]] == [step for step, _ in logged] and logged[0][0] == 25
-        assert [v for _, v in history["FINISHED"]] == [v for _, v in logged]  # whole, from step 25 on
-        assert history["FAILED"] == history["FINISHED"][:6]  # up to its checkpoint at step 150, copied as is
+        assert [step for step, _ in history["FINISHED"]] == [step for step, _ in logged] and logged[0][0] == 0
+        assert [v for _, v in history["FINISHED"]] == [v for _, v in logged]  # whole, from step 0 on
+        assert history["FAILED"] == history["FINISHED"][:7]  # up to its checkpoint at step 150, copied as is
     assert status_json(tmp_path, sweep)["counts"]["finished"] == len(trials)
 
 

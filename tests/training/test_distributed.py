@@ -148,7 +148,7 @@ def test_sweep_with_two_workers_per_trial_matches_one_process(sweeps_dir, tmp_pa
     assert {f.path for f in client.list_artifacts(run.info.run_id)} == {"config.yaml", "checkpoint"}
     assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/final.pt"]
     history = lambda key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]  # noqa: E731
-    assert [step for step, _ in history("train_loss")] == [10, 20, 30]
+    assert [step for step, _ in history("train_loss")] == [0, 10, 20, 30]
 
     # (a) one process with the same global batch, in this process
     from sgdlab.jobs.probe import operator

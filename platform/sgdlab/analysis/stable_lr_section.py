@@ -49,6 +49,8 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers,
     by = ["optimizer", *extras, "B"]
     refined = brackets is not None and not extras
     table = refined_stable_lr(brackets, BRACKET_COLUMNS) if refined else largest_stable_lr(placed, by)
+    if "optimizer" not in table:  # a refinement of one optimizer: not an axis of its combinations
+        table.insert(0, "optimizer", placed["optimizer"].iloc[0])
     predicted = predicted_stable_lr(placed)
     bracketed = table[(table["n_lr"] >= MIN_LRS) & np.isfinite(table["lr_max"]) & ~table["censored"].astype(bool)]
     if bracketed.empty or bracketed.groupby(["optimizer", *extras], dropna=False)["B"].nunique().max() < 2:
