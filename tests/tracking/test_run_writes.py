@@ -203,3 +203,26 @@ def test_a_packs_buffered_metrics_reach_the_store_every_flush_s(tmp_path):
     records.tick()
     assert [mlflow.get_run(r.run_id).data.metrics for r in records.runs] == [
         {"train_loss": 0.25}, {"train_loss": 1.25}, {"train_loss": 2.25}]
+
+
+def test_losing_the_dataset_insert_race_logs_the_inputs_again():
+    """Two drivers on one server logging the same dataset at once: the loser's log_inputs fails on the dataset's
+    key (seen in test_two_drivers_on_an_mlflow_server_on_postgresql) and is run again; other errors propagate."""
+    from sgdlab.tracking.record_store import log_inputs_once_raced
+
+    calls = []
+
+    def raced():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError('BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique '
+                               'constraint "dataset_pk"')
+
+    log_inputs_once_raced(raced)
+    assert len(calls) == 2
+
+    def broken():
+        raise RuntimeError("RESOURCE_DOES_NOT_EXIST: run gone")
+
+    with pytest.raises(RuntimeError, match="run gone"):
+        log_inputs_once_raced(broken)

@@ -48,7 +48,7 @@ class ClientStore:
             d = run.dataset
             dataset = Dataset(d.name, d.digest, SOURCE_TYPE, d.source, profile=d.profile)
             inputs = [DatasetInput(dataset, [InputTag(CONTEXT_TAG, run.context)])]
-            retried(lambda: self.client.log_inputs(created.info.run_id, datasets=inputs))
+            log_inputs_once_raced(lambda: self.client.log_inputs(created.info.run_id, datasets=inputs))
         return created.info.run_id, created.info.artifact_uri
 
     def batches(self, updates: list[RunUpdate]) -> list[list[RunUpdate]]:
@@ -105,3 +105,19 @@ def update_runs(uri: str, updates: list[RunUpdate],
     for part in store.batches(updates):
         store.write_batch(part)
         written(part)
+
+
+# Two drivers whose first runs log the same dataset at once race on its insert in the server's store: the loser's
+# transaction fails on the dataset's key (PostgreSQL, SQLite) and is rolled back.
+DATASET_RACE = ('"dataset_pk"', "UNIQUE constraint failed: datasets")
+
+
+def log_inputs_once_raced(call) -> None:
+    """log_inputs, retried (locks) and run again once after losing the dataset insert race: the second call finds
+    the dataset the other driver inserted and only links it to the run."""
+    try:
+        retried(call)
+    except Exception as exc:  # MlflowException / RestException carrying the store's error
+        if not any(s in str(exc) for s in DATASET_RACE):
+            raise
+        retried(call)
