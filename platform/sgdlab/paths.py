@@ -1,7 +1,9 @@
 """Where sgdlab finds its configs and sweeps.
 
-The repository root holds `conf/` (Hydra config groups: one trial) and `sweeps/` (sets of trials).
-`SGDLAB_CONF_DIR` and `SGDLAB_SWEEPS_DIR` override either, for tests and for users who keep their own.
+`conf/` (Hydra config groups: one trial) and `sweeps/` (sets of trials) live at the repository root and are
+package data of the installed package: `sgdlab/conf` and `sgdlab/sweeps` are links to them in a checkout and
+copies of them in a wheel. `SGDLAB_CONF_DIR` and `SGDLAB_SWEEPS_DIR` (or `sgdlab --sweeps-dir`) replace either,
+for tests and for users who keep their own.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parents[1]  # a checkout's root (an installed wheel has none: see tracking/store.py)
+CONF_DIR = "SGDLAB_CONF_DIR"
+SWEEPS_DIR = "SGDLAB_SWEEPS_DIR"
 
 
 def conf_dir() -> Path:
-    return Path(os.environ.get("SGDLAB_CONF_DIR", REPO_ROOT / "conf")).resolve()
+    return Path(os.environ.get(CONF_DIR, PACKAGE_DIR / "conf")).resolve()
 
 
 def sweeps_dir() -> Path:
-    return Path(os.environ.get("SGDLAB_SWEEPS_DIR", REPO_ROOT / "sweeps")).resolve()
+    return Path(os.environ.get(SWEEPS_DIR, PACKAGE_DIR / "sweeps")).resolve()

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sgdlab import paths
 from sgdlab.config.schema import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -96,23 +97,18 @@ def swept_params(trials) -> list[str]:
             and len({param_text(f.get(key)) for f in flat}) > 1]
 
 
-def execute(name: str, jobs: list, config: dict, uri: str, plan: str, description: str = "", then=None,
-            after=None, view_params: list[str] | None = None) -> None:
+def run_and_summarize(name: str, jobs: list, config: dict, uri: str, plan: str, description: str = "", then=None,
+                      after=None, view_params: list[str] | None = None, again: str = "") -> list:
     """Run the jobs on Ray (`plan`, what will run, is printed once they are known to fit the cluster; `then`:
-    the next rounds' jobs, `view_params`: the swept params, see run_jobs) and print the summary, then call
-    `after()`; exit 2 if the cluster can never run them, 1 if any trial failed, 130 when interrupted."""
+    the next rounds' jobs, `view_params`: the swept params, see run_jobs), print the summary and the failed
+    trials with how to rerun them (`again`: the command that runs the sweep again, default make sweep), call
+    `after()`, and return the trials' summaries. ConfigError when the cluster
+    can never run them, StoreError when the store went bad meanwhile, KeyboardInterrupt when interrupted."""
     from sgdlab.orchestration.scheduler import run_jobs
 
-    from sgdlab.tracking.location import StoreError
-
-    try:
-        results = run_jobs(name, jobs, config, uri, description, console=err, announce=plan, then=then,
-                           view_params=view_params)
-    except (ConfigError, StoreError) as exc:  # resources the cluster can never provide; a store gone bad meanwhile
-        raise fail_input(str(exc))
-    except KeyboardInterrupt:
-        err.print(f"Stopped. Run what is left with: make sweep EXP={name}")
-        raise typer.Exit(130)
+    again = again or f"make sweep EXP={name}"
+    results = run_jobs(name, jobs, config, uri, description, console=err, announce=plan, then=then,
+                       view_params=view_params)
     failed = [r for r in results if r.status == "failed"]
     elsewhere = sum(r.status == "elsewhere" for r in results)
     outcomes: dict[str, int] = {}
@@ -126,18 +122,55 @@ def execute(name: str, jobs: list, config: dict, uri: str, plan: str, descriptio
               f"{f', {elsewhere} left to another driver running this sweep' if elsewhere else ''}.")
     if after:
         after()
-    if failed:
-        for r in failed[:10]:
-            err.print(f"  [red]{r.trial_id}[/]: {r.error}", highlight=False)
-        lost = [r for r in failed if r.failed_stage != "probe" and r.run_id is None]  # no run: still pending
-        if any(r.failed_stage != "probe" and r.run_id is not None for r in failed):
-            err.print(f"Rerun the failed trials with: make resubmit EXP={name}")
-        if lost:
-            err.print(f"{len(lost)} trials were lost before their runs were recorded; run them with: "
-                      f"make sweep EXP={name}")
-        if any(r.failed_stage == "probe" for r in failed):
-            err.print(f"Failed end probes are retried by running the sweep again: make sweep EXP={name}")
+    for r in failed[:10]:
+        err.print(f"  [red]{r.trial_id}[/]: {r.error}", highlight=False)
+    lost = [r for r in failed if r.failed_stage != "probe" and r.run_id is None]  # no run: still pending
+    if any(r.failed_stage != "probe" and r.run_id is not None for r in failed):
+        err.print(f"Rerun the failed trials with: make resubmit EXP={name}")
+    if lost:
+        err.print(f"{len(lost)} trials were lost before their runs were recorded; run them with: {again}")
+    if any(r.failed_stage == "probe" for r in failed):
+        err.print(f"Failed end probes are retried by running the sweep again: {again}")
+    return results
+
+
+def execute(name: str, jobs: list, config: dict, uri: str, plan: str, description: str = "", then=None,
+            after=None, view_params: list[str] | None = None) -> None:
+    """run_and_summarize, then exit 2 if the cluster can never run the jobs, 1 if any trial failed, 130 when
+    interrupted."""
+    from sgdlab.tracking.location import StoreError
+
+    try:
+        results = run_and_summarize(name, jobs, config, uri, plan, description, then, after, view_params)
+    except (ConfigError, StoreError) as exc:  # resources the cluster can never provide; a store gone bad meanwhile
+        raise fail_input(str(exc))
+    except KeyboardInterrupt:
+        err.print(f"Stopped. Run what is left with: make sweep EXP={name}")
+        raise typer.Exit(130)
+    if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        import sgdlab
+        from sgdlab.numerics import VERSION
+
+        out.print(f"sgdlab {sgdlab.__version__} (numerics version {VERSION})", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def options(_version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                          help="print the version and the numerics version, and exit"),
+            sweeps_dir: Optional[Path] = typer.Option(
+                None, "--sweeps-dir", help="folder of your own sweep files (default: the sweeps/ bundled with "
+                                           "sgdlab, or $SGDLAB_SWEEPS_DIR)")):
+    """Sweeps over SGD noise and curvature: Hydra configs, Ray scheduling, MLflow records."""
+    if sweeps_dir is not None:
+        if not sweeps_dir.is_dir():
+            raise fail_input(f"--sweeps-dir {sweeps_dir}: not a folder")
+        os.environ[paths.SWEEPS_DIR] = str(sweeps_dir.resolve())
 
 
 @app.command()
@@ -170,10 +203,7 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
     except StoreError as exc:
         raise fail_input(str(exc))
     plan = plan_sweep(trials, records, first["tracking"]["stale_after_s"], time.time())
-    summary = (f"[bold]{name}[/]: {len(trials)} trials; {len(plan.skipped_finished)} already finished (skipped), "
-               f"{len(plan.skipped_running)} running elsewhere, {len(plan.to_run)} to run ({len(plan.rerun)} failed "
-               f"or stale before, {len(plan.outdated)} outdated), {len(plan.probe_only)} end probes of finished "
-               f"trials to run. Store: {uri}")
+    summary = plan_summary(name, trials, plan, uri)
     rounds = refinement_rounds(spec, trials, strings, uri, first) if spec.refine else None
     jobs = plan.jobs
     if not jobs and rounds:  # the grid is done: the refinement's next round, replayed from the records
@@ -193,6 +223,14 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
 
     execute(name, jobs, first, uri, summary, spec.description, then=rounds and rounds.next_jobs, after=after,
             view_params=swept_params(trials))
+
+
+def plan_summary(name: str, trials: list, plan, uri: str) -> str:
+    """What a sweep's plan will do, in one line."""
+    return (f"[bold]{name}[/]: {len(trials)} trials; {len(plan.skipped_finished)} already finished (skipped), "
+            f"{len(plan.skipped_running)} running elsewhere, {len(plan.to_run)} to run ({len(plan.rerun)} failed "
+            f"or stale before, {len(plan.outdated)} outdated), {len(plan.probe_only)} end probes of finished "
+            f"trials to run. Store: {uri}")
 
 
 def refinement_rounds(spec, trials, strings, uri: str, first: dict):
@@ -245,10 +283,14 @@ def resubmit(name: str = typer.Argument(..., help="sweep name"),
 
 
 def sweep_status(name: str, overrides: list[str]) -> dict:
-    """The status object of `sgdlab status --json` (reads the store, never creates it)."""
+    """The status object of `sgdlab status --json` (reads the store, never creates it). A sweep without a sweep
+    file (one that sgdlab-run recorded, named by app.sweep) counts the trials the store holds."""
+    from sgdlab.sweep import spec as sweep_spec
     from sgdlab.tracking.location import check_store, resolve_uri, sqlite_path
-    from sgdlab.tracking.query import by_trial, newest_run, state_counts, sweep_runs, trial_state
+    from sgdlab.tracking.query import by_trial, sweep_runs
 
+    if name not in sweep_spec.available() and sweep_spec.check_name(name):
+        return recorded_sweep_status(name, overrides)
     spec, trials, strings = load_trials(name, overrides)
     first = trials[0].config
     uri = resolve_uri(first["tracking"]["uri"])
@@ -259,16 +301,45 @@ def sweep_status(name: str, overrides: list[str]) -> dict:
         brackets = {"axis": spec.refine.axis, "criterion": spec.refine.criterion,
                     "brackets": [{k: None if v != v else v for k, v in vars(b).items()} for b in rounds.brackets()]}
         trials = [t for combo in rounds.refinement.combinations.values() for ts in combo.points.values() for t in ts]
-    runs, now, stale_after_s = by_trial(sweep_runs(uri, name)), time.time(), first["tracking"]["stale_after_s"]
-    counts, outcomes = state_counts(runs, [t.trial_id for t in trials], stale_after_s, now)
-    failed = [newest_run(runs[t.trial_id]) for t in trials
-              if trial_state(runs.get(t.trial_id, []), stale_after_s, now) == "failed"]
-    failed = [{"trial_id": run.trial_id, "error": run.error or run.status} for run in failed]
+    runs = by_trial(sweep_runs(uri, name))
     path = sqlite_path(uri)
     exists = path is None or (path.is_file() and path.stat().st_size > 0)  # a server answered check_store
-    report = {"sweep": name, "store": {"uri": uri, "exists": exists}, "trials": len(trials), "counts": counts,
-              "outcomes": outcomes, "failed": failed}
+    report = trial_states(name, uri, exists, runs, [t.trial_id for t in trials], first["tracking"]["stale_after_s"])
     return {**report, "refine": brackets} if spec.refine else report
+
+
+def recorded_sweep_status(name: str, overrides: list[str]) -> dict:
+    """sweep_status of a sweep without a sweep file: its trials are those recorded in the store (overrides:
+    tracking.* only, as for resubmit); ConfigError when the store holds no run of it either."""
+    from sgdlab.config.recorded import parse_runtime_overrides, runtime_value
+    from sgdlab.sweep.spec import available
+    from sgdlab.tracking.location import check_store, resolve_uri, sqlite_path
+    from sgdlab.tracking.query import by_trial, sweep_runs
+
+    changes = parse_runtime_overrides(overrides)
+    uri = resolve_uri(changes.get(("tracking", "uri")))
+    unknown = (f"unknown sweep {name!r}: no sweep file (available: {', '.join(available()) or 'none'}) and no "
+               f"runs of it in {uri}")
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise ConfigError(unknown)
+    check_store(uri, runtime_value(changes, "tracking", "timeout_s"))
+    runs = by_trial(sweep_runs(uri, name))
+    if not runs:
+        raise ConfigError(unknown)
+    return trial_states(name, uri, True, runs, list(runs), runtime_value(changes, "tracking", "stale_after_s"))
+
+
+def trial_states(name: str, uri: str, exists: bool, runs: dict, trial_ids: list[str], stale_after_s: float) -> dict:
+    """Counts by state and outcome of these trials, and the errors of the failed ones (sweep_status)."""
+    from sgdlab.tracking.query import newest_run, state_counts, trial_state
+
+    now = time.time()
+    counts, outcomes = state_counts(runs, trial_ids, stale_after_s, now)
+    failed = [newest_run(runs[t]) for t in trial_ids if trial_state(runs.get(t, []), stale_after_s, now) == "failed"]
+    return {"sweep": name, "store": {"uri": uri, "exists": exists}, "trials": len(trial_ids), "counts": counts,
+            "outcomes": outcomes, "failed": [{"trial_id": run.trial_id, "error": run.error or run.status}
+                                             for run in failed]}
 
 
 @app.command()

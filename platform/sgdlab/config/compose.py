@@ -27,21 +27,29 @@ from sgdlab.config.schema import OPTIONS, SINGLE, ConfigError
 from sgdlab.config.validation import validate
 
 
-def hydra_error_line(exc: BaseException) -> str:
-    """A Hydra/OmegaConf error (several lines, with hints and search paths) as one line naming the key."""
+def hydra_error_line(exc: BaseException, chosen: dict[str, str] | None = None) -> str:
+    """A Hydra/OmegaConf error (several lines, with hints and search paths) as one line naming the key.
+    chosen: group -> the option the config picked, so that an unknown key lists that option's keys only."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     if not lines:
         return type(exc).__name__
     unknown = re.match(r"Could not override '([^']+)'", lines[0])
     if unknown:
         key = unknown.group(1)
-        return f"{key}: unknown config key; allowed in '{key.split('.')[0]}': {', '.join(allowed_keys(key))}"
+        group = key.split(".")[0]
+        option = (chosen or {}).get(group)
+        where = f"{group}={option}" if option in OPTIONS.get(group, {}) else f"'{group}'"
+        return f"{key}: unknown config key; allowed in {where}: {', '.join(allowed_keys(key, option))}"
     missing = re.match(r"In '[^']+': Could not find '([^/']+)/([^']+)'", lines[0])
     if missing:
         group, option = missing.groups()
-        options = sorted(p.stem for p in (paths.conf_dir() / group).glob("*.yaml"))
-        return f"{group}={option}: unknown option; allowed: {', '.join(options)}"
+        return f"{group}={option}: unknown option; allowed: {', '.join(group_options(group))}"
     return lines[0]
+
+
+def group_options(group: str, config_dir: Path | None = None) -> list[str]:
+    """The options of a config group: the names of conf/GROUP/*.yaml."""
+    return sorted(p.stem for p in (Path(config_dir or paths.conf_dir()) / group).glob("*.yaml"))
 
 
 def parse_override(line: str) -> Override:
@@ -53,10 +61,13 @@ def parse_override(line: str) -> Override:
     return override
 
 
-def allowed_keys(key: str) -> list[str]:
-    """Keys of the group of a dotted key, from the schema (all options of the group together)."""
+def allowed_keys(key: str, option: str | None = None) -> list[str]:
+    """Keys of the group of a dotted key, from the schema: those of `option` when it is one of the group's, else
+    those of all its options together."""
     group = key.split(".")[0]
-    schemas = list(OPTIONS.get(group, {}).values()) or ([SINGLE[group]] if group in SINGLE else [])
+    options = OPTIONS.get(group, {})
+    schemas = ([options[option]] if option in options else list(options.values())) or (
+        [SINGLE[group]] if group in SINGLE else [])
     return sorted({f.name for s in schemas for f in dataclasses.fields(s)}) or sorted([*OPTIONS, *SINGLE, "seed"])
 
 
@@ -96,8 +107,12 @@ class Composer:
                     if groups not in composed:
                         composed[groups] = compose(config_name="config", overrides=list(groups))
                     cfg = copy.deepcopy(composed[groups])
-                    ConfigLoaderImpl._apply_overrides_to_config(
-                        [o for o in parsed if not self.is_group_override(o)], cfg)
+                    try:
+                        ConfigLoaderImpl._apply_overrides_to_config(
+                            [o for o in parsed if not self.is_group_override(o)], cfg)
+                    except (HydraException, OmegaConfBaseException) as exc:
+                        chosen = {g: cfg[g].get("name") for g in OPTIONS if g in cfg}
+                        raise ConfigError(hydra_error_line(exc, chosen)) from None
                     out.append(OmegaConf.to_container(cfg, resolve=True))
             return out
         except (HydraException, OmegaConfBaseException) as exc:

@@ -197,6 +197,13 @@ class Report:
     auto: bool = True
 
 
+@dataclass
+class App:
+    """Settings of sgdlab-run (the Hydra app), not of a trial: validate() checks them and leaves them out."""
+    sweep: str
+    objective: str
+
+
 OPTIONS: dict[str, dict[str, type]] = {
     "data": {
         "digits_parity": DigitsParity,
@@ -221,6 +228,7 @@ SINGLE: dict[str, type] = {
     "report": Report,
 }
 TOP_LEVEL = {"seed"}
+APP_GROUP = "app"  # App: composed with every trial, kept out of its config
 
 # Keys that do not change what a trial computes: excluded from trial identity, overridable on resubmit.
 NON_IDENTITY_GROUPS = ("tracking", "cluster", "resources", "fault", "probe", "exec", "report")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sgdlab.config.schema import OPTIONS, SINGLE, TOP_LEVEL, ConfigError
+from sgdlab.config.schema import APP_GROUP, OPTIONS, SINGLE, TOP_LEVEL, App, ConfigError
 from sgdlab.config.typecheck import check_group, coerce
 
 
@@ -30,6 +30,11 @@ def _positive(cfg: dict, key: str, *, allow_zero: bool = False, allow_none: bool
         raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+def app_settings(raw: dict) -> dict:
+    """The `app` group of a composed config (sgdlab-run's sweep name and objective), checked."""
+    return check_group(APP_GROUP, raw.get(APP_GROUP), App)
+
+
 def width_scale(model: dict) -> int:
     """Width of the mean-field readout: the factor between T * B and lr."""
     return {"mlp": model.get("width"), "cnn": model.get("channels"),
@@ -37,11 +42,14 @@ def width_scale(model: dict) -> int:
 
 
 def validate(raw: dict) -> dict:
-    """Check a composed trial config and resolve lr <-> temperature; return the normalized dict."""
-    expected = set(OPTIONS) | set(SINGLE) | TOP_LEVEL
+    """Check a composed trial config and resolve lr <-> temperature; return the normalized dict (without the
+    Hydra app's settings: app_settings)."""
+    expected = set(OPTIONS) | set(SINGLE) | TOP_LEVEL | {APP_GROUP}
     unknown = sorted(set(raw) - expected)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key; allowed top-level keys: {', '.join(sorted(expected))}")
+    if APP_GROUP in raw:
+        app_settings(raw)
     cfg: dict[str, Any] = {}
     for group, options in OPTIONS.items():
         values = raw.get(group)

@@ -12,7 +12,10 @@ import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
-from sgdlab.config.compose import Composer, parse_override
+from hydra.core.override_parser.types import Glob
+
+from sgdlab import paths
+from sgdlab.config.compose import Composer, group_options, parse_override
 from sgdlab.config.schema import ConfigError
 from sgdlab.sweep.identity import trial_id
 from sgdlab.params import flatten, param_text
@@ -34,13 +37,20 @@ def swept_values(config: dict, overrides: dict[str, str]) -> dict[str, str]:
 
 
 def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
-    """key -> list of complete override strings (one for a plain override, several for an axis)."""
+    """key -> list of complete override strings (one for a plain override, several for an axis). An axis is a
+    list, range() or choice() of values, or glob() of a config group's options; interval() is refused (a grid
+    needs values)."""
     axes: dict[str, list[str]] = {}
     for line in overrides:
         parsed = parse_override(line)
         key = parsed.get_key_element()
         name = key.lstrip("+~")  # '+key' and 'key' name the same axis
-        if parsed.is_sweep_override():
+        if parsed.is_interval_sweep():
+            raise ConfigError(f"{name}: {line.split('=', 1)[1]} is an interval, and a grid needs discrete values: use "
+                              "range() or a list, or an Optuna sweeper (sgdlab-run -m hydra/sweeper=optuna)")
+        if isinstance(parsed.value(), Glob):
+            axes[name] = [f"{key}={v}" for v in glob_options(name, parsed.value(), line)]
+        elif parsed.is_sweep_override():
             try:
                 values = list(parsed.sweep_string_iterator())
             except ValueError as exc:  # e.g. range(0,5,0)
@@ -51,6 +61,23 @@ def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
         else:
             axes[name] = [line]
     return axes
+
+
+def glob_options(group: str, pattern: Glob, line: str) -> list[str]:
+    """The options of config group `group` that glob() `pattern` selects (model=glob(*): every model)."""
+    options = group_options(group)
+    if not options:
+        raise ConfigError(f"{group}: glob() selects options of a config group ({', '.join(top_groups())}); "
+                          f"{group} is not one")
+    chosen = pattern.filter(options)
+    if not chosen:
+        raise ConfigError(f"{group}: {line.split('=', 1)[1]} selects none of the options {', '.join(options)}")
+    return chosen
+
+
+def top_groups() -> list[str]:
+    """The config groups of conf/ (folders of options)."""
+    return sorted(p.name for p in paths.conf_dir().iterdir() if p.is_dir())
 
 
 def expand(overrides: Sequence[str], composer: Composer | None = None) -> list[Trial]:

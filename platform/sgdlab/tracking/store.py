@@ -35,7 +35,7 @@ from sgdlab.tracking.location import (check_sqlite_store, damaged_store, is_dama
 
 
 def git_state() -> dict[str, str]:
-    """Commit and dirtiness of the sgdlab checkout (empty strings outside a git work tree)."""
+    """Commit and dirtiness of the sgdlab checkout (empty strings for an installed wheel, which is no checkout)."""
     def git(*args: str) -> str:
         try:
             out = subprocess.run(["git", "-C", str(paths.REPO_ROOT), *args], capture_output=True, text=True,
@@ -44,7 +44,7 @@ def git_state() -> dict[str, str]:
             return ""
         return out.stdout.strip() if out.returncode == 0 else ""
 
-    sha = git("rev-parse", "HEAD")
+    sha = git("rev-parse", "HEAD") if (paths.REPO_ROOT / ".git").exists() else ""
     return {tags.GIT_SHA: sha, tags.GIT_DIRTY: str(bool(git("status", "--porcelain"))).lower() if sha else ""}
 
 
