@@ -151,9 +151,8 @@ def main() -> None:
     from sgdlab.cli.main import err
 
     args = get_args_parser().parse_args()
-    own_config = not (args.help or args.hydra_help or args.info or args.shell_completion or args.config_name
-                      or args.config_path or args.config_dir)
-    if own_config:
+    runs_trials = not (args.help or args.hydra_help or args.info or args.shell_completion or args.cfg)
+    if runs_trials and not (args.config_name or args.config_path or args.config_dir):  # conf/config.yaml's trials
         try:
             parsed = [parse_override(o) for o in args.overrides]
             trial = [o.input_line for o in parsed if not o.is_hydra_override()]
