@@ -50,6 +50,8 @@ ALLOWED_IMPORTS: dict[str, set[str]] = {
     "analysis": {"config", "tracking"},  # records, and the non-identity keys of trial configs
     "cli": {"sgdlab", "paths", "numerics", "params", "config", "sweep", "training", "probes", "tracking", "jobs",
             "orchestration", "analysis"},
+    # the Hydra app: another front end, which composes and plans as the command line does and reuses its printing
+    "app": {"paths", "config", "sweep", "orchestration", "tracking", "cli"},
 }
 
 

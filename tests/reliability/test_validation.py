@@ -43,7 +43,19 @@ def digest(folder: Path) -> dict[str, str]:
     (("sweep", "tiny", "seed=range(0,5,0)"), "seed: range() arg 3 must not be zero"),
     (("sweep", "../tiny"), "no paths"),
     (("sweep", "sub/tiny"), "no paths"),
-    (("sweep", "tiny", "optim.lrr=0.1"), "optim.lrr: unknown config key; allowed in 'optim': "),
+    (("sweep", "tiny", "optim.lrr=0.1"), "optim.lrr: unknown config key; allowed in optim=sgd: lr, name, "
+                                         "temperature"),
+    # the keys of the option chosen, not of every model (vgg has no depth)
+    (("sweep", "tiny", "model=vgg", "model.depth=3"), "model.depth: unknown config key; allowed in model=vgg: "
+                                                      "activation, alpha, center, convs_per_stage, name, stages"),
+    (("sweep", "tiny", "optim.temperature=interval(0.001,0.1)"),
+     "optim.temperature: interval(0.001,0.1) is an interval, and a grid needs discrete values: use range() or a "
+     "list, or an Optuna sweeper"),
+    (("sweep", "tiny", "model=glob(z*)"), "model: glob(z*) selects none of the options cnn, mlp, perceptron, vgg"),
+    (("sweep", "tiny", "optim.lr=glob(*)"), "optim.lr: glob() selects options of a config group ("),
+    (("--sweeps-dir", "/nonexistent", "sweep", "tiny"), "--sweeps-dir /nonexistent: not a folder"),
+    (("status", "no_such_sweep"), "unknown sweep 'no_such_sweep': no sweep file (available: badrefine, empty, "
+                                  "latin1, refined, tiny, twice) and no runs of it in sqlite:///"),
     (("sweep", "tiny", "modle.alpha=2"), "modle.alpha: unknown config key"),
     (("sweep", "tiny", "data.batch_size=abc"), "data.batch_size: expected an integer, got 'abc'"),
     (("sweep", "tiny", "optim.temperature=0"), "optim.temperature: must be > 0"),

@@ -39,6 +39,17 @@ def test_command_line_overrides_replace_or_add_axes(sweeps_dir):
     assert len(expand(base + ["seed=range(4)"])) == 8
 
 
+def test_glob_sweeps_the_options_of_a_config_group():
+    """model=glob(...) is an axis of the model options it selects, as in Hydra's sweepers."""
+    base = ["optim.temperature=0.01", "data.n_train=64", "data.batch_size=8"]
+    trials = expand(base + ["model=glob([mlp,perceptron])"])
+    assert [t.config["model"]["name"] for t in trials] == ["mlp", "perceptron"]
+    assert [t.swept["model"] for t in trials] == ["mlp", "perceptron"]
+    trials = expand(base + ["model=glob(*,exclude=[cnn,vgg])", "loss=glob(*,exclude=cross_entropy)"])
+    assert sorted((t.config["model"]["name"], t.config["loss"]["name"]) for t in trials) == [
+        ("mlp", "hinge"), ("mlp", "mse"), ("perceptron", "hinge"), ("perceptron", "mse")]
+
+
 def test_identity_ignores_non_identity_groups_and_lr_spelling(sweeps_dir):
     (sweeps_dir / "tiny.yaml").write_text(TINY)
     base = spec.load("tiny").override_strings() + ["seed=0", "model.alpha=1"]

@@ -41,7 +41,7 @@ def batch_ratio(probes: pd.DataFrame, out_dir: Path) -> tuple[list[str], Files, 
         handles = []
         for i, (name, part) in enumerate(line_parts(long, keys)):
             g = part.groupby("b")["value"]
-            agg = pd.DataFrame({"mean": g.mean(), "se": g.std(ddof=1) / np.sqrt(g.count()), "n": g.count()})
+            agg = pd.DataFrame({"mean": g.mean(), "se": g.sem(), "n": g.count()})
             fit = fit_batch_ratio(part["b"], part["N_probe"], part["value"])
             N = float(np.nanmedian(part["N_probe"].astype(float)))
             colour = f"C{i % 10}"

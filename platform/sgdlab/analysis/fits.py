@@ -1,9 +1,9 @@
 """Fits: power laws y = a x^b, and the temperature T_c where SGD noise starts to move the weights.
 
-Power law: ordinary least squares of log y = log a + b log x over the points with finite, positive x and y, at
-least MIN_FIT_POINTS distinct x (two points determine a line exactly and say nothing of a power law). With
-u = log x, S_uu = sum (u - mean u)^2 and residual sum of squares RSS, the exponent's standard error is
-sqrt(RSS / (n - 2) / S_uu) (the regression covariance).
+Power law: ordinary least squares of log y = log a + b log x (scipy.stats.linregress) over the points with finite,
+positive x and y, at least MIN_FIT_POINTS distinct x (two points determine a line exactly and say nothing of a
+power law). With u = log x, S_uu = sum (u - mean u)^2 and residual sum of squares RSS, the exponent's standard
+error is sqrt(RSS / (n - 2) / S_uu) (the regression covariance).
 
 T_c (Sclocchi, Geiger & Wyart 2023): at small T the seed-averaged weight change ||w - w0|| / ||w0|| sits on a
 plateau (gradient-flow limit) and grows as a power of T above T_c. Criterion: plateau = mean weight change at
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from sgdlab.analysis.frames import aggregate
 
@@ -56,14 +57,9 @@ def fit_power_law(x, y) -> PowerLaw:
     if len(np.unique(u)) < MIN_FIT_POINTS:
         raise ValueError(f"a power-law fit needs at least {MIN_FIT_POINTS} distinct positive x values, got "
                          f"{len(np.unique(u))}")
-    du = u - u.mean()
-    s_uu = du @ du
-    slope = du @ (v - v.mean()) / s_uu
-    intercept = v.mean() - slope * u.mean()
-    residual = v - intercept - slope * u
-    dof = len(u) - 2
-    stderr = math.sqrt(residual @ residual / dof / s_uu) if dof > 0 else math.nan
-    return PowerLaw(exponent=float(slope), stderr=stderr, prefactor=math.exp(intercept), n=len(u))
+    line = stats.linregress(u, v)
+    return PowerLaw(exponent=float(line.slope), stderr=float(line.stderr), prefactor=math.exp(line.intercept),
+                    n=len(u))
 
 
 def critical_temperature(T, weight_change, factor: float = FACTOR, n_plateau: int = N_PLATEAU) -> float:

@@ -140,8 +140,8 @@ def aggregate(frame: pd.DataFrame, by: list[str], metrics: list[str] | None = No
     groups = work.groupby(by, dropna=False, sort=True)
     out = groups[["n_trials", "n_finished", "n_diverged", "n_failed", "n_unfinished"]].sum().astype(int)
     out["frac_diverged"] = out["n_diverged"] / out["n_finished"].where(out["n_finished"] > 0)
-    n, mean, std = groups[metrics].count(), groups[metrics].mean(), groups[metrics].std(ddof=1)
+    n, mean, se = groups[metrics].count(), groups[metrics].mean(), groups[metrics].sem()
     columns = {}
     for m in metrics:
-        columns.update({f"{m}_mean": mean[m], f"{m}_se": std[m] / np.sqrt(n[m]), f"{m}_n": n[m]})
+        columns.update({f"{m}_mean": mean[m], f"{m}_se": se[m], f"{m}_n": n[m]})
     return pd.concat([out, pd.DataFrame(columns, index=out.index)], axis=1).reset_index()

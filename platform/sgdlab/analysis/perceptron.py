@@ -8,8 +8,8 @@ p_exponents: for each metric of METRICS the frame holds, each (chi, T) and each 
 varies, a data.seed), b_r = the least-squares slope of log metric against log P (fits.fit_power_law) over that
 replica's converged runs, when they cover at least MIN_P values of P. A run stopped by max_steps has not fitted its
 data and a diverged one has no norm: both are left out. Over the replicas: b = mean of b_r, its standard error
-std/sqrt(n) (ddof = 1) and a bootstrap 68% interval (the 15.9 and 84.1 percentiles of the mean of N_BOOTSTRAP
-resamples of the replicas, with replacement; NaN for one replica).
+std/sqrt(n) (ddof = 1, scipy.stats.sem) and a bootstrap 68% interval (scipy.stats.bootstrap: the 15.9 and 84.1
+percentiles of the mean of N_BOOTSTRAP resamples of the replicas, with replacement; NaN for one replica).
 Whether a T is in the noise-dominated regime is read off norm_plot: there ||w - w0|| / T does not depend on T,
 and the lines of the different T fall on one another.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from sgdlab.analysis import plots
 from sgdlab.analysis.fits import fit_power_law
@@ -49,9 +50,9 @@ def bootstrap_interval(values, seed: int = 0) -> tuple[float, float]:
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return np.nan, np.nan
-    means = np.random.default_rng(seed).choice(values, size=(N_BOOTSTRAP, len(values))).mean(axis=1)
-    low, high = np.percentile(means, [15.87, 84.13])
-    return float(low), float(high)
+    interval = stats.bootstrap((values,), np.mean, n_resamples=N_BOOTSTRAP, confidence_level=0.6827,
+                               method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    return float(interval.low), float(interval.high)
 
 
 def p_exponents(frame: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +68,7 @@ def p_exponents(frame: pd.DataFrame) -> pd.DataFrame:
                     slopes.append(fit_power_law(runs["P"], runs[metric]).exponent)
                     n_P = max(n_P, runs["P"].nunique())
             if slopes:
-                se = np.std(slopes, ddof=1) / np.sqrt(len(slopes)) if len(slopes) > 1 else np.nan
+                se = stats.sem(slopes) if len(slopes) > 1 else np.nan
                 low, high = bootstrap_interval(slopes)
                 rows.append({"metric": metric, "chi": chi, "T": T, "claim": float(claimed_exponent(chi)),
                              "exponent": np.mean(slopes), "exponent_se": se, "low": low, "high": high,

@@ -25,7 +25,7 @@ def layer_sensitivity(layers: pd.DataFrame) -> pd.DataFrame:
         trace = part["trace"].astype(float)
         trace = trace[np.isfinite(trace)]
         if len(trace) >= 2:
-            se = float(trace.std(ddof=1) / np.sqrt(len(trace)))
+            se = float(trace.sem())
         elif len(trace) == 1:
             se = float(part.loc[trace.index, "trace_se"].iloc[0])
         else:

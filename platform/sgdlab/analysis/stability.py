@@ -141,7 +141,7 @@ def predicted_stable_lr(frame: pd.DataFrame) -> pd.DataFrame:
         if per_seed.empty:
             continue
         lam = per_seed[column]
-        se = float(lam.std(ddof=1) / math.sqrt(len(lam))) if len(lam) > 1 else math.nan
+        se = float(lam.sem())  # NaN for one seed
         rows.append({"B": b, "lambda_B": float(lam.mean()), "lambda_B_se": se, "lr_predicted": 2 / float(lam.mean()),
                      "lr_full_batch": 2 / float((lam / per_seed[ratio]).mean()), "n": len(lam)})
     return pd.DataFrame(rows, columns=columns)

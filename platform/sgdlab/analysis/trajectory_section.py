@@ -76,12 +76,11 @@ def sharpness_trajectories(frame: pd.DataFrame, histories: dict, out_dir: Path) 
         values = values if isinstance(values, tuple) else (values,)
         r = part["eos_ratio"].astype(float)
         rows.append([*(plots.number(v) for v in values), str(len(part)),
-                     plus_minus(part["final_sharpness"].mean(),
-                                part["final_sharpness"].std(ddof=1) / np.sqrt(len(part))),
-                     f"{2 / values[0]:.3g}", plus_minus(r.mean(), r.std(ddof=1) / np.sqrt(r.notna().sum()))])
+                     plus_minus(part["final_sharpness"].mean(), part["final_sharpness"].sem()),
+                     f"{2 / values[0]:.3g}", plus_minus(r.mean(), r.sem())])
         if "batch_eos_ratio" in part:
             b = part["batch_eos_ratio"].astype(float)
-            rows[-1].append(plus_minus(b.mean(), b.std(ddof=1) / np.sqrt(b.notna().sum())))
+            rows[-1].append(plus_minus(b.mean(), b.sem()))
     lines += markdown_table(["lr", *keys, "runs", "final sharpness", "2/lr", "eos_ratio",
                              *(["batch eos_ratio"] if "batch_eos_ratio" in runs else [])], rows)
     return lines, [(path, "sharpness against step, one panel per lr, with 2/lr (edge of stability)")], [
