@@ -15,6 +15,7 @@ its trial's final `app.objective` metric, the value a sweeper such as Optuna opt
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
@@ -75,11 +76,14 @@ def job_trials(override_lists: list[list[str]]):
     if objective not in METRICS:
         raise ConfigError(f"app.objective: {objective!r} is not a final metric of a trial; allowed: "
                           f"{', '.join(METRICS)}")
+    by_key = [{parse_override(line).get_key_element().lstrip("+~"): line for line in overrides}
+              for overrides in override_lists]
+    # a run is named by the overrides that differ between the jobs (all of them for a job launched alone)
+    varied = {k for keys in by_key for k in keys if len({keys.get(k) for keys in by_key}) > 1 or len(by_key) == 1}
     trials = []
-    for overrides, raw in zip(override_lists, raws):
+    for overrides, keys, raw in zip(override_lists, by_key, raws):
         config = validate(raw)
-        keys = {parse_override(line).get_key_element().lstrip("+~"): line for line in overrides}
-        named = {k: line for k, line in keys.items() if k.split(".")[0] != APP_GROUP}  # the job's run name
+        named = {k: line for k, line in keys.items() if k in varied and k.split(".")[0] != APP_GROUP}
         trials.append(Trial(trial_id(config), config, tuple(overrides), swept_values(config, named)))
     return sweep, objective, trials
 
@@ -128,24 +132,27 @@ run_trial.sgdlab_app = True  # what hydra/launcher=sgdlab checks: it launches th
 hydra_main = hydra.main(config_path=str(paths.conf_dir()), config_name="config", version_base="1.3")(run_trial)
 
 
-def first_corner(overrides: list[str], grid: bool) -> list[str]:
-    """One trial of the command line's overrides: every sweep at its first value. An interval is a sampler's (at
-    its start), refused by a grid (grid: the basic sweeper, or no sweep at all)."""
+def checked_jobs(overrides: list[str], grid: bool) -> list[list[str]]:
+    """The jobs to check before Hydra starts: every job of a grid (grid: the basic sweeper, or one run), or one
+    corner of a sampler's search space, each sweep at its first value and an interval at its start."""
     from sgdlab.sweep.expand import parse_axes
 
+    if grid:  # parse_axes refuses an interval: a grid needs values
+        return [list(job) for job in itertools.product(*parse_axes(overrides).values())]
     corner = []
     for line in overrides:
         override = parse_override(line)
-        if override.is_interval_sweep() and not grid:
+        if override.is_interval_sweep():
             corner.append(f"{override.get_key_element()}={override.value().start}")
         else:
             corner.append(next(iter(parse_axes([line]).values()))[0])
-    return corner
+    return [corner]
 
 
 def main() -> None:
-    """The console script: the command line's trial overrides are checked first, at one corner of the sweep, so
-    that an unknown key or an impossible value is one line and exit code 2 (as for `sgdlab sweep`); then Hydra."""
+    """The console script: the command line's trial overrides are checked first (checked_jobs), so that an
+    unknown key or an impossible value is one line and exit code 2 before anything runs, as for `sgdlab sweep`;
+    then Hydra."""
     from hydra._internal.utils import get_args_parser  # Hydra's own command line (hydra-core pinned)
 
     from sgdlab.cli.main import err
@@ -158,7 +165,7 @@ def main() -> None:
             trial = [o.input_line for o in parsed if not o.is_hydra_override()]
             sweepers = [o.value() for o in parsed if o.get_key_element() == "hydra/sweeper"]
             grid = not args.multirun or sweepers in ([], ["basic"])
-            job_trials([first_corner(trial, grid)])
+            job_trials(checked_jobs(trial, grid))
         except ConfigError as exc:
             err.print(f"sgdlab-run: error: {exc}", markup=False, highlight=False)
             raise SystemExit(2) from None
