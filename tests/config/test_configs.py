@@ -24,7 +24,10 @@ BASE_OVERRIDES = ["optim.temperature=0.01"]
 # composes alone nor has an entry here fails test_option_composes_and_validates.
 EXTRA_OVERRIDES: dict[str, list[str]] = {"data=digits": ["loss=mse"]}  # ten classes: the hinge loss is binary
 
-OPTION_FILES = sorted(paths.conf_dir().glob("*/*.yaml"))
+# Experiment configs (`sgdlab-run -m +experiment=NAME`) are not options of a trial's group: they set keys of many
+# groups and a Hydra sweeper's grid (test_experiment_configs_expand_their_sweeper_grid).
+EXPERIMENTS = sorted((paths.conf_dir() / "experiment").glob("*.yaml"))
+OPTION_FILES = sorted(set(paths.conf_dir().glob("*/*.yaml")) - set(EXPERIMENTS))
 
 
 def option_id(path: Path) -> str:
@@ -92,3 +95,16 @@ def test_sweep_scale_expands_to_valid_trials(composer, sweep_scale):
     if scale != spec.DEFAULT_SCALE:
         overrides = first_corner(overrides)
     assert expand(overrides, composer), f"{sweep_scale} expands to no trial"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_experiment_configs_expand_their_sweeper_grid(composer, path):
+    """An experiment's hydra.sweeper.params expand, after `+experiment=NAME`, into valid trials (as the basic
+    sweeper expands them); noise_grid's are the trials of sweeps/smoke.yaml, with the same trial ids."""
+    choice = f"+experiment={path.stem}"
+    params = composer.sweeper_params([choice])
+    assert params, f"{path.name} has no hydra.sweeper.params"
+    trials = expand([choice, *params], composer)
+    assert trials
+    if path.stem == "noise_grid":
+        assert [t.trial_id for t in trials] == [t.trial_id for t in expand(spec.load("smoke").override_strings())]

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sgdlab import paths
-from sgdlab.config.schema import OPTIONS, SINGLE, ConfigError
+from sgdlab.config.schema import APP_GROUP, OPTIONS, SINGLE, ConfigError
 from sgdlab.config.validation import validate
 
 
@@ -68,7 +68,7 @@ def allowed_keys(key: str, option: str | None = None) -> list[str]:
     options = OPTIONS.get(group, {})
     schemas = ([options[option]] if option in options else list(options.values())) or (
         [SINGLE[group]] if group in SINGLE else [])
-    return sorted({f.name for s in schemas for f in dataclasses.fields(s)}) or sorted([*OPTIONS, *SINGLE, "seed"])
+    return sorted({f.name for s in schemas for f in dataclasses.fields(s)}) or sorted([*OPTIONS, *SINGLE, "seed", APP_GROUP])
 
 
 class Composer:
@@ -115,6 +115,19 @@ class Composer:
                         raise ConfigError(hydra_error_line(exc, chosen)) from None
                     out.append(OmegaConf.to_container(cfg, resolve=True))
             return out
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise ConfigError(hydra_error_line(exc)) from None
+        finally:
+            GlobalHydra.instance().clear()
+
+    def sweeper_params(self, overrides: Sequence[str]) -> list[str]:
+        """The `hydra.sweeper.params` of the config these overrides compose (an experiment config may set them), as
+        override strings `key=value`, which a Hydra sweeper puts before the command line's."""
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(self.config_dir), version_base="1.3"):
+                hydra_node = compose(config_name="config", overrides=list(overrides), return_hydra_config=True).hydra
+            return [f"{key}={value}" for key, value in (hydra_node.sweeper.get("params") or {}).items()]
         except (HydraException, OmegaConfBaseException) as exc:
             raise ConfigError(hydra_error_line(exc)) from None
         finally:
