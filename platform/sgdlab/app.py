@@ -165,7 +165,8 @@ def main() -> None:
             trial = [o.input_line for o in parsed if not o.is_hydra_override()]
             sweepers = [o.value() for o in parsed if o.get_key_element() == "hydra/sweeper"]
             grid = not args.multirun or sweepers in ([], ["basic"])
-            params = Composer().sweeper_params(o.input_line for o in parsed) if args.multirun else []
+            fixed = [o.input_line for o in parsed if not o.is_sweep_override()]  # what the sweeper's config has
+            params = Composer().sweeper_params(fixed) if args.multirun else []
             job_trials(checked_jobs([*params, *trial], grid))
         except ConfigError as exc:
             err.print(f"sgdlab-run: error: {exc}", markup=False, highlight=False)
