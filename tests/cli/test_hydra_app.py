@@ -28,28 +28,36 @@ def sgdlab_run(*args: str, cwd: Path, command=SGDLAB_RUN, timeout: float = 600) 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("shared_ray")
-def test_multirun_records_trials_that_status_counts_and_a_rerun_skips(tmp_path):
-    """`sgdlab-run -m hydra/launcher=sgdlab T=a,b seed=0,1`: 4 FINISHED runs with the trial ids `sgdlab sweep`
-    gives the same overrides, counted by `sgdlab status`, skipped by a second run."""
+def test_multirun_records_trials_that_status_counts_resubmit_reruns_and_a_rerun_skips(tmp_path):
+    """`sgdlab-run -m hydra/launcher=sgdlab T=a,b seed=0,1` with the seed-1 trials failing (fault injection): exit 1,
+    4 runs with the trial ids `sgdlab sweep` gives the same overrides; `sgdlab status` counts them, `sgdlab
+    resubmit` reruns the 2 failed ones, and a second sgdlab-run skips all 4."""
     grid = ["optim.temperature=1e-3,1e-2", "seed=0,1", *TINY_TRIAL]
-    out = sgdlab_run("-m", "hydra/launcher=sgdlab", *grid, "app.sweep=hydra_grid", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "4 to run" in out.stderr and "4 finished" in out.stderr
+    out = sgdlab_run("-m", "hydra/launcher=sgdlab", *grid, "app.sweep=hydra_grid", "fault.raise_at_step=5",
+                     "fault.seeds=[1]", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "4 to run" in out.stderr and "2 finished" in out.stderr and "2 failed" in out.stderr
+    assert "Rerun the failed trials with: make resubmit EXP=hydra_grid" in out.stderr
 
     _, runs = mlflow_runs(tmp_path / "mlflow.db", "hydra_grid")
-    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
     assert {r.data.tags["sgdlab.trial_id"] for r in runs} == {t.trial_id for t in expand(grid)}
-    assert {(r.data.params["optim.temperature"], r.data.params["seed"]) for r in runs} == {
-        ("0.001", "0"), ("0.001", "1"), ("0.01", "0"), ("0.01", "1")}
+    assert {(r.data.params["optim.temperature"], r.data.params["seed"], r.info.status) for r in runs} == {
+        ("0.001", "0", "FINISHED"), ("0.001", "1", "FAILED"), ("0.01", "0", "FINISHED"), ("0.01", "1", "FAILED")}
     assert sorted(r.data.tags["mlflow.runName"] for r in runs) == [  # named by the overrides that vary, and P
         "T=0.001 seed=0 P=64", "T=0.001 seed=1 P=64", "T=0.01 seed=0 P=64", "T=0.01 seed=1 P=64"]
     status = status_json(tmp_path, "hydra_grid")
-    assert status["trials"] == 4 and status["counts"]["finished"] == 4
+    assert status["trials"] == 4 and status["counts"]["finished"] == 2 and status["counts"]["failed"] == 2
+
+    resubmitted = subprocess.run([*SGDLAB, "resubmit", "hydra_grid", "report.auto=false"], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=600)
+    assert resubmitted.returncode == 0 and "2 finished" in resubmitted.stderr, resubmitted.stderr
+    assert status_json(tmp_path, "hydra_grid")["counts"]["finished"] == 4
 
     again = sgdlab_run("-m", *grid, "app.sweep=hydra_grid", cwd=tmp_path)  # the sgdlab launcher is the default
     assert again.returncode == 0, again.stderr
     assert "4 already finished (skipped)" in again.stderr and "nothing to run." in again.stderr
-    assert len(mlflow_runs(tmp_path / "mlflow.db", "hydra_grid")[1]) == 4
+    _, runs = mlflow_runs(tmp_path / "mlflow.db", "hydra_grid")
+    assert sorted(r.info.status for r in runs) == ["FAILED"] * 2 + ["FINISHED"] * 4
 
     job = sgdlab_run("--cfg", "job", "optim.temperature=1e-3", "model.width=8", cwd=tmp_path,
                      command=[sys.executable, "-m", "sgdlab.app"])
