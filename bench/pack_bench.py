@@ -5,7 +5,9 @@ own alpha, lr and seed) are trained three ways, and the throughput is counted in
   one at a time   sgdlab's unpacked path (training/loop.py train(): a pack of one), one trial after another;
   processes       N processes sharing the device, each training trials one at a time (what fractional-GPU Ray
                   tasks and Ray Tune trials amount to);
-  packed          training/loop.py train_pack() on M members in one process.
+  packed          training/loop.py train_pack() on M members in one process;
+  plain vmap      the limit packing chases: a minimal torch.func.vmap loop over the same M members with the same
+                  maths and no sgdlab bookkeeping (plain_vmap_rate); `x plain vmap` is packed / plain vmap.
 Every trial runs exactly --steps updates (stop_when_fitted off) with one evaluation at the end, one thread
 per process. The last part measures how far packed float32 members are from the same trials trained alone
 (summation order differs), which is not equality; in float64 the tests hold them to 1e-6.
@@ -110,6 +112,51 @@ def packed(cfgs: list[dict], device: str) -> tuple[float, dict[str, float]]:
     return sum(c["train"]["max_steps"] for c in cfgs) / (ended - started), parts
 
 
+def plain_vmap_rate(cfgs: list[dict], device: str) -> float:
+    """Trial-steps/s of the limit a pack chases: a plain loop of torch.func.vmap(grad) over the members' stacked
+    parameters with the same maths (each member's own alpha and lr, a batch of B distinct indices of its own, the
+    centred output F = alpha (f(w, x) - f(w0, x)), the hinge loss mean(relu(1 - y F)) / alpha, w -= lr grad) and
+    none of sgdlab's bookkeeping (no stopping rules, metrics or snapshots). The members start from one
+    initialization (set-up is not timed); the host waits for the device once, after the last step."""
+    from torch.func import functional_call, grad, vmap
+
+    from sgdlab.training.problem import build_problem
+
+    torch.set_num_threads(1)
+    problem = build_problem(cfgs[0], device=device)
+    module, x = problem.module, problem.data.x_train
+    y = (2.0 * problem.data.y_train - 1).to(x.dtype)
+    members, steps, (n, b) = len(cfgs), cfgs[0]["train"]["max_steps"], (len(x), cfgs[0]["data"]["batch_size"])
+    params = {k: v[None].repeat(members, *[1] * v.dim()).clone() for k, v in problem.params0.items()}
+    f0 = problem.f0_train[:, 0]
+    alpha = torch.tensor([c["model"]["alpha"] for c in cfgs], dtype=x.dtype, device=device)
+    lr = torch.tensor([c["optim"]["lr"] for c in cfgs], dtype=x.dtype, device=device)
+
+    def loss(p, idx, a):
+        F = a * (functional_call(module, p, (x[idx],))[:, 0] - f0[idx])
+        return torch.relu(1 - y[idx] * F).mean() / a
+
+    step_grad = vmap(grad(loss))
+
+    def step(params):
+        idx = torch.rand(members, n, device=device).topk(b, dim=1).indices  # B distinct indices per member
+        grads = step_grad(params, idx, alpha)
+        return {k: v - lr.view(-1, *[1] * (v.dim() - 1)) * grads[k] for k, v in params.items()}
+
+    params = step(params)  # warm-up: torch.func's first call
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        params = step(params)
+    synchronize(device)
+    return members * steps / (time.perf_counter() - started)
+
+
+def synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def profile_packed(members: int, device: str, warmup: int = 5, active: int = 20) -> None:
     """The ops of `active` steady steps of a pack of `members` (after `warmup` steps), by their own time on the
     device (on the CPU when the device is the CPU), from torch.profiler."""
@@ -155,16 +202,19 @@ def main() -> None:
     rows = [("one at a time", 1, one_at_a_time(configs(args.alone, args.steps), args.device))]
     for n in args.processes:
         rows.append((f"{n} processes", n, processes(configs(max(args.alone, 2 * n), args.steps), n, args.device)))
-    parts = {}
+    parts, plain = {}, {}
     for m in args.members:
         rate, parts[m] = packed(configs(m, args.steps), args.device)
         rows.append((f"packed, {m} members", m, rate))
+        plain[m] = plain_vmap_rate(configs(m, args.steps), args.device)
+        rows.append((f"plain vmap, {m}", m, plain[m]))
     base, best_processes = rows[0][2], max(r[2] for r in rows if "processes" in r[0])
     print(f"\n{args.device}, {args.steps} steps per trial, MLP 64-128-128-1 on {BASE_CONFIG['data']['name']}, "
           f"hinge, B=16, P=1024 (torch threads per process: 1)")
-    print(f"{'way':<22}{'trial-steps/s':>15}{'x one-at-a-time':>17}{'x best processes':>18}")
-    for name, _, rate in rows:
-        print(f"{name:<22}{rate:>15,.0f}{rate / base:>17.2f}{rate / best_processes:>18.2f}")
+    print(f"{'way':<22}{'trial-steps/s':>15}{'x one-at-a-time':>17}{'x best processes':>18}{'x plain vmap':>14}")
+    for name, m, rate in rows:
+        limit = f"{rate / plain[m]:>14.2f}" if name.startswith("packed") else ""
+        print(f"{name:<22}{rate:>15,.0f}{rate / base:>17.2f}{rate / best_processes:>18.2f}{limit}")
     print(f"\nwhere a pack's time went (s), and its steps alone in trial-steps/s\n"
           f"{'members':<10}{'set-up':>9}{'steps':>9}{'end':>9}{'steps alone':>14}")
     for m, p in parts.items():

@@ -31,6 +31,7 @@ import time
 import numpy as np
 import torch
 
+from pack_bench import plain_vmap_rate  # bench/ is the script's folder
 from sgdlab.config.compose import Composer
 from sgdlab.training.loop import Member, train, train_pack
 from sgdlab.training.problem import build_problem
@@ -130,30 +131,6 @@ def sgdlab_packed_rate(cfgs: list[dict]) -> float:
     return len(cfgs) * (len(ticks) - 1) / (ticks[-1] - ticks[0])
 
 
-def plain_vmap_rate(cfgs: list[dict]) -> float:
-    """A plain loop of torch.func.vmap(grad) over the members' stacked parameters, one batch per member."""
-    from torch.func import functional_call, grad, vmap
-
-    problem = build_problem(cfgs[0])
-    module, x = problem.module, problem.data.x_train
-    y = (2.0 * problem.data.y_train - 1).to(x.dtype)
-    members, steps, (n, b) = len(cfgs), cfgs[0]["train"]["max_steps"], (len(x), cfgs[0]["data"]["batch_size"])
-    params = {k: v[None].repeat(members, *[1] * v.dim()).clone() for k, v in problem.params0.items()}
-    f0, alpha, lr = problem.f0_train[:, 0], cfgs[0]["model"]["alpha"], cfgs[0]["optim"]["lr"]
-
-    def loss(p, idx):
-        F = alpha * (functional_call(module, p, (x[idx],))[:, 0] - f0[idx])
-        return torch.relu(1 - y[idx] * F).mean() / alpha
-
-    step_grad = vmap(grad(loss))
-    started = time.perf_counter()
-    for _ in range(steps):
-        idx = torch.rand(members, n).topk(b, dim=1).indices  # B distinct indices per member
-        grads = step_grad(params, idx)
-        params = {k: params[k] - lr * grads[k] for k in params}
-    return members * steps / (time.perf_counter() - started)
-
-
 def microseconds(fn, calls: int = 2000) -> float:
     """Best of three timings of `calls` calls, per call."""
     best = float("inf")
@@ -221,7 +198,7 @@ def main() -> None:
     print(f"{'members':<12}{'sgdlab':>10}{'vmap':>10}{'ratio':>8}")
     for members in args.members:
         cfgs = packed_configs(members, args.packed_steps)
-        rate_pack, rate_vmap = sgdlab_packed_rate(cfgs), plain_vmap_rate(cfgs)
+        rate_pack, rate_vmap = sgdlab_packed_rate(cfgs), plain_vmap_rate(cfgs, "cpu")
         print(f"{members:<12}{rate_pack:>10.0f}{rate_vmap:>10.0f}{rate_pack / rate_vmap:>8.2f}", flush=True)
     sampler_table()
 
