@@ -13,7 +13,8 @@ on them, the hinge loss mean(relu(1 - y F)) / alpha, its gradient, and w -= lr g
               compiles (its seconds are printed);
   torch       a plain eager loop: torch.randperm(P)[:B], autograd, an in-place update;
   numpy       (perceptron) the same in numpy, with the gradient written by hand.
-Packed: train_pack() on M MLP members against a plain loop of torch.func.vmap(grad) over the same M members.
+Packed: train_pack() on M MLP members against a plain loop of torch.func.vmap(grad) over the same M members
+(pack_bench.plain_vmap_rate).
 Sampler: one member's batch of B = 8 distinct indices: sgdlab's counter-based draw for one step
 (training/sampler.py batch_indices), per step as the loop draws it (Batches: many steps at a time), beside
 torch.randperm(P)[:B] and the O(P) smallest-keys rule (sgdlab's rule before numerics version 2).

@@ -1,7 +1,8 @@
 """Hydra composition of trial configs: `conf/` + override strings -> validated plain dict.
 
 `Composer` initializes Hydra once and composes many trials (a sweep of thousands composes in seconds).
-This module is sgdlab's one wrapper of Hydra's API.
+This module is sgdlab's one wrapper of Hydra's composition API (sgdlab/app.py is the Hydra app itself, and
+hydra_plugins/sgdlab_launcher its launcher plugin).
 Hydra's own errors (unknown key, unknown group option, grammar) become one-line `ConfigError`s.
 """
 
@@ -17,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl  # the override step of compose (hydra-core pinned)
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -50,6 +51,23 @@ def hydra_error_line(exc: BaseException, chosen: dict[str, str] | None = None) -
 def group_options(group: str, config_dir: Path | None = None) -> list[str]:
     """The options of a config group: the names of conf/GROUP/*.yaml."""
     return sorted(p.stem for p in (Path(config_dir or paths.conf_dir()) / group).glob("*.yaml"))
+
+
+def glob_options(group: str, override: Override) -> list[str] | None:
+    """The options of config group `group` that a glob() override selects (model=glob(*): every model); None
+    when the override is no glob()."""
+    pattern = override.value()
+    if not isinstance(pattern, Glob):
+        return None
+    options, text = group_options(group), override.input_line.split("=", 1)[1]
+    if not options:
+        groups = sorted(p.name for p in paths.conf_dir().iterdir() if p.is_dir())
+        raise ConfigError(f"{group}: glob() selects options of a config group ({', '.join(groups)}); "
+                          f"{group} is not one")
+    chosen = pattern.filter(options)
+    if not chosen:
+        raise ConfigError(f"{group}: {text} selects none of the options {', '.join(options)}")
+    return chosen
 
 
 def parse_override(line: str) -> Override:

@@ -12,10 +12,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
-from hydra.core.override_parser.types import Glob
-
-from sgdlab import paths
-from sgdlab.config.compose import Composer, group_options, parse_override
+from sgdlab.config.compose import Composer, glob_options, parse_override
 from sgdlab.config.schema import ConfigError
 from sgdlab.sweep.identity import trial_id
 from sgdlab.params import flatten, param_text
@@ -48,8 +45,9 @@ def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
         if parsed.is_interval_sweep():
             raise ConfigError(f"{name}: {line.split('=', 1)[1]} is an interval, and a grid needs discrete values: use "
                               "range() or a list, or an Optuna sweeper (sgdlab-run -m hydra/sweeper=optuna)")
-        if isinstance(parsed.value(), Glob):
-            axes[name] = [f"{key}={v}" for v in glob_options(name, parsed.value(), line)]
+        chosen = glob_options(name, parsed)
+        if chosen is not None:
+            axes[name] = [f"{key}={v}" for v in chosen]
         elif parsed.is_sweep_override():
             try:
                 values = list(parsed.sweep_string_iterator())
@@ -61,23 +59,6 @@ def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
         else:
             axes[name] = [line]
     return axes
-
-
-def glob_options(group: str, pattern: Glob, line: str) -> list[str]:
-    """The options of config group `group` that glob() `pattern` selects (model=glob(*): every model)."""
-    options = group_options(group)
-    if not options:
-        raise ConfigError(f"{group}: glob() selects options of a config group ({', '.join(top_groups())}); "
-                          f"{group} is not one")
-    chosen = pattern.filter(options)
-    if not chosen:
-        raise ConfigError(f"{group}: {line.split('=', 1)[1]} selects none of the options {', '.join(options)}")
-    return chosen
-
-
-def top_groups() -> list[str]:
-    """The config groups of conf/ (folders of options)."""
-    return sorted(p.name for p in paths.conf_dir().iterdir() if p.is_dir())
 
 
 def expand(overrides: Sequence[str], composer: Composer | None = None) -> list[Trial]:
