@@ -163,6 +163,9 @@ def main() -> None:
         try:
             parsed = [parse_override(o) for o in args.overrides]
             trial = [o.input_line for o in parsed if not o.is_hydra_override()]
+            swept = next((o for o in parsed if o.is_sweep_override() and not o.is_hydra_override()), None)
+            if swept is not None and not args.multirun:
+                raise ConfigError(f"{swept.input_line}: several values run several trials: add -m (--multirun)")
             sweepers = [o.value() for o in parsed if o.get_key_element() == "hydra/sweeper"]
             grid = not args.multirun or sweepers in ([], ["basic"])
             fixed = [o.input_line for o in parsed if not o.is_sweep_override()]  # what the sweeper's config has

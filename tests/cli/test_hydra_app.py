@@ -100,6 +100,7 @@ def test_optuna_batches_run_packed_through_the_launcher_and_get_their_objective(
     (("-m", "optim.temperature=1e-3,0"), "optim.temperature: must be > 0, got 0"),
     # with an experiment config: its hydra.sweeper.params and the command line make the grid that is checked
     (("-m", "+experiment=noise_grid", "model.alpha=1,-1"), "model.alpha: must be > 0, got -1"),
+    (("optim.temperature=1e-3,1e-2",), "optim.temperature=1e-3,1e-2: several values run several trials: add -m"),
     (("optim.temperature=1e-3", "app.objective=accuracy"), "app.objective: 'accuracy' is not a final metric"),
     (("optim.temperature=1e-3", "app.sweep=../x"), "sweep name '../x': use letters, digits"),
 ])
