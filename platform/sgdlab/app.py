@@ -103,6 +103,14 @@ def objective_value(runs: list, objective: str, sweep: str) -> float | TrialFail
                        f"{sweep}")
 
 
+def bad_input(exc: Exception) -> SystemExit:
+    """One line on stderr; exit code 2 (as `sgdlab`'s bad input)."""
+    from sgdlab.cli.main import err
+
+    err.print(f"sgdlab-run: error: {exc}", markup=False, highlight=False)
+    return SystemExit(2)
+
+
 def launch_or_exit(override_lists: list[list[str]], report: bool) -> list[float | TrialFailed]:
     """launch, with bad input as one line and exit code 2, and Ctrl-C as exit code 130 (as `sgdlab sweep`)."""
     from sgdlab.cli.main import err
@@ -111,8 +119,7 @@ def launch_or_exit(override_lists: list[list[str]], report: bool) -> list[float 
     try:
         return launch(override_lists, report)
     except (ConfigError, StoreError) as exc:
-        err.print(f"sgdlab-run: error: {exc}", markup=False, highlight=False)
-        raise SystemExit(2) from None
+        raise bad_input(exc) from None
     except KeyboardInterrupt:
         err.print("Stopped. Run what is left with the same sgdlab-run command.")
         raise SystemExit(130) from None
@@ -155,8 +162,6 @@ def main() -> None:
     then Hydra."""
     from hydra._internal.utils import get_args_parser  # Hydra's own command line (hydra-core pinned)
 
-    from sgdlab.cli.main import err
-
     args = get_args_parser().parse_args()
     runs_trials = not (args.help or args.hydra_help or args.info or args.shell_completion or args.cfg)
     if runs_trials and not (args.config_name or args.config_path or args.config_dir):  # conf/config.yaml's trials
@@ -172,8 +177,7 @@ def main() -> None:
             params = Composer().sweeper_params(fixed) if args.multirun else []
             job_trials(checked_jobs([*params, *trial], grid))
         except ConfigError as exc:
-            err.print(f"sgdlab-run: error: {exc}", markup=False, highlight=False)
-            raise SystemExit(2) from None
+            raise bad_input(exc) from None
     hydra_main()
 
 

@@ -102,8 +102,8 @@ def run_and_summarize(name: str, jobs: list, config: dict, uri: str, plan: str, 
     """Run the jobs on Ray (`plan`, what will run, is printed once they are known to fit the cluster; `then`:
     the next rounds' jobs, `view_params`: the swept params, see run_jobs), print the summary and the failed
     trials with how to rerun them (`again`: the command that runs the sweep again, default make sweep), call
-    `after()`, and return the trials' summaries. ConfigError when the cluster
-    can never run them, StoreError when the store went bad meanwhile, KeyboardInterrupt when interrupted."""
+    `after()`, and return the trials' summaries. ConfigError when the cluster can never run them, StoreError
+    when the store went bad meanwhile, KeyboardInterrupt when interrupted."""
     from sgdlab.orchestration.scheduler import run_jobs
 
     again = again or f"make sweep EXP={name}"
@@ -289,7 +289,8 @@ def sweep_status(name: str, overrides: list[str]) -> dict:
     from sgdlab.tracking.location import check_store, resolve_uri, sqlite_path
     from sgdlab.tracking.query import by_trial, sweep_runs
 
-    if name not in sweep_spec.available() and sweep_spec.check_name(name):
+    if name not in sweep_spec.available():
+        sweep_spec.check_name(name)
         return recorded_sweep_status(name, overrides)
     spec, trials, strings = load_trials(name, overrides)
     first = trials[0].config
