@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgdlab.analysis.fits import critical_temperature, critical_temperatures, fit_power_law
+from sgdlab.analysis.fits import (crossing_temperature, departure_temperature, fit_power_law, fit_product_law,
+                                  plateau_crossing)
 from sgdlab.analysis.frames import aggregate, grid_axes, missing_trials, trial_frame
 from sgdlab.analysis.report import build_report
+from sgdlab.analysis.tc_bootstrap import TcCriteria, tc_estimates
 from sgdlab import numerics
 from sgdlab.params import flatten, param_text
 from sgdlab.tracking import tags
@@ -85,16 +87,38 @@ def test_power_law_recovers_planted_exponent_within_its_error_bar():
 
 # --- T_c -----------------------------------------------------------------------------------------------------
 
-def test_critical_temperature_interpolates_the_crossing():
-    # plateau 1, threshold 2, crossing between (100, 1) and (1000, 4): halfway in log -> 100 * sqrt(10)
-    assert critical_temperature([1000, 1, 100, 10], [4, 1, 1, 1]) == pytest.approx(100 * math.sqrt(10), rel=1e-12)
-    # plateau 0.01, threshold 0.02 between (1e-3, 0.015) and (1e-2, 0.04)
+def test_product_law_noiseless_is_exact():
+    T, P = np.meshgrid(np.geomspace(1e-3, 1e-1, 5), [256, 512, 1024, 2048])
+    fit = fit_product_law(T.ravel(), P.ravel(), 0.3 * T.ravel() ** 0.9 * P.ravel() ** 0.4)
+    assert fit.exponents == pytest.approx((0.9, 0.4), abs=1e-12) and fit.prefactor == pytest.approx(0.3, rel=1e-10)
+    assert max(fit.stderrs) < 1e-10 and fit.n == 20
+    with pytest.raises(ValueError, match="distinct x1"):
+        fit_product_law([1, 2, 1, 2], [1, 1, 2, 2], [1, 2, 3, 4])
+
+
+def test_crossing_temperature_interpolates_in_log_log():
+    # level 2 between (100, 1) and (1000, 4): halfway in log -> 100 * sqrt(10); the points may come in any order
+    assert crossing_temperature([1000, 1, 100, 10], [4, 1, 1, 1], 2) == pytest.approx(100 * math.sqrt(10), rel=1e-12)
     T = 10.0 ** np.arange(-6, 1)
     w = [0.01, 0.01, 0.011, 0.015, 0.04, 0.2, 1.0]
-    assert critical_temperature(T, w) == pytest.approx(1e-3 * 10 ** (math.log10(4 / 3) / math.log10(8 / 3)))
-    assert critical_temperature(T, w, factor=3) == pytest.approx(1e-3 * 10 ** (math.log10(2) / math.log10(8 / 3)))
-    assert math.isnan(critical_temperature(T, [0.01] * 7))  # never leaves the plateau
-    assert math.isnan(critical_temperature(T[:2], w[:2]))  # nothing beyond the plateau points
+    assert crossing_temperature(T, w, 0.02) == pytest.approx(1e-3 * 10 ** (math.log10(4 / 3) / math.log10(8 / 3)))
+    assert math.isnan(crossing_temperature(T, w, 2.0))  # never reached inside the grid
+    assert math.isnan(crossing_temperature(T, w, 0.005))  # already above at the smallest T: below the grid
+    # the diagnostic: 2 x the plateau (mean of the 2 smallest T) = 0.02, the same crossing as the fixed level 0.02
+    assert plateau_crossing(T, w) == pytest.approx(crossing_temperature(T, w, 0.02), rel=1e-12)
+    assert math.isnan(plateau_crossing(T[:2], w[:2]))  # nothing beyond the plateau points
+
+
+def test_departure_temperature_counts_both_directions_or_one():
+    T = [1e-3, 1e-2, 1e-1, 1.0]
+    change = [0.0, 0.05, -0.2, 0.3]
+    # |change| passes 0.1 between (1e-2, 0.05) and (1e-1, 0.2): a third of the way in log T
+    assert departure_temperature(T, change, 0.1) == pytest.approx(1e-2 * 10 ** (1 / 3), rel=1e-12)
+    # the fall: -change goes from -0.05 to 0.2, passing 0.1 at 3/5 of the way; the rise: change from -0.2 to 0.3,
+    # passing 0.1 at 3/5 of the way
+    assert departure_temperature(T, change, 0.1, direction=-1) == pytest.approx(1e-2 * 10 ** 0.6, rel=1e-12)
+    assert departure_temperature(T, change, 0.1, direction=1) == pytest.approx(1e-1 * 10 ** 0.6, rel=1e-12)
+    assert math.isnan(departure_temperature(T, change, 0.5))
 
 
 def lazy_sweep(Ps=(256, 1024, 4096), seeds=(0, 1)):
@@ -116,14 +140,42 @@ def lazy_sweep(Ps=(256, 1024, 4096), seeds=(0, 1)):
     return records
 
 
-def test_critical_temperatures_from_seed_averages_and_their_power_law():
-    table = critical_temperatures(trial_frame(lazy_sweep()))
-    assert list(table["P"]) == [256, 1024, 4096] and set(table["alpha"]) == {4096}
-    assert list(table["n_T"]) == [12, 12, 12]  # the diverged T is left out
-    assert np.allclose(table["T_c"], [0.02, 0.01, 0.005], rtol=1e-9)
-    assert np.allclose(table["plateau"], 0.05)
-    fit = fit_power_law(table["P"], table["T_c"])
-    assert fit.exponent == pytest.approx(-0.5, abs=1e-9) and fit.prefactor == pytest.approx(0.32, rel=1e-9)
+def teacher_sweep(Ps=(256, 512, 1024, 2048, 4096), seeds=range(4), scatter=0.05, rng_seed=0):
+    """Lazy-regime curves where the plateau grows faster with P than the noisy regime does, as on mnist1d:
+    w = 1e-5 P^0.8 + 0.5 T (P/256)^0.5 (delta = 1, gamma = 1/2: a = gamma / delta = 1/2 for a fixed threshold,
+    while 2 x the plateau is crossed at T ~ P^+0.3); test error 0.1 / (1 + (T / T_p)^2) with T_p = 0.02 (P/256)^-0.5
+    (down by 10% at T = T_p / 3 ~ P^-1/2); t* = 10 T (P/256)^1.5 (tau = 1, b = 3/2); seeds scatter by 5%."""
+    rng, records = np.random.default_rng(rng_seed), []
+    for P in Ps:
+        for T in np.geomspace(1e-5, 0.2, 35):
+            for seed in seeds:
+                noise = np.exp(scatter * rng.standard_normal(3))
+                metrics = {"weight_change": (1e-5 * P ** 0.8 + 0.5 * T * (P / 256) ** 0.5) * noise[0],
+                           "test_error": 0.1 / (1 + (T / (0.02 * (P / 256) ** -0.5)) ** 2) * noise[1] ** 0.2,
+                           "train_time": 10 * T * (P / 256) ** 1.5 * noise[2]}
+                records.append(record(4096, float(T), seed, P=P, metrics=metrics))
+    return records
+
+
+def test_report_tc_falls_with_P_at_fixed_thresholds_where_the_plateau_relative_crossing_rises(tmp_path):
+    report = build_report(teacher_sweep(), "temperature_vs_p", tmp_path)
+    n, P = report.numbers, np.array([256, 512, 1024, 2048, 4096])
+    plateau, slope = 1e-5 * P ** 0.8, 0.5 * (P / 256) ** 0.5
+    for c in (0.02, 0.05, 0.1):  # the kernel-escape T_c, (c - plateau) / slope exactly: falls with P, a > 1/2
+        exact = -fit_power_law(P, (c - plateau) / slope).exponent  # 0.65 at c = 0.02, 0.53 at 0.1
+        assert n[f"summary/a_escape_{c:g}"] == pytest.approx(exact, abs=0.03), c
+        assert n[f"summary/a_escape_{c:g}_low"] > 0.45
+    # the plateau-relative crossing, plateau / slope ~ P^+0.3: it rises with P on the same curves (its plateau is
+    # the mean of 2 points x 4 seeds, each scattered by 5%)
+    assert n["summary/a_plateau_diagnostic"] == pytest.approx(-0.3, abs=0.06)
+    assert n["summary/a_plateau_diagnostic_high"] < -0.2
+    assert n["summary/a_performance_fall"] == pytest.approx(0.5, abs=0.1)
+    assert n["summary/a_performance"] == pytest.approx(0.5, abs=0.1)
+    assert n["summary/delta"] == pytest.approx(1.0, abs=0.1) and n["summary/gamma"] == pytest.approx(0.5, abs=0.1)
+    assert n["summary/tau"] == pytest.approx(1.0, abs=0.05) and n["summary/b"] == pytest.approx(1.5, abs=0.05)
+    assert "| 2 x plateau (diagnostic, not T_c) |" in report.markdown
+    for figure in ("weight_change_vs_T.png", "error_change_vs_T.png", "tc_vs_P.png", "collapse.png"):
+        assert (tmp_path / figure).read_bytes()[:8] == PNG_MAGIC, figure
 
 
 # --- frames --------------------------------------------------------------------------------------------------
@@ -240,35 +292,32 @@ def test_partial_report_says_what_is_missing(tmp_path):
     assert report.summary["n_failed"].sum() == 1 and report.summary["n_trials"].sum() == 7
 
 
+ONE_THRESHOLD = TcCriteria(thresholds=(0.1,))  # lazy_sweep's T_c: 2 x its 0.05 plateau, at T = 2 T0 exactly
+
+
 def test_tc_leaves_out_trials_stopped_at_max_steps(tmp_path):
     capped = [replace(r, tags={**r.tags, tags.OUTCOME: "max_steps"}, metrics={**r.metrics, "weight_change": 1e-9})
               if r.params["data.n_train"] == "1024" and r.params["optim.temperature"] == "0.08" else r
               for r in lazy_sweep()]
-    report = build_report(capped, "sgd_noise", tmp_path)
-    assert "(1000 bootstrap replicates); 4 trials stopped at max_steps are left out." in report.markdown
-    assert "| 1024 | 0.01 | [0.01, 0.01] | 0.05 | 0.4 | 11 | 2 |" in report.markdown  # T = 0.08 gone, T_c unchanged
-    assert "T_c ~ P^b with b = -0.5 ± " in report.markdown
+    report = build_report(capped, "sgd_noise", tmp_path, criteria=ONE_THRESHOLD)
+    assert "2 trials stopped at max_steps are left out." in report.markdown  # the 2 seeds at alpha = 4096
+    assert report.numbers["summary/T_c/escape_0.1/P 1024"] == pytest.approx(0.01)  # T = 0.08 gone, T_c unchanged
+    assert report.numbers["summary/a_escape_0.1"] == pytest.approx(0.5)
 
 
 def test_report_fits_tc_when_T_and_P_vary(tmp_path):
-    report = build_report(lazy_sweep(), "sgd_noise", tmp_path)
+    report = build_report(lazy_sweep(), "sgd_noise", tmp_path, criteria=ONE_THRESHOLD)
     names = {p.name for p in report.figures}
-    assert {"tc_vs_P.png", "weight_change_vs_T.png", "phase_test_error.png"} <= names
-    assert "T_c ~ P^b with b = -0.5 ± " in report.markdown and "(3 points), prefactor 0.32." in report.markdown
-    # a seed's curve is the mean curve x 1.1 or x 0.9: T_c is the same for any draw of seeds (an interval of width 0)
-    assert "| 1024 | 0.01 | [0.01, 0.01] | 0.05 | 0.8 | 12 | 2 |" in report.markdown
-    # the flat plateau against the noisy regime's P^(1/2) (T0 ~ P^-1/2) is what makes T_c fall as P^-1/2
-    assert "| noisy regime (weight change at the largest T) | 0.5 | [0.462, 0.538] | 3 |" in report.markdown
-    # the headline numbers, logged as metrics of the sweep's run
-    assert report.numbers["summary/T_c/P 1024"] == pytest.approx(0.01) and report.numbers[
-        "summary/T_c_exponent"] == pytest.approx(-0.5)
-    assert report.numbers["summary/plateau_exponent"] == pytest.approx(0, abs=1e-12)
-    assert report.numbers["summary/noisy_exponent"] == pytest.approx(0.5)
-    assert set(report.numbers) == {"summary/T_c/P 256", "summary/T_c/P 1024", "summary/T_c/P 4096",
-                                   "summary/T_c_exponent", "summary/T_c_exponent_se", "summary/T_c_exponent_low",
-                                   "summary/T_c_exponent_high",
-                                   *(f"summary/{q}_exponent{end}" for q in ("plateau", "noisy")
-                                     for end in ("", "_low", "_high"))}
+    assert {"tc_vs_P.png", "weight_change_vs_T.png", "collapse.png", "phase_test_error.png"} <= names
+    n = report.numbers
+    assert [n[f"summary/T_c/escape_0.1/P {P}"] for P in (256, 1024, 4096)] == pytest.approx([0.02, 0.01, 0.005])
+    # T_c ~ P^-1/2 (a = 1/2) at the largest alpha; alpha = 1 (no plateau) is left out
+    assert n["summary/a_escape_0.1"] == pytest.approx(0.5)
+    assert n["summary/a_escape_0.1_low"] <= 0.5 <= n["summary/a_escape_0.1_high"]
+    assert n["summary/tau"] == pytest.approx(1.0) and n["summary/b"] == pytest.approx(0.0, abs=1e-9)  # t* = 100 T
+    # the test error never moves (0.1 at every T): no performance T_c
+    assert math.isnan(n["summary/T_c/performance/P 1024"]) and math.isnan(n["summary/a_performance"])
+    assert "| w = 0.1 (kernel escape) | 0.02 [" in report.markdown
 
 
 def test_report_with_no_runs(tmp_path):
@@ -409,23 +458,15 @@ def test_perceptron_replicas_the_teacher_frame_ratio_and_one_chi(tmp_path):
         few, "perceptron", tmp_path).markdown
 
 
-def test_tc_bootstrap_recovers_the_exponents_of_synthetic_curves():
-    """Plateau p P^(1/2) and noisy regime 0.1 T P: T_c ~ P^-(1/2) (a = p - q with k = 1). Seeds scatter by 5%:
-    the 68% intervals contain the true exponents and are narrow."""
-    from sgdlab.analysis.tc_bootstrap import tc_uncertainty
-
-    rng, rows = np.random.default_rng(0), []
-    for P in (512, 1024, 2048, 4096):
-        for seed in range(5):
-            for T in np.geomspace(1e-4, 1e-1, 10):
-                w = (1e-3 * (P / 512) ** 0.5 + 0.1 * T * P / 512) * np.exp(0.05 * rng.standard_normal())
-                rows.append({"P": P, "seed": seed, "T": T, "alpha": 4096, "weight_change": w, "status": "finished",
-                             "outcome": "converged"})
-    result = tc_uncertainty(pd.DataFrame(rows), n_boot=300)
+def test_tc_estimates_recover_the_exponents_of_synthetic_curves():
+    """teacher_sweep's laws (a = 1/2 at a fixed threshold, delta = 1, gamma = 1/2, tau = 1, b = 3/2) with 5% seed
+    scatter: the 68% intervals are narrow and contain them."""
+    result = tc_estimates(trial_frame(teacher_sweep()), n_boot=200)
     exponents = result.exponents.set_index("quantity")
-    for quantity, truth in (("T_c", -0.5), ("plateau", 0.5), ("noisy", 1.0)):
+    for quantity, truth in (("a_escape_0.1", 0.5), ("delta", 1.0), ("gamma", 0.5), ("tau", 1.0), ("b", 1.5)):
         low, high = exponents.loc[quantity, ["low", "high"]]
-        assert low - 0.03 <= truth <= high + 0.03 and high - low < 0.1, (quantity, low, high)
-    assert result.noisy_T == pytest.approx(0.1) and list(result.per_P["n_seeds"]) == [5, 5, 5, 5]
-    per_P = result.per_P
-    assert (per_P["T_c_low"] <= per_P["T_c"]).all() and (per_P["T_c"] <= per_P["T_c_high"]).all()
+        assert low - 0.05 <= truth <= high + 0.05 and high - low < 0.1, (quantity, low, high)
+    assert result.seeds == {P: 4 for P in (256, 512, 1024, 2048, 4096)}
+    temperatures = result.temperatures.dropna()
+    assert (temperatures["low"] <= temperatures["T_c"]).all() and (temperatures["T_c"] <= temperatures["high"]).all()
+    assert result.delta_per_P["delta"].between(0.8, 1.1).all()

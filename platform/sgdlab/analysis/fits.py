@@ -1,15 +1,21 @@
-"""Fits: power laws y = a x^b, and the temperature T_c where SGD noise starts to move the weights.
+"""Fits: power laws y = a x^b (one or two variables), and the temperatures where a curve leaves its small-T value.
 
 Power law: ordinary least squares of log y = log a + b log x (scipy.stats.linregress) over the points with finite,
 positive x and y, at least MIN_FIT_POINTS distinct x (two points determine a line exactly and say nothing of a
 power law). With u = log x, S_uu = sum (u - mean u)^2 and residual sum of squares RSS, the exponent's standard
-error is sqrt(RSS / (n - 2) / S_uu) (the regression covariance).
+error is sqrt(RSS / (n - 2) / S_uu) (the regression covariance). Product law y = a x1^b1 x2^b2: least squares of
+log y on (1, log x1, log x2), standard errors from sigma^2 (X^T X)^-1 with sigma^2 = RSS / (n - 3).
 
-T_c (Sclocchi, Geiger & Wyart 2023): at small T the seed-averaged weight change ||w - w0|| / ||w0|| sits on a
-plateau (gradient-flow limit) and grows as a power of T above T_c. Criterion: plateau = mean weight change at
-the `n_plateau` smallest temperatures; T_c = where the weight change first crosses factor x plateau upwards
-(the first grid point above it whose predecessor is not), interpolated linearly in (log T, log weight change)
-between those two grid points. No crossing within the grid gives NaN.
+Crossing temperatures of one curve over a T grid (Sclocchi, Geiger & Wyart 2023; any order of the points; T_c is
+NaN where the curve does not cross inside the grid, or already starts beyond the level):
+- crossing_temperature: the first T where y rises above a fixed level (the first grid point above it whose
+  predecessor is not), interpolated linearly in (log T, log y) between those two points. With y the relative
+  weight change ||w - w0|| / ||w0|| and a level c that does not depend on P, this is the kernel-escape T_c.
+- departure_temperature: the first T where |change| rises above a tolerance, interpolated linearly in
+  (log T, |change|). With change the seed-paired test error minus its small-T value, the performance T_c: both
+  directions count (noise that helps and noise that hurts); or one direction only (change or -change).
+- plateau_crossing: crossing_temperature at factor x the mean of the n_plateau smallest-T values. A DIAGNOSTIC,
+  not T_c: the plateau itself grows with P, so its P dependence mixes into this temperature's.
 """
 
 from __future__ import annotations
@@ -18,13 +24,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 
-from sgdlab.analysis.frames import aggregate
-
-FACTOR = 2.0
-N_PLATEAU = 2
+FACTOR = 2.0  # plateau_crossing's diagnostic level: FACTOR x the plateau
+N_PLATEAU = 2  # smallest temperatures that make the plateau
 MIN_FIT_POINTS = 3  # distinct x values of a power-law fit
 
 
@@ -62,36 +65,72 @@ def fit_power_law(x, y) -> PowerLaw:
                     n=len(u))
 
 
-def critical_temperature(T, weight_change, factor: float = FACTOR, n_plateau: int = N_PLATEAU) -> float:
-    """T_c of one weight-change curve (any order; non-finite or non-positive points left out), as above."""
-    T, w = np.asarray(T, dtype=float), np.asarray(weight_change, dtype=float)
-    keep = np.isfinite(T) & np.isfinite(w) & (T > 0) & (w > 0)
+@dataclass(frozen=True)
+class ProductLaw:
+    """y = prefactor * x1 ** exponents[0] * x2 ** exponents[1], fitted to n points, with standard errors."""
+    exponents: tuple[float, float]
+    stderrs: tuple[float, float]
+    prefactor: float
+    n: int
+
+
+def fit_product_law(x1, x2, y) -> ProductLaw:
+    """Least squares of log y on (1, log x1, log x2) over the finite positive points; ValueError with fewer than
+    MIN_FIT_POINTS distinct values of x1 or 2 of x2, or fewer than 4 points (no residual left)."""
+    x1, x2, y = (np.asarray(v, dtype=float) for v in (x1, x2, y))
+    keep = np.isfinite(x1) & np.isfinite(x2) & np.isfinite(y) & (x1 > 0) & (x2 > 0) & (y > 0)
+    u1, u2, v = np.log(x1[keep]), np.log(x2[keep]), np.log(y[keep])
+    if len(np.unique(u1)) < MIN_FIT_POINTS or len(np.unique(u2)) < 2 or len(v) < 4:
+        raise ValueError(f"a product-law fit needs {MIN_FIT_POINTS} distinct x1, 2 distinct x2 and 4 points, got "
+                         f"{len(np.unique(u1))}, {len(np.unique(u2))} and {len(v)}")
+    design = np.column_stack([np.ones_like(u1), u1, u2])
+    coef, *_ = np.linalg.lstsq(design, v, rcond=None)
+    residual = v - design @ coef
+    covariance = residual @ residual / (len(v) - 3) * np.linalg.inv(design.T @ design)
+    errors = np.sqrt(np.diag(covariance))
+    return ProductLaw(exponents=(float(coef[1]), float(coef[2])), stderrs=(float(errors[1]), float(errors[2])),
+                      prefactor=math.exp(coef[0]), n=len(v))
+
+
+def _sorted_finite(T, y) -> tuple[np.ndarray, np.ndarray]:
+    T, y = np.asarray(T, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(T) & np.isfinite(y) & (T > 0)
     order = np.argsort(T[keep])
-    T, w = T[keep][order], w[keep][order]
-    if len(T) <= n_plateau:
+    return T[keep][order], y[keep][order]
+
+
+def _first_rise(T: np.ndarray, y: np.ndarray, level: float, log_y: bool) -> float:
+    """Where y first goes from <= level to > level between neighbouring grid points, interpolated in log T (and
+    log y if log_y); NaN if it never does or already starts above the level."""
+    if len(T) < 2 or not math.isfinite(level) or y[0] > level:
         return math.nan
-    threshold = factor * w[:n_plateau].mean()
-    crossings = np.flatnonzero((w[:-1] <= threshold) & (w[1:] > threshold))
+    crossings = np.flatnonzero((y[:-1] <= level) & (y[1:] > level))
     if len(crossings) == 0:
         return math.nan
     i = crossings[0]
-    fraction = (math.log(threshold) - math.log(w[i])) / (math.log(w[i + 1]) - math.log(w[i]))
-    return float(T[i] * (T[i + 1] / T[i]) ** fraction)
+    lo, hi, at = (np.log([y[i], y[i + 1], level]) if log_y else (y[i], y[i + 1], level))
+    return float(T[i] * (T[i + 1] / T[i]) ** ((at - lo) / (hi - lo)))
 
 
-def critical_temperatures(frame: pd.DataFrame, alpha: float | None = None, factor: float = FACTOR,
-                          n_plateau: int = N_PLATEAU) -> pd.DataFrame:
-    """T_c for each P from a trial frame, at one alpha (default: the largest, the laziest).
+def crossing_temperature(T, y, level: float) -> float:
+    """The first T where the curve y(T) (positive values) rises above `level` (module docstring)."""
+    T, y = _sorted_finite(T, y)
+    keep = y > 0
+    return _first_rise(T[keep], y[keep], level, log_y=True) if level > 0 else math.nan
 
-    The weight change is averaged over seeds (finished, non-diverged trials) at each (P, T) first.
-    Columns: P, alpha, T_c, plateau (mean weight change at the n_plateau smallest T), n_T (temperatures used).
-    """
-    alpha = frame["alpha"].max() if alpha is None else alpha
-    curves = aggregate(frame[frame["alpha"] == alpha], by=["P", "T"], metrics=["weight_change"])
-    rows = []
-    for P, curve in curves.groupby("P", sort=True):
-        curve = curve[curve["weight_change_mean"] > 0].sort_values("T")
-        rows.append({"P": P, "alpha": alpha,
-                     "T_c": critical_temperature(curve["T"], curve["weight_change_mean"], factor, n_plateau),
-                     "plateau": curve["weight_change_mean"].head(n_plateau).mean(), "n_T": len(curve)})
-    return pd.DataFrame(rows, columns=["P", "alpha", "T_c", "plateau", "n_T"])
+
+def departure_temperature(T, change, tolerance: float, direction: int = 0) -> float:
+    """The first T where |change(T)| (direction 0), change (+1) or -change (-1) rises above `tolerance` (module
+    docstring)."""
+    T, change = _sorted_finite(T, change)
+    return _first_rise(T, np.abs(change) if direction == 0 else direction * change, tolerance, log_y=False)
+
+
+def plateau_crossing(T, y, factor: float = FACTOR, n_plateau: int = N_PLATEAU) -> float:
+    """The diagnostic crossing of factor x the plateau (the mean of the n_plateau smallest-T values)."""
+    T, y = _sorted_finite(T, y)
+    keep = y > 0
+    T, y = T[keep], y[keep]
+    if len(T) <= n_plateau:
+        return math.nan
+    return _first_rise(T, y, factor * y[:n_plateau].mean(), log_y=True)

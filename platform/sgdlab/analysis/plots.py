@@ -30,6 +30,7 @@ LABELS = {"alpha": "alpha (init scale)", "T": "T = lr/(B*width)", "lr": "learnin
           "P": "training points P", "seed": "seed", "test_error": "test error", "train_error": "train error",
           "weight_change": "||w - w0|| / ||w0||", "train_time": "training time t* = sum of lr", "steps": "steps",
           "sharpness": "sharpness lambda_max(H)", "T_c": "T_c (noise starts to matter)",
+          "T_over_T_c": "T / T_c(P)", "error_change": "seed-paired test error change, relative",
           "lambda_max": "end-of-training lambda_max(H)", "lr_max": "largest stable lr",
           "optimizer": "optimizer", "train_loss": "train loss"}
 MAX_TICK_LABELS = 8
@@ -96,21 +97,29 @@ def grid_ticks(axis: Axis, values, base: int) -> None:
 def power_law_plot(x, y, fit: PowerLaw, path: Path, *, xlabel: str, ylabel: str, title: str = "",
                    yerr=None) -> Path:
     """Points y(x) (with error bars yerr: (below, above), if given) and the fitted power law on log-log axes, the
-    exponent ± its error in the legend; x ticks at the measured x (labelled as powers of 2 where they are); y
-    labels at the decades, also at minor ticks when y spans less than one."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    exponent ± its error in the legend (power_laws_plot with one series)."""
+    return power_laws_plot([("measured", x, y, yerr, fit)], path, xlabel=xlabel, ylabel=ylabel, title=title)
+
+
+def power_laws_plot(series: list[tuple], path: Path, *, xlabel: str, ylabel: str, title: str = "") -> Path:
+    """Several (label, x, y, yerr, fit) on log-log axes, one colour each: points y(x) with error bars yerr =
+    (below, above) or None, and the fitted PowerLaw (or None) dashed, its exponent in the legend; x ticks at the
+    measured x (labelled as powers of 2 where they are); y labels at the decades, also at minor ticks when y spans
+    less than one."""
     with styled():
         fig, (ax,) = new_figure()
-        if yerr is None:
-            ax.plot(x, y, "o", color="C0", label="measured")
-        else:
-            below, above = (np.nan_to_num(np.asarray(e, dtype=float)) for e in yerr)
-            ax.errorbar(x, y, yerr=[below, above], fmt="o", color="C0", capsize=3, label="measured")
-        line = np.geomspace(np.nanmin(x), np.nanmax(x), 50)
-        ax.plot(line, fit(line), "--", color="C1", label=f"fit: {fit.exponent_text()}")
+        xs, ys = [], []
+        for i, (name, x, y, yerr, fit) in enumerate(series):
+            x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+            bars = None if yerr is None else [np.nan_to_num(np.asarray(e, dtype=float)) for e in yerr]
+            ax.errorbar(x, y, yerr=bars, fmt="o", color=f"C{i}", capsize=3, label=name)
+            if fit is not None:
+                line = np.geomspace(np.nanmin(x), np.nanmax(x), 50)
+                ax.plot(line, fit(line), "--", color=f"C{i}", label=f"fit: {fit.exponent_text()}")
+            xs, ys = [*xs, *x[np.isfinite(x)]], [*ys, *y[np.isfinite(y) & (y > 0)]]
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
-        grid_ticks(ax.xaxis, x[np.isfinite(x)], 2)
-        if np.nanmax(y) >= 10 * np.nanmin(y):  # within one decade the minor ticks carry the only labels
+        grid_ticks(ax.xaxis, sorted(set(xs)), 2)
+        if ys and max(ys) >= 10 * min(ys):  # within one decade the minor ticks carry the only labels
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.legend()
         return save(fig, path)
@@ -118,10 +127,11 @@ def power_law_plot(x, y, fit: PowerLaw, path: Path, *, xlabel: str, ylabel: str,
 
 def lines_plot(table: pd.DataFrame, x: str, y: str, path: Path, *, group: str | None = None,
                yerr: str | None = None, fits: dict | None = None, logx: bool = True, logy: bool = True,
-               ylabel: str | None = None, title: str = "") -> Path:
+               ylabel: str | None = None, title: str = "", levels: dict[str, float] | None = None) -> Path:
     """Column y against column x, one line per value of `group`, error bars from column `yerr`.
 
-    A PowerLaw in fits[group value] (fits[None] without groups) is drawn dashed, its exponent in the legend.
+    A PowerLaw in fits[group value] (fits[None] without groups) is drawn dashed, its exponent in the legend; each
+    of `levels` ({label: y}) is a grey dotted horizontal line, labelled at its right end.
     """
     fits = fits or {}
     groups = table.groupby(group, sort=True) if group else [(None, table)]
@@ -134,6 +144,10 @@ def lines_plot(table: pd.DataFrame, x: str, y: str, path: Path, *, group: str | 
             if value in fits:
                 line = np.geomspace(part[x].min(), part[x].max(), 50)
                 ax.plot(line, fits[value](line), "--", color=f"C{i}", label=f"fit: {fits[value].exponent_text()}")
+        for text, value in (levels or {}).items():
+            ax.axhline(value, color="0.5", linestyle=":", linewidth=1)
+            ax.annotate(text, (1, value), xycoords=("axes fraction", "data"), ha="right", va="bottom", color="0.4",
+                        fontsize=7)
         ax.set(xscale="log" if logx else "linear", yscale="log" if logy else "linear", xlabel=label(x),
                ylabel=ylabel or label(y), title=title)
         ax.legend()

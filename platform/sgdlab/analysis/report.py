@@ -2,8 +2,8 @@
 
 - Phase diagrams of test_error, weight_change and train_time over (alpha, T), one panel per P, when alpha
   and T both vary.
-- T_c(P) when T and P vary with at least 2 values of P and N_PLATEAU + 1 values of T: T_c at the largest alpha
-  (fits.critical_temperatures), the power law T_c ~ P^b, and the weight-change curves it comes from.
+- T_c(P) when T and P vary (analysis.tc_section): the kernel-escape T_c at fixed weight-change thresholds and the
+  performance T_c, with the exponents a, delta, gamma and b, at the largest alpha.
 Params that still vary within those cells (B, optimizer, ...) split the figures, one per value.
 - The perceptron's P exponents on the teacher task when P varies: the fitted b of w_par / ||w_perp|| ~ P^b and of
   ||w - w0|| ~ P^b per (chi, T) with bootstrap intervals next to 1/(1+chi), and ||w - w0|| / T against P
@@ -20,7 +20,6 @@ run; an axis value that no run reached cannot be seen from the records) and name
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,15 +28,15 @@ import pandas as pd
 
 from sgdlab.analysis import plots
 from sgdlab.analysis.curvature import curvature_sections
-from sgdlab.analysis.fits import FACTOR, MIN_FIT_POINTS, N_PLATEAU, critical_temperatures, fit_power_law
-from sgdlab.analysis.frames import (PARAMS, aggregate, grid_axes, key_columns, missing_trials, param_columns,
+from sgdlab.analysis.frames import (PARAMS, aggregate, grid_axes, missing_trials, param_columns,
                                     swept_columns, trial_frame)
 from sgdlab.analysis.perceptron import CHI, METRICS, MIN_P, NORM, exponent_plot, norm_plot, p_exponents
 from sgdlab.analysis.phase import phase_diagram
 from sgdlab.analysis.probes import probe_frame
 from sgdlab.analysis.refine_section import refine_section
-from sgdlab.analysis.report_section import Numbers, number_key
-from sgdlab.analysis.tc_bootstrap import N_BOOT, tc_uncertainty
+from sgdlab.analysis.report_section import Numbers, number_key, splits
+from sgdlab.analysis.tc_bootstrap import TcCriteria
+from sgdlab.analysis.tc_section import tc_section
 from sgdlab.tracking.query import RunRecord
 
 PHASE_METRICS = ("test_error", "weight_change", "train_time")
@@ -54,14 +53,6 @@ class Report:
     markdown: str
     tables: list[Path] = field(default_factory=list)  # CSVs besides summary.csv (probes.csv, lr_max.csv, ...)
     numbers: Numbers = field(default_factory=dict)  # headline numbers, logged as metrics of the sweep's run
-
-
-EXPONENT_NAMES = {"T_c": "T_c", "plateau": "plateau (weight change at the smallest T)",
-                  "noisy": "noisy regime (weight change at the largest T)"}
-
-
-def _interval(low: float, high: float) -> str:
-    return f"[{low:.3g}, {high:.3g}]" if np.isfinite(low) and np.isfinite(high) else "-"
 
 
 def _refined_columns(refinement, frame: pd.DataFrame) -> tuple[str, ...]:
@@ -81,21 +72,6 @@ def _values(values) -> str:
 
 def _point(row: pd.Series, columns: list[str]) -> str:
     return " ".join(f"{c}={plots.number(row[c])}" for c in columns)
-
-
-def _splits(frame: pd.DataFrame, cell: list[str], swept: list[str]) -> list[tuple[str, str, pd.DataFrame]]:
-    """(file suffix, title, part) for each value of the swept params that vary within the cells `cell`: of
-    those, the key columns (B rather than an lr derived from T and B)."""
-    by_cell = frame.groupby([*cell, "seed"], dropna=False)
-    within = [c for c in swept if c not in cell and by_cell[c].nunique(dropna=False).max() > 1]
-    split = key_columns(frame, within, given=[*cell, "seed"])
-    if not split:
-        return [("", "", frame)]
-    out = []
-    for values, part in frame.groupby(split, dropna=False, sort=True):
-        pairs = [f"{c}={plots.number(v)}" for c, v in zip(split, values)]
-        out.append(("_" + re.sub(r"[^\w.=-]", "_", "_".join(pairs)), ", ".join(pairs), part))
-    return out
 
 
 def _overview(frame: pd.DataFrame, swept: list[str], missing: pd.DataFrame) -> list[str]:
@@ -142,7 +118,7 @@ def _phase_diagrams(frame: pd.DataFrame, swept: list[str], out_dir: Path) -> tup
     if not {"alpha", "T"} <= set(swept):
         return ["- Phase diagrams: not drawn (alpha and T do not both vary)."], []
     lines, figures = [], []
-    for suffix, where, part in _splits(frame, ["P", "alpha", "T"], swept):
+    for suffix, where, part in splits(frame, ["P", "alpha", "T"], swept):
         if not (part["status"] == "finished").any():
             lines.append(f"- Phase diagrams{' at ' + where if where else ''}: not drawn (no finished trial).")
             continue
@@ -150,72 +126,6 @@ def _phase_diagrams(frame: pd.DataFrame, swept: list[str], out_dir: Path) -> tup
             path = phase_diagram(part, out_dir / f"phase_{metric}{suffix}.png", metric=metric, title=where)
             figures.append((path, f"{plots.label(metric)} over (alpha, T), one panel per P"
                                   + (f" ({where})" if where else "")))
-    return lines, figures
-
-
-def _critical_temperature(frame: pd.DataFrame, swept: list[str], out_dir: Path,
-                          numbers: Numbers) -> tuple[list[str], Figures]:
-    n_P, n_T = frame["P"].nunique(), frame["T"].nunique()
-    if not ({"T", "P"} <= set(swept) and n_P >= 2 and n_T > N_PLATEAU and "weight_change" in frame):
-        return [f"- T_c(P): not computed (needs T and P swept, at least 2 values of P and {N_PLATEAU + 1} of T, "
-                f"and the weight change; here {n_P} P and {n_T} T)."], []
-    lines, figures = [], []
-    for suffix, where, part in _splits(frame, ["P", "alpha", "T"], swept):
-        capped = int((part["outcome"] == "max_steps").sum())
-        part = part[part["outcome"] != "max_steps"]  # stopped before fitting their data: left out of T_c
-        if part.empty:
-            lines.append(f"- T_c(P){' at ' + where if where else ''}: not computed: all {capped} trials stopped at "
-                         "max_steps before fitting their data.")
-            continue
-        table = critical_temperatures(part)
-        alpha = plots.number(table["alpha"].iloc[0])
-        uncertainty = tc_uncertainty(part[part["alpha"] == table["alpha"].iloc[0]])
-        if uncertainty is not None:
-            table = table.merge(uncertainty.per_P[["P", "T_c_low", "T_c_high", "noisy", "n_seeds"]], on="P")
-        lines += ["", f"T_c at alpha = {alpha}{' (' + where + ')' if where else ''}: the first T where the "
-                      f"seed-averaged weight change crosses {FACTOR:g} x its plateau (mean over the {N_PLATEAU} "
-                      "smallest T), log-interpolated; 68% interval from resampling the seeds "
-                      f"({N_BOOT} bootstrap replicates)"
-                      + (f"; {capped} trials stopped at max_steps are left out." if capped else "."), "",
-                  "| P | T_c | 68% interval | plateau | noisy regime | temperatures | seeds |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {plots.number(r.P)} | {r.T_c:.3g} | " + _interval(getattr(r, "T_c_low", np.nan),
-                                                                     getattr(r, "T_c_high", np.nan))
-                  + f" | {r.plateau:.3g} | {getattr(r, 'noisy', np.nan):.3g} | {r.n_T} | {getattr(r, 'n_seeds', '-')} |"
-                  for r in table.itertuples()]
-        numbers.update({number_key("T_c", where, f"P {plots.number(r.P)}"): r.T_c for r in table.itertuples()})
-        if uncertainty is not None:
-            lines += ["", f"P exponents (fit over P of the all-seed value, 68% seed-bootstrap interval; noisy regime: "
-                          f"the weight change at T = {plots.number(uncertainty.noisy_T)}, the largest T every P "
-                          "has). T_c ~ P^a decreases with P only if the noisy regime grows faster with P than the "
-                          "plateau:", "", "| quantity | exponent of P | 68% interval | P values |",
-                      "| --- | --- | --- | --- |"]
-            for r in uncertainty.exponents.itertuples():
-                lines.append(f"| {EXPONENT_NAMES[r.quantity]} | {r.exponent:.3g} | {_interval(r.low, r.high)} | "
-                             f"{r.n_P} |")
-                numbers.update({number_key(f"{r.quantity}_exponent", where): r.exponent,
-                                number_key(f"{r.quantity}_exponent_low", where): r.low,
-                                number_key(f"{r.quantity}_exponent_high", where): r.high})
-        found = table[np.isfinite(table["T_c"])]
-        curves = aggregate(part[part["alpha"] == table["alpha"].iloc[0]], by=["P", "T"], metrics=["weight_change"])
-        path = plots.lines_plot(curves, "T", "weight_change_mean", out_dir / f"weight_change_vs_T{suffix}.png",
-                                group="P", yerr="weight_change_se", ylabel=plots.label("weight_change"),
-                                title=f"alpha = {alpha}" + (f", {where}" if where else ""))
-        figures.append((path, f"weight change against T at alpha = {alpha}, one line per P"))
-        if found["P"].nunique() < MIN_FIT_POINTS:
-            lines += ["", f"- T_c ~ P^b: not computed: {len(found)} P with a T_c inside the T grid (a fit needs "
-                          f"{MIN_FIT_POINTS})."]
-            continue
-        fit = fit_power_law(found["P"], found["T_c"])
-        lines += ["", f"- {fit.describe('T_c', 'P')}, prefactor {fit.prefactor:.3g}."]
-        numbers.update({number_key("T_c_exponent", where): fit.exponent,
-                        number_key("T_c_exponent_se", where): fit.stderr})
-        bars = (found["T_c"] - found["T_c_low"], found["T_c_high"] - found["T_c"]) if "T_c_low" in found else None
-        path = plots.power_law_plot(found["P"], found["T_c"], fit, out_dir / f"tc_vs_P{suffix}.png",
-                                    xlabel=plots.label("P"), ylabel=plots.label("T_c"), yerr=bars,
-                                    title=f"alpha = {alpha}" + (f", {where}" if where else "")
-                                    + ("\n(bars: 68% seed bootstrap)" if bars is not None else ""))
-        figures.append((path, f"T_c against P with the fitted power law (alpha = {alpha})"))
     return lines, figures
 
 
@@ -253,13 +163,15 @@ def _perceptron_exponents(frame: pd.DataFrame, swept: list[str], out_dir: Path,
 
 def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes: list[RunRecord] | None = None,
                  histories: dict | None = None, densities: dict | None = None,
-                 refinement: tuple[pd.DataFrame, str, str] | None = None) -> Report:
+                 refinement: tuple[pd.DataFrame, str, str] | None = None,
+                 criteria: TcCriteria = TcCriteria()) -> Report:
     """Write out_dir/summary.csv, out_dir/summary.md and the figures of the sweep's runs.
 
     records: the train runs (other kinds are ignored); probes: the probe runs; histories: {train run_id: {metric:
     [(step, value), ...]}} (tracking.histories.metric_histories of `sharpness`, optionally `train_loss`);
     densities: {probe run_id: table (eigenvalue, density)} (spectra.read_density of spectrum/density.csv);
-    refinement: (brackets, axis, criterion) of a sweep with a refine block (analysis.refine_section).
+    refinement: (brackets, axis, criterion) of a sweep with a refine block (analysis.refine_section);
+    criteria: the T_c thresholds (report.tc_thresholds, report.tc_error_change).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -273,7 +185,7 @@ def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes:
     tables: Figures = []
     numbers: Numbers = {}
     if len(frame):
-        for section in (_phase_diagrams, lambda *a: _critical_temperature(*a, numbers),
+        for section in (_phase_diagrams, lambda *a: tc_section(*a, numbers, criteria),
                         lambda *a: _perceptron_exponents(*a, numbers)):
             lines, drawn = section(frame, swept, out_dir)
             findings += lines

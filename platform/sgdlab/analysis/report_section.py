@@ -11,6 +11,10 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from sgdlab.analysis import plots
+from sgdlab.analysis.frames import key_columns
 
 MAX_ROWS = 30  # table rows written into summary.md (the CSVs hold all)
 Files = list[tuple[Path, str]]  # path, caption
@@ -35,3 +39,18 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines += ["| " + " | ".join(r) + " |" for r in rows[:MAX_ROWS]]
     return lines + ([f"| ... {len(rows) - MAX_ROWS} more rows in the CSV |" + " |" * (len(header) - 1)]
                     if len(rows) > MAX_ROWS else [])
+
+
+def splits(frame: pd.DataFrame, cell: list[str], swept: list[str]) -> list[tuple[str, str, pd.DataFrame]]:
+    """(file suffix, title, part) for each value of the swept params that vary within the cells `cell`: of
+    those, the key columns (B rather than an lr derived from T and B)."""
+    by_cell = frame.groupby([*cell, "seed"], dropna=False)
+    within = [c for c in swept if c not in cell and by_cell[c].nunique(dropna=False).max() > 1]
+    split = key_columns(frame, within, given=[*cell, "seed"])
+    if not split:
+        return [("", "", frame)]
+    out = []
+    for values, part in frame.groupby(split, dropna=False, sort=True):
+        pairs = [f"{c}={plots.number(v)}" for c, v in zip(split, values)]
+        out.append(("_" + re.sub(r"[^\w.=-]", "_", "_".join(pairs)), ", ".join(pairs), part))
+    return out

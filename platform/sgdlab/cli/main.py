@@ -419,9 +419,12 @@ def write_report(name: str, uri: str, folder: Path, overrides: Sequence[str] = (
     MLflow run (unless the store is read-only); returns the line that says what was written. ConfigError when the
     store holds no run of the sweep. overrides: the sweep command's, which a refinement's brackets are replayed
     with."""
+    from sgdlab.config.recorded import report_settings
+    from sgdlab.sweep import spec
     from sgdlab.tracking.location import sqlite_path
     from sgdlab.tracking.query import sweep_runs
 
+    settings = report_settings([*(spec.load(name).overrides if name in spec.available() else []), *overrides])
     records = sweep_runs(uri, name, kind=None)
     trains = [r for r in records if r.kind == "train"]
     probes = [r for r in records if r.kind == "probe"]
@@ -431,6 +434,7 @@ def write_report(name: str, uri: str, folder: Path, overrides: Sequence[str] = (
 
     from sgdlab.analysis.report import build_report
     from sgdlab.analysis.report_inputs import report_inputs
+    from sgdlab.analysis.tc_bootstrap import TcCriteria
     from sgdlab.tracking.store import log_sweep_files, log_sweep_metrics, open_sweep
 
     histories, densities, warnings = report_inputs(uri, trains, probes)
@@ -438,7 +442,8 @@ def write_report(name: str, uri: str, folder: Path, overrides: Sequence[str] = (
         err.print(f"warning: {warning}", markup=False, highlight=False)
     folder.mkdir(parents=True, exist_ok=True)
     result = build_report(trains, name, folder, probes=probes, histories=histories, densities=densities,
-                          refinement=refinement)
+                          refinement=refinement, criteria=TcCriteria(tuple(settings["tc_thresholds"]),
+                                                                     settings["tc_error_change"]))
     files = [*result.figures, *result.tables, folder / "summary.csv", folder / "summary.md"]
     store = sqlite_path(uri)
     read_only = store is not None and not os.access(store.parent, os.W_OK)

@@ -13,7 +13,7 @@ import functools
 from sgdlab.config.compose import Composer, parse_override
 from sgdlab.config.schema import NON_IDENTITY_GROUPS, NON_IDENTITY_KEYS, SINGLE, ConfigError
 from sgdlab.config.typecheck import check_group
-from sgdlab.config.validation import validate
+from sgdlab.config.validation import check_report, validate
 
 
 @functools.cache
@@ -43,6 +43,22 @@ def parse_runtime_overrides(overrides: list[str]) -> dict[tuple[str, str], objec
 def runtime_value(changes: dict[tuple[str, str], object], group: str, name: str):
     """The value of group.name that a command runs with: its override in `changes`, else the default config's."""
     return changes.get((group, name), _defaults()[group][name])
+
+
+def report_settings(overrides: list[str]) -> dict:
+    """The report group a report is written with: the defaults, then the single-value `report.*` overrides among
+    `overrides` (a sweep file's and the command's; the others are the trials' business), checked."""
+    report = dict(_defaults()["report"])
+    for line in overrides:
+        override = parse_override(line)
+        group, _, name = override.get_key_element().partition(".")
+        if group == "report":
+            if override.is_sweep_override():
+                raise ConfigError(f"report.{name}: a report takes one value, got {line.split('=', 1)[1]}")
+            report[name] = override.value()
+    report = check_group("report", report, SINGLE["report"])
+    check_report(report)
+    return report
 
 
 def apply_runtime_overrides(config: dict, changes: dict[tuple[str, str], object]) -> dict:

@@ -195,6 +195,8 @@ class Exec:
 @dataclass
 class Report:
     auto: bool = True
+    tc_thresholds: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1])
+    tc_error_change: float = 0.1
 
 
 @dataclass

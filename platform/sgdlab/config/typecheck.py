@@ -88,6 +88,9 @@ def check_group(prefix: str, values: Any, schema: type) -> dict:
             if f.default is not dataclasses.MISSING:
                 out[f.name] = f.default
                 continue
+            if f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+                continue
             raise ConfigError(f"{key}: missing")
         out[f.name] = coerce(values[f.name], hints[f.name], key)
     return out

@@ -30,6 +30,15 @@ def _positive(cfg: dict, key: str, *, allow_zero: bool = False, allow_none: bool
         raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+def check_report(report: dict) -> None:
+    """The report group's ranges: at least one T_c threshold, each in (0, inf), and a test-error change > 0."""
+    thresholds = report["tc_thresholds"]
+    if not thresholds or not all(math.isfinite(c) and c > 0 for c in thresholds):
+        raise ConfigError(f"report.tc_thresholds: must be a non-empty list of numbers > 0, got {thresholds!r}")
+    if not (math.isfinite(report["tc_error_change"]) and report["tc_error_change"] > 0):
+        raise ConfigError(f"report.tc_error_change: must be > 0, got {report['tc_error_change']!r}")
+
+
 def app_settings(raw: dict) -> dict:
     """The `app` group of a composed config (sgdlab-run's sweep name and objective), checked."""
     return check_group(APP_GROUP, raw.get(APP_GROUP), App)
@@ -117,6 +126,7 @@ def validate(raw: dict) -> dict:
         raise ConfigError(f"probe.batch_sizes: each B must be in 1..data.n_train = {data['n_train']}, got {bad_b[0]}")
     if isinstance(cfg["exec"]["pack_size"], int) and cfg["exec"]["pack_size"] < 1:
         raise ConfigError(f"exec.pack_size: must be >= 1 or auto, got {cfg['exec']['pack_size']}")
+    check_report(cfg["report"])
     if optim["name"] == "adam":
         for key in ("beta1", "beta2"):
             if not 0 <= optim[key] < 1:
