@@ -91,6 +91,11 @@ def digest(folder: Path) -> dict[str, str]:
     (("sweep", "refined", "refine.rounds=3"), "refine.rounds: unknown refine key; allowed: axis, criterion,"),
     (("sweep", "tiny", "refine.tolerance=0.1"), "refine.tolerance: sweep 'tiny' has no refine block"),
     (("sweep", "badrefine"), "refine.scale: must be log or linear, got 'cubic'"),
+    (("sweep", "tiny", "report.tc_thresholds=[]"), "report.tc_thresholds: must be a non-empty list of numbers > 0"),
+    (("sweep", "tiny", "report.tc_error_change=0"), "report.tc_error_change: must be > 0, got 0"),
+    (("report", "tiny", "report.tc_thresholds=[0.1,-1]"), "report.tc_thresholds: must be a non-empty list of "
+                                                           "numbers > 0, got [0.1, -1.0]"),
+    (("report", "tiny", "report.tc_error_change=0.1,0.2"), "report.tc_error_change: a report takes one value"),
 ])
 @pytest.mark.parametrize("with_store", [False, True], ids=["no-store", "with-store"])
 def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, monkeypatch, other_store, with_store,

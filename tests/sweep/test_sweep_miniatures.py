@@ -40,13 +40,12 @@ MINIATURES = {
     # 2 alpha x 2 T at one P: the smallest (alpha, T) plane a phase diagram draws; 50 steps need not fit the data.
     "sgd_noise": ([*MLP, PACK, "data.n_train=64", "model.alpha=1,1024", "optim.temperature=0.001,0.01", "seed=0",
                    "train.max_steps=50", "train.log_every=25"], ["phase_test_error.png"]),
-    # 3 T (N_PLATEAU = 2 plateau points + 1) x 3 P (a fit needs 3): the least T_c(P) needs. Every trial fits its
-    # data (converged: runs stopped at max_steps are left out of T_c) within ~120 steps, and the weight change
-    # crosses 2x its plateau near T = 0.01 at each P: T_c exists at 3 P and the power-law figure is drawn.
-    "temperature_vs_p": ([*MLP, PACK, "data=digits_parity", "data.n_test=200", "model.alpha=1024",
-                          "data.n_train=16,32,64", "data.batch_size=8", "optim.temperature=0.001,0.01,0.1",
-                          "seed=0", "train.max_steps=3000", "train.log_every=100"],
-                         ["weight_change_vs_T.png", "tc_vs_P.png"]),
+    # 3 T x 3 P (a fit needs 3) on the teacher task at chi = 0: every trial fits its data (converged: runs stopped at
+    # max_steps are left out of T_c) within ~300 steps, and the weight change crosses each fixed threshold between
+    # T = 0.01 and 0.1 at every P: the kernel-escape T_c exists at 3 P and its power law is drawn.
+    "temperature_vs_p": ([*MLP, PACK, "data.chi=0", "data.n_test=200", "data.n_train=16,32,64", "data.batch_size=8",
+                          "optim.temperature=0.001,0.01,0.1", "seed=0", "train.max_steps=3000", "train.log_every=100"],
+                         ["weight_change_vs_T.png", "tc_vs_P.png", "collapse.png"]),
     # chi in {0, 1} x 3 P (MIN_P = 3 values per fit): P = 16..64 points of a small test set, at a T deep in
     # the noisy regime where every run fits its data (converged) within a few hundred steps.
     "perceptron": (["data.n_train=16,32,64", "data.n_test=256", "optim.temperature=0.01", "seed=0", "data.seed=0",
@@ -80,7 +79,7 @@ MINIATURES = {
                          ["layer_sensitivity.png"]),
 }
 # A headline number the report logs as a metric of the sweep's run (the experiments table compares sweeps by them).
-NUMBERS = {"temperature_vs_p": ["summary/T_c_exponent"],
+NUMBERS = {"temperature_vs_p": ["summary/a_escape_0.05"],
            "lr_batch_scaling": ["summary/lr_max_exponent/SGD", "summary/lr_predicted_exponent"]}
 PARALLEL = 3  # sweeps at a time: their drivers and worker start-ups overlap the others' training
 

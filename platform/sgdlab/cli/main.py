@@ -404,27 +404,35 @@ def report(name: str = typer.Argument(..., help="sweep name"),
     folder = Path(out_dir or Path("reports") / name)
     try:
         check_name(name)
+        settings = sweep_report_settings(name, overrides or [])
         unwritable = why_not_writable(folder)
         if unwritable:
             raise ConfigError(f"--out {folder}: {unwritable}")
         uri = resolve_uri()
         check_store(uri, runtime_value({}, "tracking", "timeout_s"))
-        err.print(write_report(name, uri, folder, overrides or []), highlight=False)
+        err.print(write_report(name, uri, folder, overrides or [], settings), highlight=False)
     except (ConfigError, StoreError) as exc:
         raise fail_input(str(exc))
 
 
-def write_report(name: str, uri: str, folder: Path, overrides: Sequence[str] = ()) -> str:
+def sweep_report_settings(name: str, overrides: Sequence[str] = ()) -> dict:
+    """The report group a sweep's report is written with: defaults, the sweep file's `report.*` overrides, then the
+    command's (ConfigError on a bad value)."""
+    from sgdlab.config.recorded import report_settings
+    from sgdlab.sweep import spec
+
+    return report_settings([*(spec.load(name).overrides if name in spec.available() else []), *overrides])
+
+
+def write_report(name: str, uri: str, folder: Path, overrides: Sequence[str] = (), settings: dict | None = None) -> str:
     """Write the sweep's report into `folder` and attach it, with its headline numbers as metrics, to the sweep's
     MLflow run (unless the store is read-only); returns the line that says what was written. ConfigError when the
     store holds no run of the sweep. overrides: the sweep command's, which a refinement's brackets are replayed
-    with."""
-    from sgdlab.config.recorded import report_settings
-    from sgdlab.sweep import spec
+    with; settings: the report group (default: sweep_report_settings)."""
     from sgdlab.tracking.location import sqlite_path
     from sgdlab.tracking.query import sweep_runs
 
-    settings = report_settings([*(spec.load(name).overrides if name in spec.available() else []), *overrides])
+    settings = settings or sweep_report_settings(name, overrides)
     records = sweep_runs(uri, name, kind=None)
     trains = [r for r in records if r.kind == "train"]
     probes = [r for r in records if r.kind == "probe"]
