@@ -88,6 +88,8 @@ class TcResult:
     exponents: pd.DataFrame  # quantity (a_DEFINITION | an EXPONENTS key | a_minus_prediction_DEFINITION), value,
     #                           low, high, defined
     seeds: dict[float, int]  # P -> seeds with a usable trial
+    small_T_error: dict[float, float]  # P -> seed-mean test error at the smallest T (empty without test errors)
+    error_change: pd.DataFrame  # P, T, error_change: the seed-paired relative test-error change (all seeds)
 
 
 def seed_tables(frame: pd.DataFrame) -> dict[float, SeedTables]:
@@ -192,4 +194,9 @@ def tc_estimates(frame: pd.DataFrame, criteria: TcCriteria = TcCriteria(), n_boo
                              + [{"quantity": f"a_minus_prediction_{escape(c)}",
                                  **row(("a_minus_prediction", escape(c)))} for c in criteria.thresholds])
     seeds = {P: int(np.isfinite(t.values["weight_change"]).any(axis=1).sum()) for P, t in tables.items()}
-    return TcResult(temperatures, delta, exponents, seeds)
+    with_errors = {P: t for P, t in tables.items() if "test_error" in t.values}
+    small_T_error = {P: float(_mean(t.values["test_error"][:, :1])[0]) for P, t in with_errors.items()}
+    error_change = pd.DataFrame([{"P": P, "T": T, "error_change": change} for P, t in with_errors.items()
+                                 for T, change in zip(t.T, relative_error_change(t))],
+                                columns=["P", "T", "error_change"])
+    return TcResult(temperatures, delta, exponents, seeds, small_T_error, error_change)

@@ -22,8 +22,8 @@ from sgdlab.analysis import plots
 from sgdlab.analysis.fits import MIN_FIT_POINTS, fit_power_law
 from sgdlab.analysis.frames import aggregate
 from sgdlab.analysis.report_section import Files, Numbers, markdown_table, number_key, splits
-from sgdlab.analysis.tc_bootstrap import (EXPONENTS, N_BOOT, TcCriteria, TcResult, definition_label,
-                                          escape, relative_error_change, seed_tables, tc_estimates)
+from sgdlab.analysis.tc_bootstrap import (EXPONENTS, N_BOOT, TcCriteria, TcResult, definition_label, escape,
+                                          tc_estimates)
 
 MIN_T = 3  # temperatures a T_c curve needs
 
@@ -36,14 +36,14 @@ def _value(value: float, low: float, high: float) -> str:
     return "-" if not np.isfinite(value) else f"{value:.3g} {_interval(low, high)}"
 
 
-def _tables(result: TcResult, small_T_error: dict[float, float]) -> list[str]:
+def _tables(result: TcResult) -> list[str]:
     """Per P (seeds, small-T test error, delta), then one row per T_c definition (T_c at each P and a), then the
     exponents of the noisy regime."""
     Ps = list(result.seeds)
     delta = result.delta_per_P.set_index("P")
     lines = ["", *markdown_table(["P", *map(plots.number, Ps)], [
         ["seeds", *(str(result.seeds[P]) for P in Ps)],
-        ["test error at the smallest T", *(f"{small_T_error.get(P, math.nan):.3g}" for P in Ps)],
+        ["test error at the smallest T", *(f"{result.small_T_error.get(P, math.nan):.3g}" for P in Ps)],
         ["delta (w - w(T_min) ~ T^delta at this P)", *(_value(*delta.loc[P, ["delta", "low", "high"]]) for P in Ps)]])]
     by = result.temperatures.set_index(["definition", "P"])
     exponents = result.exponents.set_index("quantity")
@@ -66,12 +66,9 @@ def _figures(part: pd.DataFrame, result: TcResult, criteria: TcCriteria, out_dir
                                  group="P", yerr="weight_change_se", ylabel=plots.label("weight_change"),
                                  title=title, levels=levels),
                 "weight change against T, one line per P, with the kernel-escape thresholds c")]
-    tables = seed_tables(part)
-    if all("test_error" in t.values for t in tables.values()):
-        changes = pd.DataFrame([{"P": P, "T": T, "error_change": change} for P, t in tables.items()
-                                for T, change in zip(t.T, relative_error_change(t))])
+    if len(result.error_change):
         tolerance = criteria.error_change
-        path = plots.lines_plot(changes, "T", "error_change", out_dir / f"error_change_vs_T{suffix}.png", group="P",
+        path = plots.lines_plot(result.error_change, "T", "error_change", out_dir / f"error_change_vs_T{suffix}.png", group="P",
                                 logy=False, title=title, levels={f"+{tolerance:g}": tolerance,
                                                                  f"-{tolerance:g}": -tolerance})
         figures.append((path, "seed-paired relative test error change against T, with the performance tolerance"))
@@ -115,9 +112,6 @@ def tc_section(frame: pd.DataFrame, swept: list[str], out_dir: Path, numbers: Nu
         if result is None:
             lines.append(f"- T_c(P) at {title}: not computed (fewer than 2 P with trials that fitted their data).")
             continue
-        tables = seed_tables(part)
-        small_T_error = {P: float(np.nanmean(t.values["test_error"][:, 0])) for P, t in tables.items()
-                         if "test_error" in t.values}
         lines += ["", f"### T_c(P) at {title}", "",
                   "Kernel-escape T_c: the first T where the seed-mean ||w - w0|| / ||w0|| rises above a fixed "
                   f"threshold c ({', '.join(f'{c:g}' for c in criteria.thresholds)}), log-interpolated. Performance "
@@ -130,7 +124,7 @@ def tc_section(frame: pd.DataFrame, swept: list[str], out_dir: Path, numbers: Nu
                   "grows as T^delta P^gamma and t* ~ T^tau P^b, so the kernel-escape T_c ~ P^-a with a = gamma / "
                   "delta where the excess dominates."
                   + (f" {capped} trials stopped at max_steps are left out." if capped else ""),
-                  *_tables(result, small_T_error)]
+                  *_tables(result)]
         exponents = result.exponents.set_index("quantity")
         differences = [f"{c:g}: {_value(*exponents.loc[f'a_minus_prediction_{escape(c)}', ['value', 'low', 'high']])}"
                        for c in criteria.thresholds]
