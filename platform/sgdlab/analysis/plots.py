@@ -103,25 +103,27 @@ def power_law_plot(x, y, fit: PowerLaw, path: Path, *, xlabel: str, ylabel: str,
 
 def power_laws_plot(series: list[tuple], path: Path, *, xlabel: str, ylabel: str, title: str = "") -> Path:
     """Several (label, x, y, yerr, fit) on log-log axes, one colour each: points y(x) with error bars yerr =
-    (below, above) or None, and the fitted PowerLaw (or None) dashed, its exponent in the legend; x ticks at the
-    measured x (labelled as powers of 2 where they are); y labels at the decades, also at minor ticks when y spans
-    less than one."""
+    (below, above) or None, and the fitted PowerLaw (or None) dashed, its exponent in the series' legend entry
+    (the legend beside the axes when there are more than two series); x ticks at the measured x (labelled as powers
+    of 2 where they are); y labels at the decades, also at minor ticks when y spans less than one."""
+    outside = len(series) > 2
     with styled():
-        fig, (ax,) = new_figure()
+        fig, (ax,) = new_figure(extra_width=2.6 if outside else 0.0)
         xs, ys = [], []
         for i, (name, x, y, yerr, fit) in enumerate(series):
             x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
             bars = None if yerr is None else [np.nan_to_num(np.asarray(e, dtype=float)) for e in yerr]
-            ax.errorbar(x, y, yerr=bars, fmt="o", color=f"C{i}", capsize=3, label=name)
+            ax.errorbar(x, y, yerr=bars, fmt="o", color=f"C{i}", capsize=3,
+                        label=name + (f"; fit: {fit.exponent_text()}" if fit is not None else ""))
             if fit is not None:
                 line = np.geomspace(np.nanmin(x), np.nanmax(x), 50)
-                ax.plot(line, fit(line), "--", color=f"C{i}", label=f"fit: {fit.exponent_text()}")
+                ax.plot(line, fit(line), "--", color=f"C{i}")
             xs, ys = [*xs, *x[np.isfinite(x)]], [*ys, *y[np.isfinite(y) & (y > 0)]]
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
         grid_ticks(ax.xaxis, sorted(set(xs)), 2)
         if ys and max(ys) >= 10 * min(ys):  # within one decade the minor ticks carry the only labels
             ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.legend()
+        ax.legend(**({"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)} if outside else {}))
         return save(fig, path)
 
 
