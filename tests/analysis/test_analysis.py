@@ -429,7 +429,7 @@ def test_report_of_a_perceptron_sweep_draws_the_exponent_figures(tmp_path):
     assert {"p_exponent_vs_chi.png", "norm_vs_P.png"} <= names
     assert all((tmp_path / n).read_bytes()[:8] == PNG_MAGIC for n in names)
     assert "| ||w - w0|| | 1 | 0.5 | 0.1 | 0.5 ± 0 | [0.5, 0.5] | 4 | 4 |" in report.markdown
-    assert pd.read_csv(tmp_path / "p_exponents.csv").shape == (4, 10)
+    assert pd.read_csv(tmp_path / "p_exponents.csv").shape == (4, 15)
     assert report.numbers["summary/perceptron_exponent/weight_delta/chi 1/T 0.1"] == pytest.approx(0.5)
 
 

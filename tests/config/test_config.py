@@ -48,6 +48,9 @@ def test_temperature_convention(composer, overrides, lr):
     (["optim.lr=0.1", "+bogus=1"], "bogus: unknown key"),
     (["optim.lr=0.1", "train.dtype=float16"], "train.dtype"),
     (["optim.lr=0.1", "data=teacher_perceptron", "data.chi=-2"], "data.chi: must be > -1"),
+    (["optim.lr=0.1", "data=sphere_field", "data.dim=1"], "data.dim: must be >= 2"),
+    (["optim.lr=0.1", "data=sphere_field", "data.power=0"], "data.power: must be > 0"),
+    (["optim.lr=0.1", "data=sphere_field", "data.teacher_width=0"], "data.teacher_width: must be >= 1"),
 ])
 def test_bad_input_is_one_clear_line(composer, overrides, message):
     with pytest.raises(ConfigError) as info:

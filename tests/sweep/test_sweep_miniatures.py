@@ -28,7 +28,7 @@ from conftest import NO_REPORT, REPO, SGDLAB, mlflow_runs
 pytestmark = pytest.mark.slow
 
 NAMES = ("sgd_noise", "temperature_vs_p", "perceptron", "edge_of_stability", "sgd_sharpness", "batch_hessian",
-         "lr_batch_scaling", "stability_trace", "hawq_sensitivity")
+         "lr_batch_scaling", "stability_trace", "hawq_sensitivity", "sgd_noise_gate")
 MLP = ["model.depth=1", "model.width=8"]  # the smallest mean-field MLP the sweeps' models reduce to
 # One task of a sweep at a time: one Ray worker per sweep (each new worker imports torch and mlflow) while the
 # other sweeps running beside it keep both CPUs busy.
@@ -46,10 +46,17 @@ MINIATURES = {
     "temperature_vs_p": ([*MLP, PACK, "data.chi=0", "data.n_test=200", "data.n_train=16,32,64", "data.batch_size=8",
                           "optim.temperature=0.001,0.01,0.1", "seed=0", "train.max_steps=3000", "train.log_every=100"],
                          ["weight_change_vs_T.png", "tc_vs_P.png", "collapse.png"]),
-    # chi in {0, 1} x 3 P (MIN_P = 3 values per fit): P = 16..64 points of a small test set, at a T deep in
-    # the noisy regime where every run fits its data (converged) within a few hundred steps.
-    "perceptron": (["data.n_train=16,32,64", "data.n_test=256", "optim.temperature=0.01", "seed=0", "data.seed=0",
-                    "train.max_steps=2000", "train.log_every=500"], ["p_exponent_vs_chi.png", "norm_vs_P.png"]),
+    # 2 tasks x 2 alpha at one T (what the gate compares), 2 seeds (a standard error) on 32 points: sphere_field's
+    # trials fit within 200 steps (a verdict), digits' at alpha = 1 do not in 500 (width 8: a row without verdict).
+    # train.min_t=null: t = 6000 would ask for 1563 steps at lr = 3.84.
+    "sgd_noise_gate": ([*MLP, "data=digits_parity,sphere_field", "data.n_train=32", "data.n_test=200",
+                        "model.alpha=1,1024", "optim.temperature=0.03", "seed=0,1", "train.min_t=null",
+                        "train.max_steps=500", "train.log_every=250"], ["gate_test_error_vs_alpha.png"]),
+    # chi in {0, 1} x 3 P (MIN_P = 3 values per fit): P = 16..64 points of a small test set, at the sweep's T
+    # (alpha T = 1024, B = 1), where every run fits its data (converged) within ~500 steps. At P/d <= 8 the first
+    # step is a large part of w_par, so the fits are over all regimes (flagged) and the figures are still drawn.
+    "perceptron": (["data.n_train=16,32,64", "data.n_test=256", "seed=0", "data.seed=0", "train.max_steps=2000",
+                    "train.log_every=500"], ["p_exponent_vs_chi.png", "norm_vs_P.png"]),
     # one full-batch lr; 2 sharpness points (steps 0 and 20) and the last make a trajectory against 2/lr.
     "edge_of_stability": ([*MLP, "data.n_train=32", "data.batch_size=32", "optim.lr=20", "train.max_steps=40",
                            "train.log_every=20", "probe.every=20", "probe.n_examples=32"],

@@ -66,6 +66,31 @@ def test_hinge_gradient_on_unfitted_points_does_not_depend_on_alpha(model):
             torch.testing.assert_close(g[k], grads[0][k], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("alpha", [1000.0, 0.01])
+def test_perceptron_at_alpha_and_T_is_the_one_at_1_and_alpha_T(composer, alpha):
+    """The centred perceptron F = alpha (w - w0).x / sqrt(d) = u.x / sqrt(d), u = alpha (w - w0), with the loss
+    max(0, 1 - y F) / alpha: the gradient on an unfitted point (y F < 1, a condition on u alone), -y x / sqrt(d),
+    does not depend on alpha, so a step moves u by alpha lr times the batch mean of y x / sqrt(d) over its unfitted
+    points: the alpha = 1 perceptron with lr' = alpha lr, i.e. T' = alpha T (T = lr / B for the perceptron). Same
+    seeds, same batches: the same trajectory of u, the same steps, fitted points and test error, w - w0 divided by
+    alpha. Checked in float64 to 1e-8."""
+    base = ["model=perceptron", "data=teacher_perceptron", "data.dim=8", "data.n_train=64", "data.n_test=256",
+            "data.batch_size=8", "data.seed=1", "seed=3", "train.dtype=float64", "train.log_every=100000"]
+    scaled = train(composer([*base, f"model.alpha={alpha}", f"optim.temperature={4 / alpha}"]))
+    plain = train(composer([*base, "model.alpha=1", "optim.temperature=4"]))
+    assert scaled.outcome == plain.outcome == "converged" and scaled.steps == plain.steps > 50
+    a, b = scaled.metrics, plain.metrics
+    for key in ("weight_delta", "w_par", "w_perp"):
+        assert alpha * a[key] == pytest.approx(b[key], rel=1e-8), key
+    for key in ("train_loss", "test_loss"):  # hinge / alpha
+        assert alpha * a[key] == pytest.approx(b[key], rel=1e-8, abs=1e-12), key
+    assert alpha * a["train_time"] == pytest.approx(b["train_time"], rel=1e-12)  # sum of lr
+    for key in ("test_error", "train_error", "n_unfitted", "w_ratio", "min_margin", "w0_norm"):
+        assert a[key] == pytest.approx(b[key], rel=1e-8), key
+    w0 = models.init_params(models.build({"name": "perceptron"}, (1, 1, 8), 1), [3], torch.float64)["weight"][0]
+    torch.testing.assert_close(alpha * (scaled.params["weight"] - w0), plain.params["weight"] - w0, rtol=1e-8, atol=0)
+
+
 def test_activation_scale_gives_unit_second_moment():
     assert models.activation_scale("relu") == pytest.approx(math.sqrt(0.5), rel=1e-10)
     z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -126,6 +151,32 @@ def test_teacher_perceptron_boundary_density():
         assert frac == pytest.approx(expected, rel=0.15, abs=2e-4)
         assert np.array_equal(y, (x[:, 0, 0, 0] > 0).astype(np.int64))
         assert abs(x[:, 0, 0, 1].std() - 1) < 0.02
+
+
+def test_sphere_field_points_labels_and_seeds():
+    """x = sqrt(d) u with u uniform on the unit sphere (mean 0, E[u u^T] = I/d), y = sign f*(u) with
+    f*(u) = H^-1/2 sum_h s_h (|theta_h . u|^a - m_a) and m_a = E|u_1|^a (1/2 for a = 1 on S^2, 1/d for a = 2): f* has
+    no constant part and about half the labels are +1; the same seed gives the same data, a larger P extends the
+    training set and keeps the test set."""
+    base = {"name": "sphere_field", "n_train": 4096, "n_test": 1024, "batch_size": 16, "seed": 0, "teacher_width": 2000}
+    for dim, power, mean in ((3, 1.0, 0.5), (5, 2.0, 0.2)):
+        assert datasets.abs_power_mean(dim, power) == pytest.approx(mean, rel=1e-12)
+        d = datasets.load({**base, "dim": dim, "power": power})
+        assert d.x_train.shape == (4096, 1, 1, dim) and d.x_test.shape == (1024, 1, 1, dim) and d.n_classes == 2
+        u = d.x_train.reshape(-1, dim).numpy() / math.sqrt(dim)
+        assert np.allclose(np.linalg.norm(u, axis=1), 1.0, atol=1e-12)
+        assert np.abs(u.mean(axis=0)).max() < 0.05 and np.allclose(u.T @ u / len(u), np.eye(dim) / dim, atol=0.02)
+        theta, signs = datasets.sphere_field_teacher(0, dim, 2000)
+        field = (np.abs(u @ theta.T) ** power - mean) @ signs / math.sqrt(2000)
+        assert np.array_equal(d.y_train.numpy(), (field > 0).astype(np.int64))
+        assert abs(field.mean()) < 0.1 * field.std() and 0.4 < float(d.y_train.double().mean()) < 0.6
+    cfg = {**base, "dim": 5, "power": 1.0}
+    x, y, x_test, y_test = datasets.sphere_field(cfg)
+    again = datasets.sphere_field(cfg)
+    assert all(np.array_equal(a, b) for a, b in zip((x, y, x_test, y_test), again))
+    larger = datasets.sphere_field({**cfg, "n_train": 8192})
+    assert np.array_equal(larger[0][:4096], x) and np.array_equal(larger[2], x_test)
+    assert not np.array_equal(datasets.sphere_field({**cfg, "seed": 1})[0], x)
 
 
 def test_digits_and_mnist1d_parity():

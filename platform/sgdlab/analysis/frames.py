@@ -6,8 +6,8 @@ trial_frame: one row per trial (runs of kind 'train' grouped by `sgdlab.trial_id
                        latest logged value of each);
   status 'failed'      no FINISHED attempt and the newest attempt FAILED or KILLED (row: params and error);
   status 'unfinished'  no FINISHED attempt and the newest attempt is still RUNNING, live or stale.
-  Params become columns alpha, T, lr, B, P, seed, chi (numbers) and optimizer (text); any other identity param that
-  differs between trials (a swept `model.width`, `loss.name`, ...) keeps its dotted key as column name.
+  Params become columns alpha, T, lr, B, P, seed, chi, d (numbers), optimizer and model (text); any other identity
+  param that differs between trials (a swept `model.width`, `loss.name`, ...) keeps its dotted key as column name.
 
 missing_trials: the recorded trials span a grid, the product of the values seen on its axes; grid points
   without any run are missing. The axes are the set of swept columns that determines all the others (lr is
@@ -30,8 +30,9 @@ from sgdlab.config.schema import NON_IDENTITY_GROUPS, NON_IDENTITY_KEYS
 from sgdlab.tracking import tags
 from sgdlab.tracking.query import RunRecord, by_trial, current, newest_run, trial_state
 
-PARAMS = {**tags.NAME_ABBREVIATIONS, "seed": "seed", "optim.name": "optimizer", "data.chi": "chi"}
-TEXT_PARAMS = ("optimizer",)
+PARAMS = {**tags.NAME_ABBREVIATIONS, "seed": "seed", "optim.name": "optimizer", "model.name": "model",
+          "data.chi": "chi", "data.dim": "d"}
+TEXT_PARAMS = ("optimizer", "model")
 META = ("trial_id", "status", "outcome", "attempt", "n_attempts", "run_id", "error")
 STATUS = {"finished": "finished", "failed": "failed", "running": "unfinished", "outdated": "outdated"}
 AXIS_PREFERENCE = ("alpha", "T", "P", "B", "optimizer", "seed", "lr")

@@ -6,12 +6,15 @@ w_par with ||w_perp|| ~ T sqrt(d), nearly flat in P, and its exponent is biased 
 
 p_exponents: for each metric of METRICS the frame holds, each (chi, T) and each replica (a seed and, when it
 varies, a data.seed), b_r = the least-squares slope of log metric against log P (fits.fit_power_law) over that
-replica's converged runs, when they cover at least MIN_P values of P. A run stopped by max_steps has not fitted its
-data and a diverged one has no norm: both are left out. Over the replicas: b = mean of b_r, its standard error
+replica's converged runs in the noise-dominated regime (analysis.perceptron_regime), when they cover at least
+MIN_P values of P. A run stopped by max_steps has not fitted its data and a diverged one has no norm: both are
+left out; so are converged runs in another regime (counted in n_left_out), while runs whose regime cannot be told
+(records without w_par or data.dim) are fitted and the row's `points` says 'unknown'. Where no replica has MIN_P
+such P, all converged runs are fitted and the row is flagged (all_regimes, and `points` counts their regimes): a
+number outside the claim's regime, drawn with open markers. Over the replicas: b = mean of b_r, its standard error
 std/sqrt(n) (ddof = 1, scipy.stats.sem) and a bootstrap 68% interval (scipy.stats.bootstrap: the 15.9 and 84.1
-percentiles of the mean of N_BOOTSTRAP resamples of the replicas, with replacement; NaN for one replica).
-Whether a T is in the noise-dominated regime is read off norm_plot: there ||w - w0|| / T does not depend on T,
-and the lines of the different T fall on one another.
+percentiles of the mean of N_BOOTSTRAP resamples of the replicas, with replacement; NaN for one replica). In the
+noise-dominated regime ||w - w0|| / T does not depend on T: norm_plot draws one line per T.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from scipy import stats
 from sgdlab.analysis import plots
 from sgdlab.analysis.fits import fit_power_law
 from sgdlab.analysis.frames import aggregate
+from sgdlab.analysis.perceptron_regime import NOISE, UNKNOWN, with_regimes
 
 CHI = "chi"
 METRICS = {"w_ratio": "w_par / ||w_perp||", "weight_delta": "||w - w0||"}  # fitted when recorded, in this order
@@ -32,7 +36,8 @@ NORM = "weight_delta"
 MIN_P = 3
 N_BOOTSTRAP = 2000
 REPLICA = ("seed", "data.seed")  # a replica: the initialization and batches, and the data set where it varies
-COLUMNS = ("metric", "chi", "T", "claim", "exponent", "exponent_se", "low", "high", "n_replicas", "n_P")
+COLUMNS = ("metric", "chi", "T", "claim", "exponent", "exponent_se", "low", "high", "n_replicas", "n_P", "points",
+           "all_regimes", "n_left_out", "P_over_d_min", "P_over_d_max")
 
 
 def claimed_exponent(chi) -> np.ndarray:
@@ -55,30 +60,52 @@ def bootstrap_interval(values, seed: int = 0) -> tuple[float, float]:
     return float(interval.low), float(interval.high)
 
 
+def _replica_slopes(runs: pd.DataFrame, metric: str, replica: list[str]) -> tuple[list[float], list[pd.DataFrame]]:
+    """b_r of each replica with at least MIN_P values of P among `runs`, and the runs of those replicas."""
+    fits = [(fit_power_law(r["P"], r[metric]).exponent, r) for _, r in runs.groupby(replica, sort=True)
+            if r["P"].nunique() >= MIN_P]
+    return [b for b, _ in fits], [r for _, r in fits]
+
+
+def regime_counts(regimes: pd.Series) -> str:
+    """'12 noise-dominated, 4 large first step': noise-dominated first, then the others alphabetically."""
+    counts = regimes.value_counts()
+    return ", ".join(f"{counts[r]} {r}" for r in sorted(counts.index, key=lambda r: (r != NOISE, r)))
+
+
 def p_exponents(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (metric, chi, T) with at least one replica fit (module docstring); columns COLUMNS, n_P the
-    most P values a replica's fit used."""
+    most P values a replica's fit used, points the regime of the fitted runs ('noise-dominated', 'unknown', both, or
+    for an all_regimes row the count of each), P_over_d_min and _max the range of P/d over the fitted runs."""
     replica = [c for c in REPLICA if c in frame]
+    labelled = with_regimes(frame)
     rows = []
     for metric in (m for m in METRICS if m in frame):
-        for (chi, T), cell in _converged(frame, metric).groupby([CHI, "T"], sort=True):
-            slopes, n_P = [], 0
-            for _, runs in cell.groupby(replica, sort=True):
-                if runs["P"].nunique() >= MIN_P:
-                    slopes.append(fit_power_law(runs["P"], runs[metric]).exponent)
-                    n_P = max(n_P, runs["P"].nunique())
+        for (chi, T), cell in _converged(labelled, metric).groupby([CHI, "T"], sort=True):
+            kept = cell[cell["regime"].isin([NOISE, UNKNOWN])]
+            slopes, fitted = _replica_slopes(kept, metric, replica)
+            all_regimes = not slopes
+            if all_regimes:
+                slopes, fitted = _replica_slopes(cell, metric, replica)
             if slopes:
                 se = stats.sem(slopes) if len(slopes) > 1 else np.nan
                 low, high = bootstrap_interval(slopes)
+                runs = pd.concat(fitted)
+                points = ("all regimes: " + regime_counts(runs["regime"]) if all_regimes else
+                          " and ".join(r for r in (NOISE, UNKNOWN) if (runs["regime"] == r).any()))
                 rows.append({"metric": metric, "chi": chi, "T": T, "claim": float(claimed_exponent(chi)),
                              "exponent": np.mean(slopes), "exponent_se": se, "low": low, "high": high,
-                             "n_replicas": len(slopes), "n_P": n_P})
+                             "n_replicas": len(slopes), "n_P": max(r["P"].nunique() for r in fitted),
+                             "points": points, "all_regimes": all_regimes,
+                             "n_left_out": 0 if all_regimes else len(cell) - len(kept),
+                             "P_over_d_min": runs["P_over_d"].min(), "P_over_d_max": runs["P_over_d"].max()})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def exponent_plot(table: pd.DataFrame, path: Path) -> Path:
     """The fitted b with its bootstrap 68% interval against 1/(1+chi): one colour per T, one marker per metric
-    (o the ratio w_par / ||w_perp||, s ||w - w0||), and the claim b = 1/(1+chi)."""
+    (o the ratio w_par / ||w_perp||, s ||w - w0||), open for a fit outside the noise-dominated regime
+    (all_regimes), and the claim b = 1/(1+chi)."""
     series = sorted({(m, T) for m, T in zip(table["metric"], table["T"])}, key=lambda k: (list(METRICS).index(k[0]),
                                                                                          k[1]))
     temps = sorted(table["T"].unique())
@@ -90,10 +117,12 @@ def exponent_plot(table: pd.DataFrame, path: Path) -> Path:
         ax.plot(line, line, "--", color="0.4", label="claim: b = 1/(1+chi)")
         for i, (metric, T) in enumerate(series):
             part = table[(table["metric"] == metric) & (table["T"] == T)]
-            interval = [(part["exponent"] - part["low"]).fillna(0), (part["high"] - part["exponent"]).fillna(0)]
-            ax.errorbar(part["claim"] + shift[i], part["exponent"], yerr=interval,
-                        fmt="o" if metric == "w_ratio" else "s", color=f"C{temps.index(T) % 10}", capsize=2,
-                        label=f"{METRICS[metric]}, T = {plots.number(T)}")
+            for outside, sub in part.groupby(part["all_regimes"].astype(bool)):
+                interval = [(sub["exponent"] - sub["low"]).fillna(0), (sub["high"] - sub["exponent"]).fillna(0)]
+                ax.errorbar(sub["claim"] + shift[i], sub["exponent"], yerr=interval,
+                            fmt="o" if metric == "w_ratio" else "s", color=f"C{temps.index(T) % 10}", capsize=2,
+                            mfc="none" if outside else None, label=f"{METRICS[metric]}, T = {plots.number(T)}"
+                            + (" (not noise-dominated)" if outside else ""))
         ax.set_xticks(claims, [f"{c:.3g}\n(chi = {plots.number(chi)})" for c, chi in
                                table.groupby("claim")["chi"].first().items()])
         ax.set(xlabel="1/(1+chi)", ylabel="fitted b in metric ~ P^b (bar: 68% bootstrap)",

@@ -5,9 +5,9 @@
 - T_c(P) when T and P vary (analysis.tc_section): the kernel-escape T_c at fixed weight-change thresholds and the
   performance T_c, with the exponents a, delta, gamma and b, at the largest alpha.
 Params that still vary within those cells (B, optimizer, ...) split the figures, one per value.
-- The perceptron's P exponents on the teacher task when P varies: the fitted b of w_par / ||w_perp|| ~ P^b and of
-  ||w - w0|| ~ P^b per (chi, T) with bootstrap intervals next to 1/(1+chi), and ||w - w0|| / T against P
-  (analysis.perceptron).
+- The perceptron on the teacher task (analysis.perceptron_section): the SGD regime of every trial, and when P varies
+  the fitted b of w_par / ||w_perp|| ~ P^b and of ||w - w0|| ~ P^b per (chi, T) on the noise-dominated runs, with
+  bootstrap intervals next to 1/(1+chi), and ||w - w0|| / T against P.
 - A refinement's brackets (analysis.refine_section), for a sweep with a refine block.
 - Curvature (analysis.curvature), each only when the records hold what it needs: sharpness trajectories against
   2/lr, end-of-training lambda_max against B, the mini-batch ratio E[lambda_max(H_B)] / lambda_max(H), the
@@ -23,18 +23,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from sgdlab.analysis import plots
 from sgdlab.analysis.curvature import curvature_sections
 from sgdlab.analysis.frames import (PARAMS, aggregate, grid_axes, missing_trials, param_columns,
                                     swept_columns, trial_frame)
-from sgdlab.analysis.perceptron import CHI, METRICS, MIN_P, NORM, exponent_plot, norm_plot, p_exponents
+from sgdlab.analysis.gate_section import gate_section
+from sgdlab.analysis.perceptron_section import perceptron_section
 from sgdlab.analysis.phase import phase_diagram
 from sgdlab.analysis.probes import probe_frame
 from sgdlab.analysis.refine_section import refine_section
-from sgdlab.analysis.report_section import Numbers, number_key, splits
+from sgdlab.analysis.report_section import Numbers, splits
 from sgdlab.analysis.tc_bootstrap import TcCriteria
 from sgdlab.analysis.tc_section import tc_section
 from sgdlab.tracking.query import RunRecord
@@ -129,38 +129,6 @@ def _phase_diagrams(frame: pd.DataFrame, swept: list[str], out_dir: Path) -> tup
     return lines, figures
 
 
-def _perceptron_exponents(frame: pd.DataFrame, swept: list[str], out_dir: Path,
-                          numbers: Numbers) -> tuple[list[str], Figures]:
-    if not (frame[CHI].notna().any() and NORM in frame):  # not a teacher-perceptron sweep
-        return [], []
-    if "P" not in swept or frame["P"].nunique() < MIN_P:
-        return [f"- Perceptron P exponents: not computed (needs at least {MIN_P} values of P; here "
-                f"{frame['P'].nunique()})."], []
-    table = p_exponents(frame)
-    if table.empty:
-        return [f"- Perceptron P exponents: not computed (no replica has converged runs at {MIN_P} or more P)."], []
-    table.to_csv(out_dir / "p_exponents.csv", index=False)
-    lines = ["", "Perceptron: b in metric ~ P^b at fixed chi and T, fitted per replica (seed and data.seed) on the "
-                 f"converged runs (at least {MIN_P} P), mean ± s.e. and bootstrap 68% interval over replicas, next to "
-                 "the claim 1/(1+chi) ([p_exponents.csv](p_exponents.csv)):", "",
-             "| metric | chi | 1/(1+chi) | T | b | 68% interval | replicas | P values |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {METRICS[r.metric]} | {plots.number(r.chi)} | {r.claim:.3g} | {plots.number(r.T)} | {r.exponent:.3g}"
-              + (f" ± {r.exponent_se:.2g}" if np.isfinite(r.exponent_se) else "")
-              + (f" | [{r.low:.3g}, {r.high:.3g}]" if np.isfinite(r.low) else " | -") + f" | {r.n_replicas} | {r.n_P} |"
-              for r in table.itertuples()]
-    for r in table.itertuples():
-        where = r.metric, f"chi {plots.number(r.chi)}", f"T {plots.number(r.T)}"
-        numbers.update({number_key("perceptron_exponent", *where): r.exponent,
-                        number_key("perceptron_exponent_low", *where): r.low,
-                        number_key("perceptron_exponent_high", *where): r.high})
-    figures = [(exponent_plot(table, out_dir / "p_exponent_vs_chi.png"),
-                "the fitted P exponents (w_par / ||w_perp||: o, ||w - w0||: s) against 1/(1+chi), one colour per T"),
-               (norm_plot(frame, out_dir / "norm_vs_P.png"),
-                "||w - w0|| / T against P, one panel per chi, one line per T (converged runs)")]
-    return lines, figures
-
-
 def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes: list[RunRecord] | None = None,
                  histories: dict | None = None, densities: dict | None = None,
                  refinement: tuple[pd.DataFrame, str, str] | None = None,
@@ -186,7 +154,7 @@ def build_report(records: list[RunRecord], sweep: str, out_dir: Path, *, probes:
     numbers: Numbers = {}
     if len(frame):
         for section in (_phase_diagrams, lambda *a: tc_section(*a, numbers, criteria),
-                        lambda *a: _perceptron_exponents(*a, numbers)):
+                        lambda *a: perceptron_section(*a, numbers), lambda *a: gate_section(*a, numbers)):
             lines, drawn = section(frame, swept, out_dir)
             findings += lines
             figures += drawn

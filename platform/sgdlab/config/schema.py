@@ -51,6 +51,13 @@ class TeacherPerceptron(DataCommon):
 
 
 @dataclass
+class SphereField(DataCommon):
+    dim: int
+    power: float
+    teacher_width: int
+
+
+@dataclass
 class MnistParity(DataCommon):
     root: str
 
@@ -212,6 +219,7 @@ OPTIONS: dict[str, dict[str, type]] = {
         "digits": Digits,
         "mnist1d_parity": Mnist1dParity,
         "teacher_perceptron": TeacherPerceptron,
+        "sphere_field": SphereField,
         "mnist_parity": MnistParity,
         "cifar10_animals": Cifar10Animals,
     },

@@ -99,6 +99,12 @@ def validate(raw: dict) -> dict:
         _positive(cfg, "data.dim")
         if data["chi"] <= -1:
             raise ConfigError(f"data.chi: must be > -1 (density |x_1|^chi must be integrable), got {data['chi']}")
+    if data["name"] == "sphere_field":
+        if data["dim"] < 2:
+            raise ConfigError(f"data.dim: must be >= 2 (points on the sphere S^(d-1) of R^d), got {data['dim']}")
+        _positive(cfg, "data.power")
+        if data["teacher_width"] < 1:
+            raise ConfigError(f"data.teacher_width: must be >= 1, got {data['teacher_width']}")
     for key in ("depth", "width", "channels", "convs_per_stage"):
         if key in model and model[key] < 1:
             raise ConfigError(f"model.{key}: must be >= 1, got {model[key]}")
@@ -149,7 +155,7 @@ def validate(raw: dict) -> dict:
 
 # Examples in the data sets of fixed size (training/data.py draws P and the test set from these; a test checks
 # that the numbers agree): digits is one pool split into train and test, MNIST and CIFAR-10 have a train pool
-# and a test pool. mnist1d and the teacher perceptron generate any number of examples.
+# and a test pool. mnist1d, the teacher perceptron and the sphere field generate any number of examples.
 POOLS = {"digits_parity": (1797, None), "digits": (1797, None), "mnist_parity": (60000, 10000),
          "cifar10_animals": (50000, 10000)}
 MULTICLASS = {"digits"}  # data sets of more than two classes: no hinge loss (one output, labels +-1)

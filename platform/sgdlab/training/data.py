@@ -3,14 +3,16 @@ and data.n_test test points (or one clear error).
 
 Labels are class indices; for the binary tasks class 1 is the label +1 of the hinge loss; `digits` keeps the ten
 digit classes (for the one-hot MSE of the edge-of-stability sweeps).
-Inputs are centred with the training mean and each scaled to norm sqrt(d) (the teacher perceptron's inputs are
-left Gaussian so that the density of x_1 near the boundary is exactly the one asked for).
+Inputs are centred with the training mean and each scaled to norm sqrt(d), except the generated data sets drawn
+as they must be (DRAWN_AS_IS): the teacher perceptron's inputs are left Gaussian so that the density of x_1 near the
+boundary is exactly the one asked for, and the sphere field's lie on the sphere of radius sqrt(d) already.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
 import pickle
 import struct
 from dataclasses import dataclass
@@ -120,6 +122,59 @@ def teacher_perceptron(cfg: dict) -> tuple:
     return x[:p], y[:p], x[p:], y[p:]
 
 
+def abs_power_mean(dim: int, power: float) -> float:
+    """m_a = E|u_1|^a for u uniform on S^{d-1}: u_1^2 ~ Beta(1/2, (d-1)/2), so
+    m_a = Gamma((1+a)/2) Gamma(d/2) / (Gamma(1/2) Gamma((d+a)/2))."""
+    return math.exp(math.lgamma((1 + power) / 2) + math.lgamma(dim / 2) - math.lgamma(0.5)
+                    - math.lgamma((dim + power) / 2))
+
+
+def _sphere_streams(seed: int) -> list[np.random.SeedSequence]:
+    """Three independent streams of data.seed: the teacher, the training points, the test points."""
+    return np.random.SeedSequence(seed).spawn(3)
+
+
+def sphere_field_teacher(seed: int, dim: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher of sphere_field: H = width directions theta_h uniform on S^{d-1} and signs s_h = +-1."""
+    rng = np.random.default_rng(_sphere_streams(seed)[0])
+    theta = rng.standard_normal((width, dim))
+    return theta / np.linalg.norm(theta, axis=1, keepdims=True), rng.choice([-1.0, 1.0], size=width)
+
+
+def sphere_field_values(u: np.ndarray, theta: np.ndarray, signs: np.ndarray, power: float) -> np.ndarray:
+    """f*(u) = H^-1/2 sum_h s_h (|theta_h . u|^a - m_a) at points u of the unit sphere (rows)."""
+    mean = abs_power_mean(theta.shape[1], power)
+    field = np.zeros(len(u))
+    for start in range(0, len(theta), 1024):  # (n, 1024) projections at a time
+        block = slice(start, start + 1024)
+        field += (np.abs(u @ theta[block].T) ** power - mean) @ signs[block]
+    return field / math.sqrt(len(theta))
+
+
+def sphere_field(cfg: dict) -> tuple:
+    """A smooth target on a low-dimensional sphere (Petrini, Cagnetta, Vanden-Eijnden & Wyart, NeurIPS 2022, the
+    Gaussian random field of their regression task), as binary labels: u uniform on S^{d-1}, y = sign f*(u) with
+
+        f*(u) = H^-1/2 sum_{h<=H} s_h (|theta_h . u|^a - m_a),   theta_h uniform on S^{d-1}, s_h = +-1,
+
+    d = data.dim, a = data.power, H = data.teacher_width, m_a = E_u |u_1|^a (abs_power_mean). Over the teacher's draw
+    f* has the covariance of the random-feature kernel of |.|^a (their ~infinite-width |.|^a teacher, H -> inf: a
+    Gaussian field of smoothness a + 1/2); subtracting m_a removes its constant harmonic (the mean of f* over the
+    sphere is exactly 0), so about half the labels are +1. Inputs x = sqrt(d) u (norm sqrt(d), as every data set).
+    The teacher, the training points and the test points come from three streams of data.seed: the training set of a
+    larger P extends the smaller one, and the test set does not depend on P."""
+    dim, power = cfg["dim"], cfg["power"]
+    teacher = sphere_field_teacher(cfg["seed"], dim, cfg["teacher_width"])
+    _, train_stream, test_stream = _sphere_streams(cfg["seed"])
+    out = []
+    for stream, n in ((train_stream, cfg["n_train"]), (test_stream, cfg["n_test"] or 8192)):
+        u = np.random.default_rng(stream).standard_normal((n, dim))
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        y = (sphere_field_values(u, *teacher, power) > 0).astype(np.int64)
+        out += [math.sqrt(dim) * u[:, None, None, :], y]
+    return tuple(out)
+
+
 def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
@@ -194,11 +249,13 @@ def cifar10_animals(cfg: dict) -> tuple:
     return x_tr, y_tr, x_te, y_te
 
 
+DRAWN_AS_IS = {"teacher_perceptron", "sphere_field"}  # generated inputs that _normalize would distort
 LOADERS = {
     "digits_parity": digits_parity,
     "digits": digits,
     "mnist1d_parity": mnist1d_parity,
     "teacher_perceptron": teacher_perceptron,
+    "sphere_field": sphere_field,
     "mnist_parity": mnist_parity,
     "cifar10_animals": cifar10_animals,
 }
@@ -214,7 +271,7 @@ def load(cfg: dict) -> Dataset:
 def _load(cfg_json: str) -> Dataset:
     cfg = json.loads(cfg_json)
     x_tr, y_tr, x_te, y_te = LOADERS[cfg["name"]](cfg)
-    if cfg["name"] != "teacher_perceptron":
+    if cfg["name"] not in DRAWN_AS_IS:
         x_tr, x_te = _normalize(x_tr, x_te)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return Dataset(t(x_tr).double(), t(y_tr), t(x_te).double(), t(y_te), n_classes=CLASSES.get(cfg["name"], 2))
