@@ -103,6 +103,7 @@ def test_optuna_batches_run_packed_through_the_launcher_and_get_their_objective(
     (("optim.temperature=1e-3,1e-2",), "optim.temperature=1e-3,1e-2: several values run several trials: add -m"),
     (("optim.temperature=1e-3", "app.objective=accuracy"), "app.objective: 'accuracy' is not a final metric"),
     (("optim.temperature=1e-3", "app.sweep=../x"), "sweep name '../x': use letters, digits"),
+    (("-m", "seed=range(0,10000000)"), "the grid seed (more than 100000) has more than 100000 trials, the limit"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     out = sgdlab_run(*args, cwd=tmp_path)

@@ -91,6 +91,11 @@ def digest(folder: Path) -> dict[str, str]:
     (("sweep", "refined", "refine.rounds=3"), "refine.rounds: unknown refine key; allowed: axis, criterion,"),
     (("sweep", "tiny", "refine.tolerance=0.1"), "refine.tolerance: sweep 'tiny' has no refine block"),
     (("sweep", "badrefine"), "refine.scale: must be log or linear, got 'cubic'"),
+    # a grid is counted before it is expanded (a 10^7 axis grew past 6 GB before anything was printed)
+    (("sweep", "tiny", "seed=range(0,10000000)"), "the grid model.alpha (2) x seed (more than 100000) has more than "
+                                                  "100000 trials, the limit (sgdlab sweep --max-trials)"),
+    (("sweep", "tiny", "seed=range(0,20)", "--max-trials", "10"), "the grid model.alpha (2) x seed (more than 10) "
+                                                                  "has more than 10 trials, the limit"),
     (("sweep", "tiny", "report.tc_thresholds=[]"), "report.tc_thresholds: must be a non-empty list of numbers > 0"),
     (("sweep", "tiny", "report.tc_error_change=0"), "report.tc_error_change: must be > 0, got 0"),
     (("report", "tiny", "report.tc_thresholds=[0.1,-1]"), "report.tc_thresholds: must be a non-empty list of "
@@ -142,6 +147,22 @@ def test_resources_the_cluster_lacks_exit_2_before_the_store_is_made(sweeps_dir,
     assert out.stderr.strip().splitlines() == [
         "sgdlab: error: resources.gpu = 1: a trial needs 1 GPU, but the Ray cluster has 0"]
     assert list(tmp_path.iterdir()) == [sweeps_dir]
+
+
+@pytest.mark.parametrize("body, message", [
+    # a billion laughs: each line doubles the last, 2^30 values from a few hundred bytes
+    ("a: &a [0, 1]\n" + "".join(f"b{i}: &b{i} [*{'a' if i == 0 else f'b{i - 1}'}, *{'a' if i == 0 else f'b{i - 1}'}]\n"
+                                for i in range(30)) + "axes:\n  seed: *b29\n", "alias *a: sweep files take no aliases"),
+    ("axes:\n  seed: " + "[" * 5000 + "0" + "]" * 5000 + "\n", "nested deeper than 20 levels"),
+])
+def test_sweep_files_refuse_aliases_and_deep_nesting(sweeps_dir, tmp_path, body, message):
+    from typer.testing import CliRunner
+
+    from sgdlab.cli.main import app
+
+    (sweeps_dir / "hostile.yaml").write_text(body)
+    out = CliRunner().invoke(app, ["sweep", "hostile", "--dry-run"])
+    assert out.exit_code == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_empty_axis_in_a_sweep_file(sweeps_dir, tmp_path):

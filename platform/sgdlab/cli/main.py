@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sgdlab import paths
-from sgdlab.config.schema import ConfigError
+from sgdlab.config.schema import MAX_TRIALS, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweeps over SGD noise and curvature: Hydra configs, Ray scheduling, MLflow records.")
@@ -47,8 +47,9 @@ def fail_input(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def load_trials(name: str, overrides: list[str]):
-    """(sweep spec with the command line's refine.* applied, its trials, the override strings they expand)."""
+def load_trials(name: str, overrides: list[str], max_trials: int = MAX_TRIALS):
+    """(sweep spec with the command line's refine.* applied, its trials, the override strings they expand);
+    ConfigError for a grid of more than max_trials trials."""
     from sgdlab.sweep import expand, refine, spec
 
     sweep = spec.load(name)
@@ -57,7 +58,7 @@ def load_trials(name: str, overrides: list[str]):
     strings = sweep.override_strings(scale) + overrides
     if sweep.refine:
         refine.check_axis(sweep.refine, strings)
-    return sweep, expand.expand(strings), strings
+    return sweep, expand.expand(strings, max_trials=max_trials), strings
 
 
 def bracket_table(axis: str, criterion: str, brackets) -> Table:
@@ -176,10 +177,12 @@ def options(_version: bool = typer.Option(False, "--version", callback=show_vers
 @app.command()
 def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
           overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, e.g. data.n_train=512 seed=0,1"),
-          dry_run: bool = typer.Option(False, "--dry-run", help="print the trial table and run nothing")):
+          dry_run: bool = typer.Option(False, "--dry-run", help="print the trial table and run nothing"),
+          max_trials: int = typer.Option(MAX_TRIALS, "--max-trials", min=1,
+                                         help="refuse a grid of more trials, before expanding it")):
     """Expand a sweep and run every trial that has no FINISHED run yet."""
     try:
-        spec, trials, strings = load_trials(name, overrides or [])
+        spec, trials, strings = load_trials(name, overrides or [], max_trials)
     except ConfigError as exc:
         raise fail_input(str(exc))
     if dry_run:

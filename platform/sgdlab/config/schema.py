@@ -238,6 +238,7 @@ SINGLE: dict[str, type] = {
     "report": Report,
 }
 TOP_LEVEL = {"seed"}
+MAX_TRIALS = 100_000  # the default of --max-trials: a larger grid is refused before it is expanded
 APP_GROUP = "app"  # App: composed with every trial, kept out of its config
 
 # Keys that do not change what a trial computes: excluded from trial identity, overridable on resubmit.

@@ -9,11 +9,12 @@ resolved once here, in the driver, so every worker receives a complete config.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 from sgdlab.config.compose import Composer, glob_options, parse_override
-from sgdlab.config.schema import ConfigError
+from sgdlab.config.schema import MAX_TRIALS, ConfigError
 from sgdlab.sweep.identity import trial_id
 from sgdlab.params import flatten, param_text
 
@@ -26,6 +27,7 @@ class Trial:
     swept: dict[str, str]  # axis key -> this trial's value (sgdlab.params.param_text), for tables and run names
 
 
+
 def swept_values(config: dict, overrides: dict[str, str]) -> dict[str, str]:
     """axis key -> the trial's value as its param shows it (param_text of the composed value: '1' for
     model.alpha=1.0, the derived lr of a T axis as composed), or the override's value for a group choice."""
@@ -33,10 +35,11 @@ def swept_values(config: dict, overrides: dict[str, str]) -> dict[str, str]:
     return {k: param_text(flat[k]) if k in flat else line.split("=", 1)[1] for k, line in overrides.items()}
 
 
-def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
+def parse_axes(overrides: Sequence[str], max_trials: int = MAX_TRIALS) -> dict[str, list[str]]:
     """key -> list of complete override strings (one for a plain override, several for an axis). An axis is a
     list, range() or choice() of values, or glob() of a config group's options; interval() is refused (a grid
-    needs values)."""
+    needs values). The grid, the product of the axes' lengths, is counted before anything is expanded and refused
+    above max_trials (an axis is read up to max_trials + 1 values)."""
     axes: dict[str, list[str]] = {}
     for line in overrides:
         parsed = parse_override(line)
@@ -50,7 +53,7 @@ def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
             axes[name] = [f"{key}={v}" for v in chosen]
         elif parsed.is_sweep_override():
             try:
-                values = list(parsed.sweep_string_iterator())
+                values = list(itertools.islice(parsed.sweep_string_iterator(), max_trials + 1))
             except ValueError as exc:  # e.g. range(0,5,0)
                 raise ConfigError(f"{name}: {exc} in {line!r}") from None
             if not values:
@@ -58,18 +61,30 @@ def parse_axes(overrides: Sequence[str]) -> dict[str, list[str]]:
             axes[name] = [f"{key}={v}" for v in values]
         else:
             axes[name] = [line]
+    _check_grid_size(axes, max_trials)
     return axes
 
 
-def expand(overrides: Sequence[str], composer: Composer | None = None) -> list[Trial]:
-    """All trials of a list of overrides (base, axes and command line, in that order)."""
-    return expand_all([overrides], composer)[0]
+def _check_grid_size(axes: dict[str, list[str]], max_trials: int) -> None:
+    lengths = {key: len(values) for key, values in axes.items() if len(values) > 1}
+    if math.prod(lengths.values()) > max_trials:
+        shape = " x ".join(f"{key} ({n if n <= max_trials else f'more than {max_trials}'})"
+                           for key, n in lengths.items())
+        raise ConfigError(f"the grid {shape} has more than {max_trials} trials, the limit (sgdlab sweep "
+                          "--max-trials): split the sweep or raise the limit")
 
 
-def expand_all(override_lists: Sequence[Sequence[str]], composer: Composer | None = None) -> list[list[Trial]]:
+def expand(overrides: Sequence[str], composer: Composer | None = None, max_trials: int = MAX_TRIALS) -> list[Trial]:
+    """All trials of a list of overrides (base, axes and command line, in that order); ConfigError for a grid of
+    more than max_trials."""
+    return expand_all([overrides], composer, max_trials)[0]
+
+
+def expand_all(override_lists: Sequence[Sequence[str]], composer: Composer | None = None,
+               max_trials: int = MAX_TRIALS) -> list[list[Trial]]:
     """expand() of several override lists, composed in one batch (Hydra composes once per set of group choices,
     about 80 ms; each trial then costs about a millisecond)."""
-    axes_per_list = [parse_axes(overrides) for overrides in override_lists]
+    axes_per_list = [parse_axes(overrides, max_trials) for overrides in override_lists]
     combos_per_list = [list(itertools.product(*axes.values())) for axes in axes_per_list]
     configs = iter((composer or Composer()).many([c for combos in combos_per_list for c in combos]))
     out = []

@@ -35,6 +35,7 @@ MAX_NAME = 100  # characters: a sweep name is a file name and an MLflow experime
 
 
 DEFAULT_SCALE = "small"
+MAX_DEPTH = 20  # nesting of a sweep file's YAML
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,23 @@ def _axis_string(key: str, values: object) -> str:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last), and
+    that aliases (*name, which can expand a small file into an exponentially large one) and nesting deeper than
+    MAX_DEPTH are refused."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor}: sweep files take no aliases",
+                                              event.start_mark)
+        self.depth = getattr(self, "depth", 0) + 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node, deep=False):
         keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
