@@ -38,6 +38,32 @@ def truncated(path: Path) -> None:
     path.write_bytes(data[:len(data) // 2])
 
 
+def idle(path: Path) -> None:
+    """Leave the store at `path` as a store no connection has open: its write-ahead log checkpointed into the file
+    and removed (this process's MLflow keeps a connection open, which keeps the log)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    for side in path.parent.glob(f"{path.name}-*"):
+        side.unlink()
+
+
+def middle_bytes(path: Path) -> None:
+    """8 KB of random bytes in the middle of a whole store: the header says nothing, SQLite's quick_check does."""
+    small_store(path.parent)
+    idle(path)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 8192] = os.urandom(8192)
+    path.write_bytes(data)
+
+
+def directory(path: Path) -> None:
+    path.mkdir()
+
+
 def random_bytes(path: Path) -> None:
     path.write_bytes(os.urandom(50_000))
 
@@ -50,6 +76,8 @@ def text(path: Path) -> None:
 @pytest.mark.parametrize("damage, args", [
     *((damage, args) for damage in (random_bytes, text, truncated) for args in (("status", "tiny"), ("sweep", "tiny"))),
     (random_bytes, ("report", "tiny")), (truncated, ("resubmit", "tiny")),
+    *((middle_bytes, (command, "tiny")) for command in ("status", "sweep", "report", "resubmit")),
+    (directory, ("status", "tiny")), (directory, ("sweep", "tiny")),
 ], ids=lambda x: x.__name__ if callable(x) else x[0])
 def test_a_damaged_store_gives_one_line_naming_it_and_is_left_as_it_was(damage, args, sweeps_dir, tmp_path):
     (sweeps_dir / "tiny.yaml").write_text(TINY)
@@ -65,6 +93,50 @@ def test_a_damaged_store_gives_one_line_naming_it_and_is_left_as_it_was(damage, 
     assert line.startswith(f"sgdlab: error: {work / 'mlflow.db'} is not a readable MLflow store (")
     assert "move it away" in line
     assert folder_digest(work) == before
+
+
+def test_reading_an_idle_store_leaves_the_folder_as_it_was(sweeps_dir, tmp_path):
+    """status reads an idle store immutable: no -shm or -wal file appears beside it, nothing changes."""
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    small_store(tmp_path)
+    idle(tmp_path / "mlflow.db")
+    before = folder_digest(tmp_path)
+    assert status_json(tmp_path, "tiny")["counts"]["pending"] == 4
+    assert folder_digest(tmp_path) == before
+
+
+def test_a_read_overlapped_by_a_writer_is_read_again(tmp_path):
+    """An idle store is read without SQLite's locks (immutable): a writer that starts meanwhile makes the read a
+    transient error, and `retried` reads again, now through the write-ahead log, and sees the write."""
+    import sqlite3
+
+    from sgdlab.tracking.location import reading, retried
+
+    path = tmp_path / "mlflow.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (x INTEGER)")
+    db.close()
+    assert not (tmp_path / "mlflow.db-wal").exists()
+    writer = sqlite3.connect(path)
+    attempts = []
+
+    def read() -> int:
+        with reading(path) as db:
+            count = db.execute("SELECT count(*) FROM t").fetchone()[0]
+            if not attempts:
+                writer.execute("INSERT INTO t VALUES (1)")
+                writer.commit()
+            attempts.append(count)
+        return count
+
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="written while read"):
+            read()
+        assert retried(read) == 1
+    finally:
+        writer.close()
+    assert attempts == [0, 1]
 
 
 def test_an_empty_store_file_is_a_store_not_yet_created(sweeps_dir, tmp_path):

@@ -16,15 +16,13 @@ store is read with MlflowClient. A test checks that both readers return the same
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from sgdlab import numerics
 from sgdlab.tracking import tags
-from sgdlab.tracking.location import check_sqlite_store, damaged_store, is_damage, retried, sqlite_path
+from sgdlab.tracking.location import check_sqlite_store, reading, retried, sqlite_path
 
 READ_TABLES = ("experiments", "runs", "tags", "params", "metrics", "latest_metrics")
 STATES = ("finished", "failed", "running", "stale", "pending", "outdated")
@@ -79,23 +77,13 @@ class RunRecord:
 
 @contextmanager
 def read_only(path):
-    """A read-only connection to a SQLite store (reading never creates or changes it), or None while the store
-    is being created (MLflow has not made all the tables read here yet): then it holds no runs. A store in a
-    folder this process cannot write (a read-only mount, another user's) is opened as immutable: SQLite then needs
-    no -shm file beside it. A damaged file raises StoreError (one line)."""
+    """A read-only connection to a SQLite store that creates and changes no file (location.reading), or None
+    while the store is being created (MLflow has not made all the tables read here yet): then it holds no runs.
+    A damaged file raises StoreError (one line)."""
     check_sqlite_store(path)
-    immutable = "&immutable=1" if not os.access(path.parent, os.W_OK) else ""
-    try:
-        db = sqlite3.connect(f"{path.as_uri()}?mode=ro{immutable}", uri=True, timeout=30)
-        try:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            yield db if tables.issuperset(READ_TABLES) else None
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as exc:
-        if is_damage(exc):
-            raise damaged_store(path, str(exc)) from None
-        raise
+    with reading(path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        yield db if tables.issuperset(READ_TABLES) else None
 
 
 def _sqlite_runs(path, sweep: str) -> list[RunRecord]:
