@@ -101,6 +101,18 @@ axes:
 """
 
 
+def idle(path: Path) -> None:
+    """Leave the store at `path` as a store no connection has open: its write-ahead log checkpointed into the file
+    and removed (this process's MLflow keeps a connection open, which keeps the log)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    for side in path.parent.glob(f"{path.name}-*"):
+        side.unlink()
+
+
 def mlflow_runs(store: Path, sweep: str, kind: str = "train"):
     """(client, runs of one kind) from a SQLite store, read with MLflow's own client."""
     from mlflow.tracking import MlflowClient

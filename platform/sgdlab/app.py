@@ -125,6 +125,15 @@ def launch_or_exit(override_lists: list[list[str]], report: bool) -> list[float 
         raise SystemExit(130) from None
 
 
+def check_sweeper_settings(sweeper: DictConfig) -> None:
+    """The sweeper's batch settings, checked as Hydra hands them to the launcher, before anything runs: n_trials and
+    n_jobs (Optuna's) below 1 would ask for no trial and fail on an empty study. Bad ones are one line, exit 2."""
+    for key in ("n_trials", "n_jobs"):
+        value = sweeper.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            raise bad_input(ConfigError(f"hydra.sweeper.{key}: must be a whole number >= 1, got {value!r}"))
+
+
 def run_trial(cfg: DictConfig) -> float:
     """Hydra's task function: this job's trial (its overrides, from HydraConfig) through `launch`; returns its
     app.objective. The sgdlab launcher runs whole batches instead (it recognizes this function)."""
@@ -150,7 +159,10 @@ def checked_jobs(overrides: list[str], grid: bool) -> list[list[str]]:
     for line in overrides:
         override = parse_override(line)
         if override.is_interval_sweep():
-            corner.append(f"{override.get_key_element()}={override.value().start}")
+            interval = override.value()
+            if not interval.start <= interval.end:
+                raise ConfigError(f"{line}: an empty interval (its start must not exceed its end)")
+            corner.append(f"{override.get_key_element()}={interval.start}")
         else:
             corner.append(next(iter(parse_axes([line]).values()))[0])
     return [corner]

@@ -104,6 +104,14 @@ def test_optuna_batches_run_packed_through_the_launcher_and_get_their_objective(
     (("optim.temperature=1e-3", "app.objective=accuracy"), "app.objective: 'accuracy' is not a final metric"),
     (("optim.temperature=1e-3", "app.sweep=../x"), "sweep name '../x': use letters, digits"),
     (("-m", "seed=range(0,10000000)"), "the grid seed (more than 100000) has more than 100000 trials, the limit"),
+    # Optuna's settings, which its sweeper would answer with a traceback (and n_jobs=0 with a multirun/ folder)
+    (("-m", "hydra/sweeper=optuna", "optim.temperature=interval(1,0)"),
+     "optim.temperature=interval(1,0): an empty interval (its start must not exceed its end)"),
+    (("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=-1", "optim.temperature=interval(0.001,0.1)"),
+     "hydra.sweeper.n_trials: must be a whole number >= 1, got -1"),
+    (("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_jobs=0", "optim.temperature=interval(0.001,0.1)"),
+     "hydra.sweeper.n_jobs: must be a whole number >= 1, got 0"),
+    (("-m", "seed=" + "[" * 5000 + "0" + "]" * 5000), "nested deeper than 20 levels"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     out = sgdlab_run(*args, cwd=tmp_path)

@@ -15,7 +15,7 @@ from sgdlab.tracking.artifacts import download_bytes
 from sgdlab.tracking.store import open_sweep
 from sgdlab.tracking.writer import TrialRun
 
-from conftest import SGDLAB, TINY, run_sgdlab, status_json
+from conftest import SGDLAB, TINY, idle, run_sgdlab, status_json
 
 
 def folder_digest(folder: Path) -> dict[str, str]:
@@ -36,18 +36,6 @@ def truncated(path: Path) -> None:
     small_store(path.parent)
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
-
-
-def idle(path: Path) -> None:
-    """Leave the store at `path` as a store no connection has open: its write-ahead log checkpointed into the file
-    and removed (this process's MLflow keeps a connection open, which keeps the log)."""
-    import sqlite3
-
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
-    for side in path.parent.glob(f"{path.name}-*"):
-        side.unlink()
 
 
 def middle_bytes(path: Path) -> None:
@@ -206,6 +194,29 @@ def test_a_copied_store_folder_reads_and_writes_its_own_artifacts(tmp_path):
     new = TrialRun.start(handle, "t1", {"seed": 1}, attempt=1, run_name="t1")
     assert (copy / "mlartifacts" / "tiny" / new.run_id / "artifacts" / "config.yaml").is_file()
     assert not (original / "mlartifacts").exists()  # nothing written into the original's folder
+
+
+def test_a_store_reached_through_a_link_keeps_its_artifacts(tmp_path):
+    """Folder B's mlflow.db a symbolic link to folder A's: a command in B (report, sweep) opens the store through
+    the link and must leave the artifact locations at A's mlartifacts/, where the files are, even where B has an
+    mlartifacts/ folder of the sweep's name."""
+    import sqlite3
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    run_id = small_store(a)
+    (b / "mlflow.db").symlink_to(a / "mlflow.db")
+    (b / "mlartifacts" / "tiny").mkdir(parents=True)  # B's own folder of the sweep, from runs of its own before
+    locations = lambda: sorted(sqlite3.connect(a / "mlflow.db").execute(  # noqa: E731
+        "SELECT artifact_uri FROM runs UNION SELECT artifact_location FROM experiments"))
+    before = locations()
+    handle = open_sweep(f"sqlite:///{b / 'mlflow.db'}", "tiny")
+    assert locations() == before
+    assert download_bytes(handle.uri, run_id, "config.yaml") == b"seed: 0\n"
+    new = TrialRun.start(handle, "t1", {"seed": 1}, attempt=1, run_name="t1")
+    assert (a / "mlartifacts" / "tiny" / new.run_id / "artifacts" / "config.yaml").is_file()
+    assert not any((b / "mlartifacts" / "tiny").iterdir())
 
 
 def test_a_store_caught_mid_checkpoint_is_not_taken_for_truncated(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_sgdlab
+from conftest import TINY, idle, run_sgdlab
 
 
 @pytest.fixture(scope="module")
@@ -19,19 +19,19 @@ def other_store(tmp_path_factory) -> Path:
     run = TrialRun.start(open_sweep(f"sqlite:///{folder / 'mlflow.db'}", "other"), "t0", {"seed": 0}, attempt=1,
                          run_name="t0")
     run.finish("converged")
+    idle(folder / "mlflow.db")  # as a store is between commands: no -wal or -shm beside it
     return folder
 
 
 def digest(folder: Path) -> dict[str, str]:
-    """Every file's hash, except SQLite's -shm: the shared-memory index of the write-ahead log, which any reader
-    rebuilds (the records are in mlflow.db and mlflow.db-wal)."""
+    """Every file's hash (a -wal or -shm file a command left behind is a difference)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith("-shm")}
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("args, message", [
     (("sweep", "no_such_sweep"),
-     "unknown sweep 'no_such_sweep'; available: badrefine, empty, latin1, refined, tiny, twice"),
+     "unknown sweep 'no_such_sweep'; available: badrefine, elsewhere, empty, latin1, refined, tiny, twice"),
     (("sweep", "x" * 300), "at most 100 characters, got 300"),
     (("sweep", "twice"), "twice.yaml: not valid YAML (key 'seed' given twice)"),
     (("sweep", "latin1"), "latin1.yaml: not UTF-8 text (byte 0xe9 at position 16)"),
@@ -54,8 +54,8 @@ def digest(folder: Path) -> dict[str, str]:
     (("sweep", "tiny", "model=glob(z*)"), "model: glob(z*) selects none of the options cnn, mlp, perceptron, vgg"),
     (("sweep", "tiny", "optim.lr=glob(*)"), "optim.lr: glob() selects options of a config group ("),
     (("--sweeps-dir", "/nonexistent", "sweep", "tiny"), "--sweeps-dir /nonexistent: not a folder"),
-    (("status", "no_such_sweep"), "unknown sweep 'no_such_sweep': no sweep file (available: badrefine, empty, "
-                                  "latin1, refined, tiny, twice) and no runs of it in sqlite:///"),
+    (("status", "no_such_sweep"), "unknown sweep 'no_such_sweep': no sweep file (available: badrefine, elsewhere, "
+                                  "empty, latin1, refined, tiny, twice) and no runs of it in sqlite:///"),
     (("sweep", "tiny", "modle.alpha=2"), "modle.alpha: unknown config key"),
     (("sweep", "tiny", "data.batch_size=abc"), "data.batch_size: expected an integer, got 'abc'"),
     (("sweep", "tiny", "optim.temperature=0"), "optim.temperature: must be > 0"),
@@ -101,6 +101,28 @@ def digest(folder: Path) -> dict[str, str]:
     (("report", "tiny", "report.tc_thresholds=[0.1,-1]"), "report.tc_thresholds: must be a non-empty list of "
                                                            "numbers > 0, got [0.1, -1.0]"),
     (("report", "tiny", "report.tc_error_change=0.1,0.2"), "report.tc_error_change: a report takes one value"),
+    # hostile input that Hydra's parser, the file system or MLflow would answer with a traceback
+    (("sweep", "tiny", "seed=" + "[" * 5000 + "0" + "]" * 5000), "nested deeper than 20 levels"),
+    (("report", "tiny", "--out", "/proc/sgdlab"), "--out /proc/sgdlab: cannot write there"),
+    (("report", "tiny", "--out", "/sys/sgdlab"), "--out /sys/sgdlab: cannot write there"),
+    (("report", "tiny", "--out", "/tmp/" + "a" * 5000), "characters): cannot write there (File name too long)"),
+    (("status", "tiny", "tracking.uri=file:///tmp/x"), "tracking URI 'file:///tmp/x': not a store sgdlab records"),
+    (("sweep", "tiny", "tracking.uri=unknown://x"), "tracking URI 'unknown://x': not a store sgdlab records"),
+    (("status", "tiny", "tracking.uri=/etc/passwd"), "tracking URI '/etc/passwd': not a store sgdlab records"),
+    (("status", "tiny", "tracking.uri=sqlite:////etc/passwd"), "/etc/passwd is not a readable MLflow store (not an "
+                                                                "SQLite database)"),
+    (("sweep", "refined", "refine.criterion=!!python/object/apply:os.system [true]"),
+     "refine.criterion: not a plain YAML value (could not determine a constructor for the tag"),
+    (("sweep", "refined", "refine.criterion=test_error > nan"), "refine.criterion: 'nan' is not a finite number"),
+    (("sweep", "refined", "refine.criterion=test_error > 1e999 x plateau"), "'1e999' is not a finite number"),
+    (("sweep", "elsewhere"), "elsewhere.yaml: tracking.uri: a sweep file does not choose the store"),
+    (("sweep", "tiny", "cluster.num_cpus=0"), "cluster.num_cpus: must be > 0, got 0"),
+    # --dry-run refuses what the real run would refuse before a trial runs
+    (("sweep", "tiny", "tracking.uri=unknown://x", "--dry-run"), "tracking URI 'unknown://x': not a store"),
+    (("sweep", "tiny", "resources.cpus=1000", "--dry-run"), "resources.cpus = 1000: a trial needs 1000 CPU, but "
+                                                            "the Ray cluster has"),
+    (("sweep", "tiny", "resources.cpus=2", "cluster.num_cpus=1", "--dry-run"),
+     "resources.cpus = 2: a trial needs 2 CPU, but the Ray cluster has 1"),
 ])
 @pytest.mark.parametrize("with_store", [False, True], ids=["no-store", "with-store"])
 def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, monkeypatch, other_store, with_store,
@@ -119,6 +141,8 @@ def test_bad_input_exits_2_with_one_line_and_no_store(sweeps_dir, tmp_path, monk
     (sweeps_dir / "empty.yaml").write_text("axes:\n  seed: []\n")
     (sweeps_dir / "twice.yaml").write_text("axes:\n  seed: [0, 1]\n  model.alpha: [1]\n  seed: [2]\n")
     (sweeps_dir / "latin1.yaml").write_bytes("description: caf\u00e9\naxes:\n  seed: [0]\n".encode("latin-1"))
+    (sweeps_dir / "elsewhere.yaml").write_text("overrides: [tracking.uri=sqlite:////tmp/elsewhere.db]\n"
+                                               "axes:\n  seed: [0]\n")
     work = tmp_path / "work"
     if with_store:
         shutil.copytree(other_store, work)
@@ -170,3 +194,34 @@ def test_empty_axis_in_a_sweep_file(sweeps_dir, tmp_path):
     out = run_sgdlab("sweep", "empty", cwd=tmp_path)
     assert out.returncode == 2 and "axes.seed: empty axis" in out.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--port", "70000"), "--host 127.0.0.1 --port 70000: a port is a number from 1 to 65535"),
+    (("--port", "{busy}"), "--host 127.0.0.1 --port {busy}: the port is in use (by another program; choose another "
+                           "with --port)"),
+    (("--host", "192.0.2.1"), "--host 192.0.2.1 --port 5000: cannot listen there (Cannot assign requested address)"),
+])
+def test_the_dashboard_refuses_a_port_it_cannot_listen_on(other_store, tmp_path, monkeypatch, args, message):
+    """`sgdlab ui` printed a URL and then failed (a traceback, exit code 0), or with a port in use printed a URL
+    that reached another program: now it tries the port first."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from sgdlab.cli.main import app
+
+    work = tmp_path / "work"
+    shutil.copytree(other_store, work)
+    before = digest(work)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        out = CliRunner().invoke(app, ["ui", *(a.format(busy=port) for a in args)], prog_name="sgdlab")
+    assert out.exit_code == 2, (out.stderr, out.exception)
+    assert out.stderr.strip() == f"sgdlab: error: {message.format(busy=port)}"
+    assert out.stdout == ""
+    assert digest(work) == before

@@ -37,6 +37,9 @@ class SgdlabLauncher(Launcher):
         if not getattr(task_function, "sgdlab_app", False):
             raise HydraException("hydra/launcher=sgdlab launches sgdlab's own app (sgdlab-run) only; for another "
                                  "app use hydra/launcher=basic")
+        from sgdlab.app import check_sweeper_settings
+
+        check_sweeper_settings(config.hydra.sweeper)
         self.config = config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

@@ -5,12 +5,15 @@ Ray and torch are imported only by the commands that run trials, so `sgdlab stat
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -32,12 +35,18 @@ RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def why_not_writable(folder: Path) -> str | None:
-    """Why a report cannot be written into `folder` (created if missing), or None if it can."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists())  # the folder, or where it would be made
-    if not existing.is_dir():
-        return f"{existing} is not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
+    """Why a report cannot be written into `folder` (created if missing), or None if it can: the nearest existing
+    folder must take a file (tried with a nameless temporary file, which /proc, /sys or a read-only mount refuse),
+    and the path must be one the system accepts (a name over 255 bytes is not)."""
+    try:
+        existing = next(p for p in (folder, *folder.parents) if p.exists())  # the folder, or where it is made
+        if not existing.is_dir():
+            return f"{existing} is not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{existing} is not writable"
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        return f"cannot write there ({exc.strerror or exc})"
     return None
 
 
@@ -186,6 +195,7 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
     except ConfigError as exc:
         raise fail_input(str(exc))
     if dry_run:
+        dry_run_checks(trials)
         out.print(trial_table(trials, f"{name}: {len(trials)} trials"))
         if spec.refine:
             out.print(f"then refined along {spec.refine.axis} until `{spec.refine.criterion}` is bracketed to "
@@ -226,6 +236,25 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
 
     execute(name, jobs, first, uri, summary, spec.description, then=rounds and rounds.next_jobs, after=after,
             view_params=swept_params(trials))
+
+
+def dry_run_checks(trials: list) -> None:
+    """What the real run would refuse before any trial runs and a dry run can know without opening the store or
+    starting Ray: a tracking URI of no store, and on a local cluster a trial that asks for more CPUs or GPUs than
+    it has. One line and exit code 2."""
+    from sgdlab.orchestration.plan import local_resources, unplaceable
+    from sgdlab.tracking.location import StoreError, check_uri, resolve_uri
+
+    first = trials[0].config
+    try:
+        check_uri(resolve_uri(first["tracking"]["uri"]))
+    except StoreError as exc:
+        raise fail_input(str(exc))
+    cluster = local_resources(first["cluster"], any(t.config["resources"]["gpu"] for t in trials))
+    for trial in trials if cluster else []:
+        problem = unplaceable(trial.config["resources"], cluster)
+        if problem:
+            raise fail_input(problem)
 
 
 def plan_summary(name: str, trials: list, plan, uri: str) -> str:
@@ -410,7 +439,8 @@ def report(name: str = typer.Argument(..., help="sweep name"),
         settings = sweep_report_settings(name, overrides or [])
         unwritable = why_not_writable(folder)
         if unwritable:
-            raise ConfigError(f"--out {folder}: {unwritable}")
+            shown = str(folder) if len(str(folder)) <= 80 else f"{str(folder)[:60]}...({len(str(folder))} characters)"
+            raise ConfigError(f"--out {shown}: {unwritable}")
         uri = resolve_uri()
         check_store(uri, runtime_value({}, "tracking", "timeout_s"))
         err.print(write_report(name, uri, folder, overrides or [], settings), highlight=False)
@@ -509,8 +539,9 @@ def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED tr
               None, help="probe.* (what to measure) and resources.*, e.g. probe.top_k=5 probe.slq_starts=4")):
     """Measure the curvature of an existing finished trial (its checkpoint/final.pt) as a new probe run."""
     from sgdlab.config.recorded import apply_runtime_overrides, parse_runtime_overrides, runtime_value
-    from sgdlab.tracking.artifacts import recorded_config, run_record
+    from sgdlab.tracking.artifacts import recorded_config
     from sgdlab.tracking.location import StoreError, check_store, resolve_uri, sqlite_path
+    from sgdlab.tracking.query import run_record
 
     try:
         if not RUN_ID.fullmatch(run_id):
@@ -550,6 +581,22 @@ def probe(run_id: str = typer.Argument(..., help="MLflow run id of a FINISHED tr
     out.print(table)
 
 
+def why_not_served(host: str, port: int) -> str | None:
+    """Why the dashboard cannot listen on host:port (a port out of range, one another program holds, a host that
+    is not this machine's), or None if it can: tried by binding it, as the server will."""
+    if not 1 <= port <= 65535:
+        return "a port is a number from 1 to 65535"
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a closing socket is free
+            probe.bind((host, port))
+    except OSError as exc:
+        return (f"the port is in use (by another program; choose another with --port)"
+                if exc.errno == errno.EADDRINUSE else f"cannot listen there ({exc.strerror or exc})")
+    return None
+
+
 @app.command()
 def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: the most recent one)"),
        host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1: this machine only)"),
@@ -570,6 +617,9 @@ def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: 
         if store is not None and not store.is_file():
             raise ConfigError(f"no store at {store}; run a sweep first (make sweep EXP=smoke) or set "
                               "MLFLOW_TRACKING_URI")
+        why = None if uri.startswith("http") else why_not_served(host, port)
+        if why:
+            raise ConfigError(f"--host {host} --port {port}: {why}")
         check_store(uri, runtime_value({}, "tracking", "timeout_s"))
         sweeps = {sweep: (exp_id, view) for sweep, exp_id, view in sweep_experiments(uri)}
         if name is not None and name not in sweeps:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sgdlab import paths
-from sgdlab.config.schema import APP_GROUP, OPTIONS, SINGLE, ConfigError
+from sgdlab.config.schema import APP_GROUP, MAX_NESTING, OPTIONS, SINGLE, ConfigError
 from sgdlab.config.validation import validate
 
 
@@ -70,8 +70,28 @@ def glob_options(group: str, override: Override) -> list[str] | None:
     return chosen
 
 
+def bracket_depth(line: str) -> int:
+    """How deeply the brackets of an override nest, outside quoted strings."""
+    depth = deepest = 0
+    quote = None
+    for char in line:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+    return deepest
+
+
 def parse_override(line: str) -> Override:
-    """One override string in Hydra's grammar; a grammar error becomes a one-line ConfigError."""
+    """One override string in Hydra's grammar; a grammar error becomes a one-line ConfigError, and so does
+    nesting deeper than MAX_NESTING (Hydra's recursive parser would exhaust the stack)."""
+    if bracket_depth(line) > MAX_NESTING:
+        raise ConfigError(f"override {line[:40]!r}...: nested deeper than {MAX_NESTING} levels")
     try:
         (override,) = OverridesParser.create().parse_overrides([line])
     except HydraException as exc:

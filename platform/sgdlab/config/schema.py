@@ -239,6 +239,7 @@ SINGLE: dict[str, type] = {
 }
 TOP_LEVEL = {"seed"}
 MAX_TRIALS = 100_000  # the default of --max-trials: a larger grid is refused before it is expanded
+MAX_NESTING = 20  # levels of brackets in an override, of YAML in a sweep file (deeper input exhausts parsers)
 APP_GROUP = "app"  # App: composed with every trial, kept out of its config
 
 # Keys that do not change what a trial computes: excluded from trial identity, overridable on resubmit.

@@ -83,6 +83,7 @@ def validate(raw: dict) -> dict:
     _positive(cfg, "resources.cpus", allow_zero=True)
     _positive(cfg, "resources.max_in_flight", allow_none=True)  # null: twice the cluster's CPUs
     _positive(cfg, "resources.gpu", allow_zero=True)
+    _positive(cfg, "cluster.num_cpus", allow_none=True)  # null: all of this machine's (0 would mean all too)
     if cfg["resources"]["max_retries"] < 0:
         raise ConfigError(f"resources.max_retries: must be >= 0, got {cfg['resources']['max_retries']}")
     workers = cfg["resources"]["workers_per_trial"]

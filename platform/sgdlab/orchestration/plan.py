@@ -12,6 +12,8 @@ their newest run's recorded config with the command's runtime overrides, as new 
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -102,6 +104,20 @@ def unplaceable(res: dict, cluster: dict[str, float]) -> str | None:
                      if workers > 1 else f"resources.{name} = {per_task:g}")
             return f"{asked}: a trial needs {need:g} {key}, but the Ray cluster has {have:g}"
     return None
+
+
+def local_resources(cluster: dict, gpus_asked: bool) -> dict[str, float] | None:
+    """The resources of the local Ray that a sweep on `cluster` starts (runtime.connect), known before it starts:
+    cluster.num_cpus or this machine's CPUs, and the GPUs torch sees (counted only when gpus_asked: importing
+    torch takes a second). None when the sweep joins a running cluster, whose resources only Ray knows."""
+    if cluster["address"] or os.environ.get("RAY_ADDRESS"):
+        return None
+    gpus = 0
+    if gpus_asked:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return {"CPU": cluster["num_cpus"] or os.cpu_count(), "GPU": gpus}
 
 
 def plan_resubmit(sweep: str, uri: str, records: list[RunRecord], only: list[str],

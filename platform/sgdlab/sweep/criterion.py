@@ -89,18 +89,30 @@ def _combine(hits: list[bool], rule: str, mean) -> bool:
     return any(hits) if rule == "any" else all(hits) if rule == "all" else bool(mean())
 
 
+def _finite(text: str, where: str) -> float | None:
+    """The number `text` reads as (None if it is none); ConfigError if it is not finite: nothing compares with
+    NaN, and a bound at infinity never holds."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {text!r} is not a finite number")
+    return number
+
+
 def _term(text: str, where: str) -> Term:
     if text == "outcome":
         return Term("outcome")
     if text in OUTCOMES:
         return Term("outcome_name", name=text)
     plateau = PLATEAU.match(text)
-    if plateau:
-        return Term("plateau", value=float(plateau.group("k") or 1.0))
-    try:
-        return Term("number", value=float(text))
-    except ValueError:
-        pass
+    k = _finite(plateau.group("k") or "1", where) if plateau else None
+    if k is not None:
+        return Term("plateau", value=k)
+    number = _finite(text, where)
+    if number is not None:
+        return Term("number", value=number)
     term = TERM.match(text)
     if not term:
         raise ConfigError(f"{where}: cannot read {text!r} (a number, an outcome, [final|initial] METRIC or "

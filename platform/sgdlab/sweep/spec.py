@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from sgdlab import paths
-from sgdlab.config.schema import ConfigError
+from sgdlab.config.schema import MAX_NESTING, ConfigError
 from sgdlab.sweep.refine import Refine, parse_refine
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -35,7 +35,6 @@ MAX_NAME = 100  # characters: a sweep name is a file name and an MLflow experime
 
 
 DEFAULT_SCALE = "small"
-MAX_DEPTH = 20  # nesting of a sweep file's YAML
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ def _axis_string(key: str, values: object) -> str:
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last), and
     that aliases (*name, which can expand a small file into an exponentially large one) and nesting deeper than
-    MAX_DEPTH are refused."""
+    MAX_NESTING are refused."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -93,8 +92,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                               event.start_mark)
         self.depth = getattr(self, "depth", 0) + 1
         try:
-            if self.depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+            if self.depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_NESTING} levels",
                                                   self.peek_event().start_mark)
             return super().compose_node(parent, index)
         finally:
@@ -131,6 +130,11 @@ def load(name: str) -> SweepSpec:
     if not isinstance(overrides, list) or not isinstance(axes, dict) or not isinstance(scales, dict) or not all(
             isinstance(v, list) or v is None for v in scales.values()):
         raise ConfigError(f"{path.name}: 'overrides' must be a list, 'axes' a mapping, 'scales' a mapping of lists")
+    lines = [*overrides, *(line for scale in scales.values() for line in scale or [])]
+    keys = [*map(str, axes), *(str(line).split("=", 1)[0] for line in lines)]
+    if any(key.lstrip("+~") == "tracking.uri" for key in keys):
+        raise ConfigError(f"{path.name}: tracking.uri: a sweep file does not choose the store (its records would go "
+                          "elsewhere unnoticed); set MLFLOW_TRACKING_URI or pass tracking.uri=... to the command")
     return SweepSpec(
         name=name,
         description=str(body.get("description", "")).strip(),
@@ -162,5 +166,8 @@ def split_refine(spec: SweepSpec, overrides: list[str]) -> tuple[SweepSpec, list
         name = key.split(".", 1)[1]
         if name not in fields:
             raise ConfigError(f"{key}: unknown refine key; allowed: {', '.join(sorted(fields))}")
-        fields[name] = yaml.safe_load(value) if value.strip() else value
+        try:
+            fields[name] = yaml.load(value, Loader=_UniqueKeyLoader) if value.strip() else value
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}: not a plain YAML value ({str(exc).splitlines()[0]})") from None
     return replace(spec, refine=parse_refine(fields, "refine")), rest

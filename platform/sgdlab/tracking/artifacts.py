@@ -27,18 +27,3 @@ def recorded_config(uri: str, run_id: str) -> dict:
     if data is None:
         raise FileNotFoundError(f"run {run_id} has no config.yaml artifact")
     return yaml.safe_load(data)
-
-
-def run_record(uri: str, run_id: str):
-    """The RunRecord of one run, or None if the store has no such run."""
-    from sgdlab.tracking.location import retried
-    from sgdlab.tracking.query import record_of
-
-    mlflow = client(uri)
-    try:
-        run = retried(lambda: mlflow.get_run(run_id))
-    except Exception as exc:  # MlflowException RESOURCE_DOES_NOT_EXIST
-        if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
-            return None
-        raise
-    return record_of(run)

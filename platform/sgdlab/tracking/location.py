@@ -171,10 +171,23 @@ def is_damage(exc: BaseException) -> bool:
     return any(phrase in str(exc) for phrase in DAMAGED)
 
 
+# MLflow's stores that sgdlab records into: SQLite, a tracking server, or a database MLflow reaches with SQLAlchemy.
+# (MLflow's file store, a folder of YAML files, is in maintenance mode and not supported.)
+STORE_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "postgresql+", "mysql://", "mysql+")
+
+
+def check_uri(uri: str) -> None:
+    """Raise StoreError for a tracking URI of no store sgdlab records into (STORE_SCHEMES)."""
+    if not uri.startswith(STORE_SCHEMES):
+        raise StoreError(f"tracking URI {uri!r}: not a store sgdlab records into; use sqlite:////ABSOLUTE/PATH/"
+                         "mlflow.db, http(s)://HOST:PORT (an MLflow server) or postgresql://USER@HOST/DATABASE")
+
+
 def check_store(uri: str, timeout_s: float) -> None:
-    """Raise StoreError when the store at `uri` cannot be used: a SQLite file that is not a whole database or
-    that SQLite's quick check calls damaged (once per command, before it reads or writes), or a tracking server
-    that does not answer within timeout_s (tracking.timeout_s)."""
+    """Raise StoreError when the store at `uri` cannot be used: a URI of no store sgdlab records into, a SQLite
+    file that is not a whole database or that SQLite's quick check calls damaged (once per command, before it
+    reads or writes), or a tracking server that does not answer within timeout_s (tracking.timeout_s)."""
+    check_uri(uri)
     path = sqlite_path(uri)
     if path is not None:
         check_sqlite_store(path)

@@ -24,7 +24,7 @@ from sgdlab import numerics
 from sgdlab.tracking import tags
 from sgdlab.tracking.location import check_sqlite_store, reading, retried, sqlite_path
 
-READ_TABLES = ("experiments", "runs", "tags", "params", "metrics", "latest_metrics")
+READ_TABLES = ("experiments", "experiment_tags", "runs", "tags", "params", "metrics", "latest_metrics")
 STATES = ("finished", "failed", "running", "stale", "pending", "outdated")
 
 
@@ -86,27 +86,60 @@ def read_only(path):
         yield db if tables.issuperset(READ_TABLES) else None
 
 
+def _sqlite_records(db, condition: str, args: tuple) -> list[RunRecord]:
+    """The records (tags, params, latest metrics) of the runs that match `condition`, an SQL condition on
+    MLflow's runs table, oldest first."""
+    runs = db.execute(f"SELECT run_uuid, status, start_time FROM runs WHERE {condition} "
+                      "ORDER BY start_time, run_uuid", args).fetchall()
+    grouped: dict[str, dict] = {r[0]: {"metrics": {}, "params": {}, "tags": {}} for r in runs}
+    run_filter = f"run_uuid IN (SELECT run_uuid FROM runs WHERE {condition})"
+    for table, column in (("tags", "tags"), ("params", "params")):
+        for run_id, key, value in db.execute(f"SELECT run_uuid, key, value FROM {table} WHERE {run_filter}", args):
+            if run_id in grouped:
+                grouped[run_id][column][key] = value
+    for run_id, key, value, is_nan in db.execute(
+            f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE {run_filter}", args):
+        if run_id in grouped:
+            grouped[run_id]["metrics"][key] = float("nan") if is_nan else float(value)
+    return [RunRecord(run_id=r[0], status=r[1], start_time=r[2] or 0, **grouped[r[0]]) for r in runs]
+
+
+def sqlite_sweeps(path, view_tag: str) -> list[tuple[str, str, bool]]:
+    """(name, experiment id, whether it has the tag view_tag) of the active experiments but MLflow's Default in
+    the SQLite store at `path`, the most recently updated first (as MlflowClient.search_experiments orders)."""
+    with read_only(path) as db:
+        return [] if db is None else [(name, str(exp_id), bool(view)) for name, exp_id, view in db.execute(
+            "SELECT name, experiment_id, EXISTS (SELECT 1 FROM experiment_tags AS t WHERE t.experiment_id = "
+            "e.experiment_id AND t.key = ?) FROM experiments AS e WHERE lifecycle_stage = 'active' AND name != "
+            "'Default' ORDER BY last_update_time DESC, experiment_id", (view_tag,))]
+
+
 def _sqlite_runs(path, sweep: str) -> list[RunRecord]:
     with read_only(path) as db:
         if db is None:
             return []
         exp = db.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
                          (sweep,)).fetchone()
-        if exp is None:
-            return []
-        runs = db.execute("SELECT run_uuid, status, start_time FROM runs WHERE experiment_id = ? "
-                          "AND lifecycle_stage = 'active' ORDER BY start_time, run_uuid", exp).fetchall()
-        grouped: dict[str, dict] = {r[0]: {"metrics": {}, "params": {}, "tags": {}} for r in runs}
-        run_filter = "run_uuid IN (SELECT run_uuid FROM runs WHERE experiment_id = ?)"
-        for table, column in (("tags", "tags"), ("params", "params")):
-            for run_id, key, value in db.execute(f"SELECT run_uuid, key, value FROM {table} WHERE {run_filter}", exp):
-                if run_id in grouped:
-                    grouped[run_id][column][key] = value
-        for run_id, key, value, is_nan in db.execute(
-                f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE {run_filter}", exp):
-            if run_id in grouped:
-                grouped[run_id]["metrics"][key] = float("nan") if is_nan else float(value)
-    return [RunRecord(run_id=r[0], status=r[1], start_time=r[2] or 0, **grouped[r[0]]) for r in runs]
+        return [] if exp is None else _sqlite_records(db, "experiment_id = ? AND lifecycle_stage = 'active'", exp)
+
+
+def run_record(uri: str, run_id: str) -> RunRecord | None:
+    """The record of one run, or None if the store has no such run (a SQLite store read read-only)."""
+    path = sqlite_path(uri)
+    if path is not None:
+        def read() -> list[RunRecord]:
+            with read_only(path) as db:
+                return [] if db is None else _sqlite_records(db, "run_uuid = ?", (run_id,))
+
+        return next(iter(retried(read)), None)
+    from sgdlab.tracking.store import client
+
+    try:
+        return record_of(retried(lambda: client(uri).get_run(run_id)))
+    except Exception as exc:  # MlflowException RESOURCE_DOES_NOT_EXIST
+        if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+            return None
+        raise
 
 
 def record_of(run) -> RunRecord:

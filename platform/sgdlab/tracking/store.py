@@ -32,6 +32,7 @@ from sgdlab import paths  # noqa: E402
 from sgdlab.tracking import tags  # noqa: E402
 from sgdlab.tracking.location import (check_sqlite_store, damaged_store, is_damage, retried,  # noqa: E402
                                      sqlite_path)
+from sgdlab.tracking.query import sqlite_sweeps  # noqa: E402
 
 
 def git_state() -> dict[str, str]:
@@ -98,7 +99,10 @@ def find_experiment_id(mlflow: MlflowClient, sweep: str) -> str | None:
 
 def sweep_experiments(uri: str) -> list[tuple[str, str, bool]]:
     """(sweep name, experiment id, whether it holds the trials view) of every sweep in the store, the most
-    recently updated first."""
+    recently updated first. A SQLite store is read read-only (query.read_only)."""
+    path = sqlite_path(uri)
+    if path is not None:
+        return retried(lambda: sqlite_sweeps(path, VIEW_TAG))
     found = retried(lambda: client(uri).search_experiments(order_by=["last_update_time DESC"]))
     return [(e.name, e.experiment_id, VIEW_TAG in e.tags) for e in found if e.name != "Default"]
 
@@ -175,7 +179,10 @@ def _damage_named(path: Path | None):
 def adopt_artifacts(path: Path) -> None:
     """A store folder that was copied or moved: point the artifact locations of its sweeps (MLflow records them
     as absolute file:// URIs, <folder>/mlartifacts/<sweep>) and of their runs at this folder's own mlartifacts/,
-    for each sweep whose artifacts are here; otherwise a copy would read and write the original's files."""
+    for each sweep whose artifacts are here; otherwise a copy would read and write the original's files. The
+    folder is the store file's real one: a store reached through a symbolic link keeps its artifacts where they
+    are (re-pointing them at the link's folder lost them to every other user of the store)."""
+    path = path.resolve()
     own = (path.parent / "mlartifacts").as_uri()
     db = sqlite3.connect(path, timeout=30)
     try:
@@ -261,7 +268,7 @@ def open_sweep(uri: str, sweep: str, description: str = "", view_params: list[st
         mlflow = client(uri)
         if path is not None:
             adopt_artifacts(path)
-        artifacts = (path.parent / "mlartifacts" / sweep).as_uri() if path is not None else None
+        artifacts = (path.resolve().parent / "mlartifacts" / sweep).as_uri() if path is not None else None
         exp_id = _experiment(mlflow, sweep, artifacts)
         if view_params is not None:
             _experiment_tags(mlflow, exp_id, {**EXPERIMENT_KIND, VIEW_TAG: trials_view(view_params)})
