@@ -36,11 +36,12 @@ def test_each_state_gets_its_job(trials):
     done, running, failed, stale, pending, outdated = trials
     records = [run(done, "FINISHED"), run(done, "FINISHED", kind="probe",
                                           **{tags.PROBE_ID: probe_id(done.config, done.trial_id)}),
-               run(running, "RUNNING"), run(failed, "FAILED"), run(failed, "FAILED", attempt=2),
+               run(running, "RUNNING", heartbeat=NOW - 10), run(failed, "FAILED"), run(failed, "FAILED", attempt=2),
                run(stale, "RUNNING", heartbeat=NOW - 2 * STALE), run(outdated, "FINISHED", version=0)]
     plan = plan_sweep(trials, records, STALE, NOW)
     assert plan.skipped_finished == [done] and plan.skipped_running == [running] and not plan.probe_only
     assert plan.rerun == [failed, stale] and plan.outdated == [outdated]
+    assert plan.stale_at == NOW - 10 + STALE  # when the running trial is stale if its heartbeats stop
     assert [(j.trial_id, j.attempt, j.train, j.probe) for j in plan.jobs] == [
         (failed.trial_id, 3, True, True), (stale.trial_id, 2, True, True), (pending.trial_id, 1, True, True),
         (outdated.trial_id, 2, True, True)]

@@ -1,6 +1,7 @@
 """The driver interrupted: Ctrl-C marks in-flight runs KILLED; a killed driver leaves stale runs that reruns pick up."""
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -56,6 +57,12 @@ def test_killed_driver_leaves_stale_runs_that_a_rerun_picks_up(sweeps_dir, tmp_p
     wait_for_running(tmp_path / "mlflow.db", 2)
     os.kill(driver.pid, signal.SIGKILL)
     driver.communicate(timeout=60)
+    # at once, the dead driver's runs are fresh: a rerun leaves them, and its last line says so and until when
+    held = run_sgdlab("sweep", "slow", "tracking.stale_after_s=60", cwd=tmp_path)
+    assert held.returncode == 0, held.stderr
+    assert re.fullmatch(r"2 trials are unfinished, held by the runs of another driver; if it has died, they become "
+                        r"stale at \d\d:\d\d:\d\d and `make sweep EXP=slow` then runs them\.",
+                        " ".join(held.stderr.strip().splitlines()[-1:][0].split())), held.stderr
     time.sleep(8)  # Ray's reaper stops the workers; their heartbeats age past stale_after_s
     report = status_json(tmp_path, "slow", "tracking.stale_after_s=4")
     assert report["counts"]["stale"] == 2, report

@@ -183,6 +183,24 @@ def test_an_unreachable_tracking_server_fails_within_the_timeout(sweeps_dir, tmp
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_database_uri_that_takes_no_connection_fails_at_once(sweeps_dir, tmp_path):
+    """MLflow retries a failed database connection for ~100 s before its traceback; a PostgreSQL URI naming a
+    missing database (on this machine's server) or a port where no server listens is one line within
+    tracking.timeout_s, the password hidden."""
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    for uri, shown in (("postgresql+psycopg://postgres:secret@127.0.0.1:5432/sgdlab_no_such_database",
+                        "postgresql+psycopg://postgres:***@127.0.0.1:5432/sgdlab_no_such_database"),
+                       ("postgresql+psycopg://postgres@127.0.0.1:9/sgdlab",) * 2):
+        started = time.monotonic()
+        out = run_sgdlab("status", "tiny", "tracking.timeout_s=3", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        assert out.returncode == 2, out.stderr
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith(f"sgdlab: error: database {shown} cannot be used (connection failed"), line
+        assert "secret" not in line
+        assert time.monotonic() - started < 3 + 20
+    assert list(tmp_path.iterdir()) == [sweeps_dir]
+
+
 def test_a_copied_store_folder_reads_and_writes_its_own_artifacts(tmp_path):
     original, copy = tmp_path / "original", tmp_path / "copy"
     original.mkdir()

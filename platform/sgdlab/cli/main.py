@@ -108,12 +108,13 @@ def swept_params(trials) -> list[str]:
 
 
 def run_and_summarize(name: str, jobs: list, config: dict, uri: str, plan: str, description: str = "", then=None,
-                      after=None, view_params: list[str] | None = None, again: str = "") -> list:
+                      after=None, view_params: list[str] | None = None, again: str = "", last: str = "") -> list:
     """Run the jobs on Ray (`plan`, what will run, is printed once they are known to fit the cluster; `then`:
     the next rounds' jobs, `view_params`: the swept params, see run_jobs), print the summary and the failed
     trials with how to rerun them (`again`: the command that runs the sweep again, default make sweep), call
-    `after()`, and return the trials' summaries. ConfigError when the cluster can never run them, StoreError
-    when the store went bad meanwhile, KeyboardInterrupt when interrupted."""
+    `after()`, print `last` (if any) as the last line, and return the trials' summaries. ConfigError when the
+    cluster can never run them, StoreError when the store went bad meanwhile, KeyboardInterrupt when
+    interrupted."""
     from sgdlab.orchestration.scheduler import run_jobs
 
     again = again or f"make sweep EXP={name}"
@@ -141,17 +142,20 @@ def run_and_summarize(name: str, jobs: list, config: dict, uri: str, plan: str, 
         err.print(f"{len(lost)} trials were lost before their runs were recorded; run them with: {again}")
     if any(r.failed_stage == "probe" for r in failed):
         err.print(f"Failed end probes are retried by running the sweep again: {again}")
+    if last:
+        err.print(last, highlight=False)
     return results
 
 
 def execute(name: str, jobs: list, config: dict, uri: str, plan: str, description: str = "", then=None,
-            after=None, view_params: list[str] | None = None) -> None:
+            after=None, view_params: list[str] | None = None, last: str = "") -> None:
     """run_and_summarize, then exit 2 if the cluster can never run the jobs, 1 if any trial failed, 130 when
     interrupted."""
     from sgdlab.tracking.location import StoreError
 
     try:
-        results = run_and_summarize(name, jobs, config, uri, plan, description, then, after, view_params)
+        results = run_and_summarize(name, jobs, config, uri, plan, description, then, after, view_params,
+                                    last=last)
     except (ConfigError, StoreError) as exc:  # resources the cluster can never provide; a store gone bad meanwhile
         raise fail_input(str(exc))
     except KeyboardInterrupt:
@@ -222,12 +226,15 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
     if not jobs and rounds:  # the grid is done: the refinement's next round, replayed from the records
         err.print(summary)
         summary, jobs = "", rounds.next_jobs([])
+    held = held_elsewhere(name, plan)
     if not jobs:
         if summary:
             err.print(summary)
         err.print("nothing to run.")
         if rounds:
             report_brackets(rounds)
+        if held:
+            err.print(held, highlight=False)
         return
     def after() -> None:
         if rounds:
@@ -235,7 +242,7 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
         auto_report(name, uri, first, overrides or [])
 
     execute(name, jobs, first, uri, summary, spec.description, then=rounds and rounds.next_jobs, after=after,
-            view_params=swept_params(trials))
+            view_params=swept_params(trials), last=held)
 
 
 def dry_run_checks(trials: list) -> None:
@@ -255,6 +262,16 @@ def dry_run_checks(trials: list) -> None:
         problem = unplaceable(trial.config["resources"], cluster)
         if problem:
             raise fail_input(problem)
+
+
+def held_elsewhere(name: str, plan) -> str:
+    """The last line of a sweep that left trials to the runs of another driver: how many are unfinished, and when
+    they become stale (and the next sweep runs them) if that driver has died."""
+    if not plan.skipped_running:
+        return ""
+    at = time.strftime("%H:%M:%S", time.localtime(plan.stale_at))
+    return (f"{len(plan.skipped_running)} trials are unfinished, held by the runs of another driver; if it has "
+            f"died, they become stale at {at} and `make sweep EXP={name}` then runs them.")
 
 
 def plan_summary(name: str, trials: list, plan, uri: str) -> str:

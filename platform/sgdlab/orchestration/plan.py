@@ -13,7 +13,6 @@ their newest run's recorded config with the command's runtime overrides, as new 
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -56,6 +55,7 @@ class Plan:
     rerun: list[Trial] = field(default_factory=list)  # failed or stale before, in to_run again
     outdated: list[Trial] = field(default_factory=list)  # recorded under another numerics version, in to_run
     probe_only: list[Trial] = field(default_factory=list)  # finished trials whose end probe runs now
+    stale_at: float = 0.0  # when the trials in skipped_running become stale if their heartbeats stop (epoch s)
 
 
 def plan_sweep(trials: list[Trial], records: list[RunRecord], stale_after_s: float, now: float) -> Plan:
@@ -83,6 +83,8 @@ def plan_sweep(trials: list[Trial], records: list[RunRecord], stale_after_s: flo
                                           train_run_id=finished.run_id, probe_attempt=next_attempt(probes)))
         elif state == "running":
             plan.skipped_running.append(trial)
+            beats = [r.heartbeat for r in runs if r.status in ("RUNNING", "SCHEDULED")]
+            plan.stale_at = max(plan.stale_at, max(beats) + stale_after_s)
         else:
             if state in ("failed", "stale"):
                 plan.rerun.append(trial)

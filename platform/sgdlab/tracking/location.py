@@ -6,6 +6,7 @@ tracking.uri) overrides it, for example with http://host:5000 for a shared serve
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sqlite3
@@ -183,10 +184,29 @@ def check_uri(uri: str) -> None:
                          "mlflow.db, http(s)://HOST:PORT (an MLflow server) or postgresql://USER@HOST/DATABASE")
 
 
+def check_database(uri: str, timeout_s: float) -> None:
+    """Raise StoreError unless the database at `uri` (postgresql://..., MLflow's tables through SQLAlchemy) takes a
+    connection within timeout_s: MLflow itself retries a failed one for about 100 s before its traceback."""
+    from sqlalchemy import create_engine, make_url, text
+    from sqlalchemy.pool import NullPool
+
+    url = make_url(uri)
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": max(1, math.ceil(timeout_s))})
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # the driver's OperationalError, wrapped by SQLAlchemy
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+        raise StoreError(f"database {url.render_as_string(hide_password=True)} cannot be used ({reason}); create "
+                         "it, start its server, or point MLFLOW_TRACKING_URI at the right store") from None
+    finally:
+        engine.dispose()
+
+
 def check_store(uri: str, timeout_s: float) -> None:
     """Raise StoreError when the store at `uri` cannot be used: a URI of no store sgdlab records into, a SQLite
     file that is not a whole database or that SQLite's quick check calls damaged (once per command, before it
-    reads or writes), or a tracking server that does not answer within timeout_s (tracking.timeout_s)."""
+    reads or writes), or a tracking server or database that does not answer within timeout_s (tracking.timeout_s)."""
     check_uri(uri)
     path = sqlite_path(uri)
     if path is not None:
@@ -194,6 +214,7 @@ def check_store(uri: str, timeout_s: float) -> None:
         check_sqlite_integrity(path)
         return
     if not uri.startswith(("http://", "https://")):
+        check_database(uri, timeout_s)
         return
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
