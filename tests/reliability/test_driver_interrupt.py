@@ -51,6 +51,35 @@ def test_ctrl_c_marks_in_flight_runs_killed(sweeps_dir, tmp_path, stop):
     assert status_json(tmp_path, "slow")["counts"]["failed"] == 2
 
 
+def test_an_interrupted_sweep_resumes_from_the_checkpoints_of_its_killed_runs(sweeps_dir, tmp_path):
+    """Ctrl-C ends the runs KILLED; the rerun continues each trial from its KILLED run's last checkpoint (as
+    after a lost worker), the history up to it copied as it was logged."""
+    (sweeps_dir / "slow.yaml").write_text(SLOW)
+    every = "train.checkpoint_every=500"
+    driver = start_sweep(tmp_path, every)
+    store = tmp_path / "mlflow.db"
+    wait_for_running(store, 2)
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("mlartifacts/slow/*/artifacts/checkpoint/last.pt"))) < 2:
+        assert time.time() < deadline, "no checkpoints"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr
+    rerun = run_sgdlab("sweep", "slow", every, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    client, runs = mlflow_runs(store, "slow")
+    killed = {r.data.tags["sgdlab.trial_id"]: r for r in runs if r.info.status == "KILLED"}
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(killed) == 2 and len(finished) == 2
+    for run in finished:
+        before = killed[run.data.tags["sgdlab.trial_id"]]
+        source, _, step = run.data.tags["sgdlab.resumed_from"].partition("@")
+        assert source == before.info.run_id and int(step) >= 500 and int(step) % 500 == 0
+        history = lambda r: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "train_loss")]  # noqa: E731
+        assert [p for p in history(before) if p[0] <= int(step)] == [p for p in history(run) if p[0] <= int(step)]
+
+
 def test_killed_driver_leaves_stale_runs_that_a_rerun_picks_up(sweeps_dir, tmp_path):
     (sweeps_dir / "slow.yaml").write_text(SLOW)
     driver = start_sweep(tmp_path)

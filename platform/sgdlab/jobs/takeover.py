@@ -5,9 +5,9 @@ A trial that has a FINISHED run (it finished before its pack's worker died, or a
 trained again; one with a live RUNNING run of another driver's submission is left to that run. RUNNING runs whose
 worker is gone (this submission's own: Ray retried the task after its worker died; or any with a stale
 heartbeat) are ended FAILED ('worker lost'), the new run becomes the next attempt, and training continues from the
-newest of their `checkpoint/last.pt` snapshots, with the numbers of an uninterrupted run (CPU) and the metric
-history up to the snapshot copied over. Only runs of the current numerics version count as finished or are resumed
-from.
+newest `checkpoint/last.pt` snapshot of those runs and of the trial's KILLED runs (a driver stopped by Ctrl-C
+ends its runs KILLED), with the numbers of an uninterrupted run (CPU) and the metric history up to the snapshot
+copied over. Only runs of the current numerics version count as finished or are resumed from.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def take_over(handle: SweepHandle, trial_id: str, runs: list[RunRecord], attempt
     held = running_elsewhere(runs, handle.submission, stale_after_s, now)
     if held is not None:
         return Takeover(attempt, elsewhere=TrialSummary.elsewhere(trial_id, held.run_id))
-    for run in reversed(current(lost)):  # a snapshot of other numerics would continue other numbers
+    interrupted = [r for r in runs if r.status == "KILLED"]
+    resumable = sorted(current([*lost, *interrupted]), key=lambda r: (r.start_time, r.run_id))
+    for run in reversed(resumable):  # a snapshot of other numerics would continue other numbers
         data = download_bytes(handle.uri, run.run_id, checkpoint.LAST)
         if data is not None:
             snapshot = checkpoint.from_bytes(data)["state"]
