@@ -183,6 +183,53 @@ def test_an_unreachable_tracking_server_fails_within_the_timeout(sweeps_dir, tmp
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_second_sweep_file_of_the_same_name_is_refused_unless_asked(sweeps_dir, tmp_path, shared_ray):
+    """Two sweep files named tiny in two --sweeps-dir folders shared one experiment, and its report mixed them:
+    the sweep's run records the file that defined it (real path, sha256), and another file with other content
+    is refused in one line, the store byte-identical, unless --redefine. The same file edited, or the same
+    content in another folder, is the same definition."""
+    from sgdlab.sweep import spec as sweep_spec
+
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    first = sweep_spec.load("tiny")
+    work = tmp_path / "work"
+    work.mkdir()
+    record = ("import sys; from sgdlab.sweep.spec import load; from sgdlab.tracking.store import record_definition; "
+              "record_definition(sys.argv[1], 'tiny', load('tiny').definition_tags())")
+    # in a process of its own, which closes the store as a command does (no -wal left)
+    subprocess.run([SGDLAB[0], "-c", record, f"sqlite:///{work / 'mlflow.db'}"], check=True, capture_output=True)
+    assert [p.name for p in work.iterdir()] == ["mlflow.db"]
+    other = tmp_path / "other_sweeps"
+    other.mkdir()
+    (other / "tiny.yaml").write_text(TINY.replace("seed: [0, 1]", "seed: [0, 1, 2]"))
+    before = folder_digest(work)
+    out = run_sgdlab("--sweeps-dir", str(other), "sweep", "tiny", cwd=work)
+    assert out.returncode == 2, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line == (f"sgdlab: error: sweep 'tiny' in this store was defined by {sweeps_dir / 'tiny.yaml'}, another "
+                    f"file than {other / 'tiny.yaml'}: their records would mix in one experiment; rename one, use "
+                    "another store, or pass --redefine to make this file the definition")
+    assert folder_digest(work) == before
+
+    recorded = first.definition_tags()
+    (sweeps_dir / "tiny.yaml").write_text(TINY + "# one more comment\n")
+    assert sweep_spec.load("tiny").other_definition(recorded) is None  # the same file, edited
+    (other / "tiny.yaml").write_text(TINY)
+    os.environ["SGDLAB_SWEEPS_DIR"] = str(other)
+    assert sweep_spec.load("tiny").other_definition(recorded) is None  # the same content elsewhere
+    os.environ["SGDLAB_SWEEPS_DIR"] = str(sweeps_dir)
+
+    (other / "tiny.yaml").write_text(TINY.replace("seed: [0, 1]", "seed: [0, 1, 2]"))
+    out = run_sgdlab("--sweeps-dir", str(other), "sweep", "tiny", "--redefine", cwd=work)
+    assert out.returncode == 0, out.stderr
+    import sqlite3
+
+    db = sqlite3.connect(work / "mlflow.db")
+    assert db.execute("SELECT value FROM tags WHERE key = 'sgdlab.sweep_file'").fetchall() == [
+        (str(other / "tiny.yaml"),)]
+    db.close()
+
+
 def test_a_database_uri_that_takes_no_connection_fails_at_once(sweeps_dir, tmp_path):
     """MLflow retries a failed database connection for ~100 s before its traceback; a PostgreSQL URI naming a
     missing database (on this machine's server) or a port where no server listens is one line within

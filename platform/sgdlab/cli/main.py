@@ -192,7 +192,9 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
           overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, e.g. data.n_train=512 seed=0,1"),
           dry_run: bool = typer.Option(False, "--dry-run", help="print the trial table and run nothing"),
           max_trials: int = typer.Option(MAX_TRIALS, "--max-trials", min=1,
-                                         help="refuse a grid of more trials, before expanding it")):
+                                         help="refuse a grid of more trials, before expanding it"),
+          redefine: bool = typer.Option(False, "--redefine", help="run the sweep although another sweep file of "
+                                                                  "its name defined it in this store")):
     """Expand a sweep and run every trial that has no FINISHED run yet."""
     try:
         spec, trials, strings = load_trials(name, overrides or [], max_trials)
@@ -211,13 +213,18 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
     from sgdlab.orchestration.plan import plan_sweep
     from sgdlab.tracking.location import StoreError, check_store, resolve_uri
     from sgdlab.tracking.query import sweep_runs
+    from sgdlab.tracking.store import record_definition
 
     first = trials[0].config
     uri = resolve_uri(first["tracking"]["uri"])
     try:
         check_store(uri, first["tracking"]["timeout_s"])
         records = sweep_runs(uri, name, kind=None)
-    except StoreError as exc:
+        recorded = next((r.tags for r in records if r.kind == "sweep"), {})
+        conflict = None if redefine else spec.other_definition(recorded)
+        if conflict:
+            raise ConfigError(conflict)
+    except (ConfigError, StoreError) as exc:
         raise fail_input(str(exc))
     plan = plan_sweep(trials, records, first["tracking"]["stale_after_s"], time.time())
     summary = plan_summary(name, trials, plan, uri)
@@ -227,6 +234,7 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
         err.print(summary)
         summary, jobs = "", rounds.next_jobs([])
     held = held_elsewhere(name, plan)
+    record_definition(uri, name, spec.definition_tags())
     if not jobs:
         if summary:
             err.print(summary)

@@ -20,6 +20,7 @@ value replaces an axis, a sweep value adds one).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ import yaml
 from sgdlab import paths
 from sgdlab.config.schema import MAX_NESTING, ConfigError
 from sgdlab.sweep.refine import Refine, parse_refine
+from sgdlab.tracking import tags
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_NAME = 100  # characters: a sweep name is a file name and an MLflow experiment name
@@ -45,6 +47,23 @@ class SweepSpec:
     axes: dict[str, str] = field(default_factory=dict)
     scales: dict[str, list[str]] = field(default_factory=dict)
     refine: Refine | None = None
+    source: str = ""  # the sweep file's real path
+    digest: str = ""  # sha256 of its bytes
+
+    def definition_tags(self) -> dict[str, str]:
+        """What the sweep's MLflow run records of the file that defines the sweep (tags.SWEEP_FILE*)."""
+        return {tags.SWEEP_FILE: self.source, tags.SWEEP_FILE_SHA256: self.digest}
+
+    def other_definition(self, recorded: dict[str, str]) -> str | None:
+        """Why this file may not run the sweep whose MLflow run has the tags `recorded`, or None: another file
+        (another path, other content) defined it, and the records of both would mix in one experiment and
+        report. The same file edited, or the same content elsewhere (a moved checkout), is the same definition."""
+        source, digest = recorded.get(tags.SWEEP_FILE), recorded.get(tags.SWEEP_FILE_SHA256)
+        if not source or source == self.source or digest == self.digest:
+            return None
+        return (f"sweep {self.name!r} in this store was defined by {source}, another file than {self.source}: "
+                "their records would mix in one experiment; rename one, use another store, or pass --redefine to "
+                "make this file the definition")
 
     def override_strings(self, scale: str = DEFAULT_SCALE) -> list[str]:
         """Base overrides, one `key=a,b,c` sweep override per axis, then the scale's overrides."""
@@ -114,7 +133,8 @@ def load(name: str) -> SweepSpec:
     if not path.is_file():
         raise ConfigError(f"unknown sweep {name!r}; available: {', '.join(available()) or 'none'}")
     try:
-        body = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        data = path.read_bytes()
+        body = yaml.load(data.decode(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
     except UnicodeDecodeError as exc:
@@ -142,6 +162,8 @@ def load(name: str) -> SweepSpec:
         axes={str(k): _axis_string(str(k), v) for k, v in axes.items()},
         scales={str(k): [str(o) for o in (v or [])] for k, v in scales.items()},
         refine=parse_refine(body["refine"], f"{path.name}: refine") if body.get("refine") is not None else None,
+        source=str(path.resolve()),
+        digest=hashlib.sha256(data).hexdigest(),
     )
 
 

@@ -279,6 +279,14 @@ def open_sweep(uri: str, sweep: str, description: str = "", view_params: list[st
                        submission=uuid.uuid4().hex)
 
 
+def record_definition(uri: str, sweep: str, definition: dict[str, str]) -> None:
+    """Tag the sweep's run (created if missing) with the file that defines the sweep (SweepSpec.definition_tags)."""
+    handle = open_sweep(uri, sweep)
+    mlflow = client(uri)
+    for key, value in definition.items():
+        retried(lambda: mlflow.set_tag(handle.sweep_run_id, key, value))
+
+
 def log_sweep_files(handle: SweepHandle, files: list, artifact_path: str = "report") -> None:
     """Attach files (report figures, summaries) to the sweep's run, replacing earlier versions."""
     mlflow = client(handle.uri)
