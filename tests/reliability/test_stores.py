@@ -194,8 +194,8 @@ def test_a_second_sweep_file_of_the_same_name_is_refused_unless_asked(sweeps_dir
     first = sweep_spec.load("tiny")
     work = tmp_path / "work"
     work.mkdir()
-    record = ("import sys; from sgdlab.sweep.spec import load; from sgdlab.tracking.store import record_definition; "
-              "record_definition(sys.argv[1], 'tiny', load('tiny').definition_tags())")
+    record = ("import sys; from sgdlab.sweep.spec import load; from sgdlab.tracking.store import open_sweep; "
+              "open_sweep(sys.argv[1], 'tiny', definition=load('tiny').definition_tags())")
     # in a process of its own, which closes the store as a command does (no -wal left)
     subprocess.run([SGDLAB[0], "-c", record, f"sqlite:///{work / 'mlflow.db'}"], check=True, capture_output=True)
     assert [p.name for p in work.iterdir()] == ["mlflow.db"]

@@ -108,18 +108,20 @@ def swept_params(trials) -> list[str]:
 
 
 def run_and_summarize(name: str, jobs: list, config: dict, uri: str, plan: str, description: str = "", then=None,
-                      after=None, view_params: list[str] | None = None, again: str = "", last: str = "") -> list:
+                      after=None, view_params: list[str] | None = None, again: str = "", last: str = "",
+                      definition: dict[str, str] | None = None) -> list:
     """Run the jobs on Ray (`plan`, what will run, is printed once they are known to fit the cluster; `then`:
     the next rounds' jobs, `view_params`: the swept params, see run_jobs), print the summary and the failed
     trials with how to rerun them (`again`: the command that runs the sweep again, default make sweep), call
-    `after()`, print `last` (if any) as the last line, and return the trials' summaries. ConfigError when the
+    `after()`, print `last` (if any) as the last line, and return the trials' summaries (`definition`: the
+    sweep file's tags for the sweep's run). ConfigError when the
     cluster can never run them, StoreError when the store went bad meanwhile, KeyboardInterrupt when
     interrupted."""
     from sgdlab.orchestration.scheduler import run_jobs
 
     again = again or f"make sweep EXP={name}"
     results = run_jobs(name, jobs, config, uri, description, console=err, announce=plan, then=then,
-                       view_params=view_params)
+                       view_params=view_params, definition=definition)
     failed = [r for r in results if r.status == "failed"]
     elsewhere = sum(r.status == "elsewhere" for r in results)
     outcomes: dict[str, int] = {}
@@ -148,14 +150,15 @@ def run_and_summarize(name: str, jobs: list, config: dict, uri: str, plan: str, 
 
 
 def execute(name: str, jobs: list, config: dict, uri: str, plan: str, description: str = "", then=None,
-            after=None, view_params: list[str] | None = None, last: str = "") -> None:
+            after=None, view_params: list[str] | None = None, last: str = "",
+            definition: dict[str, str] | None = None) -> None:
     """run_and_summarize, then exit 2 if the cluster can never run the jobs, 1 if any trial failed, 130 when
     interrupted."""
     from sgdlab.tracking.location import StoreError
 
     try:
         results = run_and_summarize(name, jobs, config, uri, plan, description, then, after, view_params,
-                                    last=last)
+                                    last=last, definition=definition)
     except (ConfigError, StoreError) as exc:  # resources the cluster can never provide; a store gone bad meanwhile
         raise fail_input(str(exc))
     except KeyboardInterrupt:
@@ -213,7 +216,6 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
     from sgdlab.orchestration.plan import plan_sweep
     from sgdlab.tracking.location import StoreError, check_store, resolve_uri
     from sgdlab.tracking.query import sweep_runs
-    from sgdlab.tracking.store import record_definition
 
     first = trials[0].config
     uri = resolve_uri(first["tracking"]["uri"])
@@ -234,7 +236,6 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
         err.print(summary)
         summary, jobs = "", rounds.next_jobs([])
     held = held_elsewhere(name, plan)
-    record_definition(uri, name, spec.definition_tags())
     if not jobs:
         if summary:
             err.print(summary)
@@ -250,7 +251,7 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
         auto_report(name, uri, first, overrides or [])
 
     execute(name, jobs, first, uri, summary, spec.description, then=rounds and rounds.next_jobs, after=after,
-            view_params=swept_params(trials), last=held)
+            view_params=swept_params(trials), last=held, definition=spec.definition_tags())
 
 
 def dry_run_checks(trials: list) -> None:

@@ -47,14 +47,15 @@ def progress_bar(console: Console) -> Progress:
 def run_jobs(sweep: str, jobs: list[TrialJob], config: dict, uri: str, description: str = "",
              console: Console | None = None, announce: str = "",
              then: Callable[[list[TrialSummary]], list[TrialJob]] | None = None,
-             view_params: list[str] | None = None) -> list[TrialSummary]:
+             view_params: list[str] | None = None, definition: dict[str, str] | None = None) -> list[TrialSummary]:
     """Connect to Ray, refuse (ConfigError) jobs whose resources the cluster can never provide, open the sweep's
     store (the database exists before any worker starts), warm a local Ray's workers up (they import the job
     modules), pack the jobs for the cluster's task slots (exec.pack) and run them; `config`: any of the jobs'
     configs (its cluster and resources groups are used); `announce` is printed once the jobs fit the cluster.
     `then(summaries of the round)`, if given, returns the next round's jobs (a refinement's), run on the same
     Ray connection until it returns none; the summaries of every round are returned. `view_params`: the swept
-    params, shown as columns of the sweep's trials view in the MLflow UI (tracking.store.trials_view)."""
+    params, shown as columns of the sweep's trials view in the MLflow UI (tracking.store.trials_view);
+    `definition`: tags of the sweep file on the sweep's run (open_sweep)."""
     console = console or Console(stderr=True)
     resources = connect(config["cluster"])
     try:
@@ -64,7 +65,7 @@ def run_jobs(sweep: str, jobs: list[TrialJob], config: dict, uri: str, descripti
                 raise ConfigError(problem)
         if announce:
             console.print(announce)
-        handle = open_sweep(uri, sweep, description, view_params)
+        handle = open_sweep(uri, sweep, description, view_params, definition)
         sweep_working(handle)
         store_for(uri)  # warns here, in the driver, when records will go through the slower client store
         if not address(config["cluster"]):

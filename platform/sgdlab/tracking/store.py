@@ -255,10 +255,12 @@ def _sweep_run(mlflow: MlflowClient, exp_id: str, sweep: str, description: str, 
     return run_id
 
 
-def open_sweep(uri: str, sweep: str, description: str = "", view_params: list[str] | None = None) -> SweepHandle:
+def open_sweep(uri: str, sweep: str, description: str = "", view_params: list[str] | None = None,
+               definition: dict[str, str] | None = None) -> SweepHandle:
     """Create (or find) the database, the sweep's experiment and its one run of kind 'sweep'; safe to call from
     several drivers at once. With view_params (the swept params), the experiment also gets its model-development
-    kind and the trials view (trials_view). The handle carries a new submission id (tracking/claims.py)."""
+    kind and the trials view (trials_view); with `definition`, the sweep's run gets these tags (the sweep file
+    that defines it, SweepSpec.definition_tags). The handle carries a new submission id (tracking/claims.py)."""
     path = sqlite_path(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,16 +277,10 @@ def open_sweep(uri: str, sweep: str, description: str = "", view_params: list[st
         git = git_state()
         git = {**git, **source_tags(git)}
         run_id = _sweep_run(mlflow, exp_id, sweep, description, git)
+        for key, value in (definition or {}).items():
+            retried(lambda: mlflow.set_tag(run_id, key, value))
     return SweepHandle(uri=uri, experiment_id=exp_id, sweep_run_id=run_id, sweep=sweep, run_tags=git,
                        submission=uuid.uuid4().hex)
-
-
-def record_definition(uri: str, sweep: str, definition: dict[str, str]) -> None:
-    """Tag the sweep's run (created if missing) with the file that defines the sweep (SweepSpec.definition_tags)."""
-    handle = open_sweep(uri, sweep)
-    mlflow = client(uri)
-    for key, value in definition.items():
-        retried(lambda: mlflow.set_tag(handle.sweep_run_id, key, value))
 
 
 def log_sweep_files(handle: SweepHandle, files: list, artifact_path: str = "report") -> None:
