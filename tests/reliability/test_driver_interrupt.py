@@ -72,12 +72,14 @@ def test_an_interrupted_sweep_resumes_from_the_checkpoints_of_its_killed_runs(sw
     killed = {r.data.tags["sgdlab.trial_id"]: r for r in runs if r.info.status == "KILLED"}
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert len(killed) == 2 and len(finished) == 2
+    def history(run, up_to: int) -> list:
+        return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss") if m.step <= up_to]
+
     for run in finished:
         before = killed[run.data.tags["sgdlab.trial_id"]]
         source, _, step = run.data.tags["sgdlab.resumed_from"].partition("@")
         assert source == before.info.run_id and int(step) >= 500 and int(step) % 500 == 0
-        history = lambda r: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "train_loss")]  # noqa: E731
-        assert [p for p in history(before) if p[0] <= int(step)] == [p for p in history(run) if p[0] <= int(step)]
+        assert history(before, int(step)) == history(run, int(step))
 
 
 def test_killed_driver_leaves_stale_runs_that_a_rerun_picks_up(sweeps_dir, tmp_path):

@@ -7,6 +7,7 @@ import socket
 import sys
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -178,3 +179,67 @@ def test_ui_beyond_loopback_warns(tmp_path):
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
     assert first.startswith("warning: --host 0.0.0.0 serves the dashboard, which has no authentication, to every")
+
+
+@pytest.mark.slow
+def test_ui_with_basic_auth_refuses_requests_without_a_password(tmp_path):
+    """Without authentication any local user could delete a FINISHED run through the dashboard (and `status` then
+    showed the trial pending). `sgdlab ui --auth basic` prints admin's generated password once; a request without
+    it is refused (401) and the run stays FINISHED; with it the API answers; a later start keeps the users."""
+    import base64
+    import json
+    import re
+
+    from sgdlab.tracking.store import open_sweep
+    from sgdlab.tracking.writer import TrialRun
+
+    run = TrialRun.start(open_sweep(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny"), "t0", {"seed": 0}, attempt=1,
+                         run_name="t0")
+    run.finish("converged")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([*SGDLAB, "ui", "--auth", "basic", "--port", str(port)], cwd=tmp_path, env=env,
+                                text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    def call(path: str, password: str | None = None, body: dict | None = None) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        if password:
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"admin:{password}".encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return reply.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    server = start()
+    try:
+        server.stderr.readline()  # the URL
+        line = server.stderr.readline().strip()
+        password = re.fullmatch(r"sign in as admin, password (\S+) \(printed this once; .*", line)[1]
+        deadline = time.time() + 90
+        while refused("127.0.0.1", port) and time.time() < deadline:
+            time.sleep(1)
+        time.sleep(2)  # the app's start-up after the port opens
+        get_run = f"/api/2.0/mlflow/runs/get?run_id={run.run_id}"
+        assert call("/api/2.0/mlflow/runs/delete", body={"run_id": run.run_id}) == 401
+        assert call(get_run) == 401
+        assert call(get_run, password) == 200
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    from mlflow.tracking import MlflowClient
+
+    stored = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run.run_id)
+    assert (stored.info.status, stored.info.lifecycle_stage) == ("FINISHED", "active")
+    again = start()
+    try:
+        again.stderr.readline()
+        assert again.stderr.readline().startswith(f"sign in as a user of {tmp_path / 'mlflow-auth.db'} (admin's "
+                                                  "password was printed when that file was made")
+    finally:
+        os.killpg(again.pid, 15)
+        again.wait(timeout=30)

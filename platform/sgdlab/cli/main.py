@@ -627,9 +627,12 @@ def why_not_served(host: str, port: int) -> str | None:
 def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: the most recent one)"),
        host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1: this machine only)"),
        port: int = typer.Option(5000, help="port"),
-       open_browser: bool = typer.Option(False, "--open", help="open the URL in a browser once the server answers")):
+       open_browser: bool = typer.Option(False, "--open", help="open the URL in a browser once the server answers"),
+       auth: str = typer.Option("none", "--auth", help="basic: ask for a user and password (MLflow's basic-auth "
+                                                       "app; the first start prints admin's password once)")):
     """Serve the MLflow dashboard for this directory's store (or MLFLOW_TRACKING_URI) and print the URL of the
-    sweep's runs in MLflow's training view."""
+    sweep's runs in MLflow's training view. Without --auth basic, anyone who reaches the port (on 127.0.0.1: every
+    user of this machine) can read and change the records."""
     from sgdlab.config.recorded import runtime_value
     from sgdlab.sweep.spec import check_name
     from sgdlab.tracking.location import StoreError, check_store, resolve_uri, sqlite_path
@@ -639,6 +642,8 @@ def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: 
     try:
         if name is not None:
             check_name(name)
+        if auth not in ("none", "basic"):
+            raise ConfigError(f"--auth {auth}: must be none or basic")
         store = sqlite_path(uri)
         if store is not None and not store.is_file():
             raise ConfigError(f"no store at {store}; run a sweep first (make sweep EXP=smoke) or set "
@@ -662,19 +667,28 @@ def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: 
         out.print(f"{chosen or 'sgdlab'} on the MLflow server {uri}: {url}{report_line}", highlight=False,
                   soft_wrap=True)
         return
+    from sgdlab.tracking.dashboard_auth import basic_auth
     from sgdlab.tracking.server import is_loopback
 
-    if not is_loopback(host):
+    if not is_loopback(host) and auth == "none":
         err.print(f"warning: --host {host} serves the dashboard, which has no authentication, to every machine "
                   f"that reaches this one: anyone there can read and change the records in {uri}",
                   markup=False, highlight=False)
     err.print(f"MLflow dashboard for {uri}; {chosen or 'the store'}'s runs: {url}{report_line}", highlight=False,
               soft_wrap=True)
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+            "--port", str(port), "--workers", "1"]
+    if auth == "basic":
+        env, line = basic_auth(store.parent if store is not None else Path.cwd())
+        os.environ.update(env)
+        argv += ["--app-name", "basic-auth"]
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+    elif is_loopback(host):
+        err.print("note: no authentication: every user of this machine can read and change these records through "
+                  "the dashboard; `sgdlab ui --auth basic` asks for a password", markup=False, highlight=False)
     if open_browser:  # a helper that waits for the server, then asks the desktop for a browser
         opener = ("import sys, webbrowser; from sgdlab.tracking.server import wait_ready; "
                   "wait_ready(sys.argv[1], 60); webbrowser.open(sys.argv[2])")
         subprocess.Popen([sys.executable, "-c", opener, base, url],
                          start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-            "--port", str(port), "--workers", "1"]
     os.execv(sys.executable, argv)  # an argument vector, never a shell

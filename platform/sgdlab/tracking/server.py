@@ -9,9 +9,9 @@ Defaults come from the environment: SGDLAB_PG_URI (postgresql+psycopg://postgres
 SGDLAB_ARTIFACTS (./mlartifacts/server), SGDLAB_MLFLOW_HOST (127.0.0.1), SGDLAB_MLFLOW_PORT (5000).
 
 An MLflow server has no authentication of its own: anyone who reaches it can read and change every record. On
-an address other than loopback it therefore starts only with MLflow's basic-auth app (--auth basic; needs
-`pip install 'mlflow[auth]'`) or when --insecure-no-auth says that the network is trusted (a private container
-network, as in docker/compose.yaml).
+an address other than loopback it therefore starts only with MLflow's basic-auth app (--auth basic; users in
+./mlflow-auth.db, admin's generated password printed at the first start: tracking/dashboard_auth.py) or when
+--insecure-no-auth says that the network is trusted (a private container network, as in docker/compose.yaml).
 """
 
 from __future__ import annotations
@@ -158,6 +158,12 @@ def main(argv: list[str] | None = None) -> None:
         artifacts = str(Path(artifacts).resolve())
     cmd = server_command(args.backend_store_uri, artifacts, args.host, args.port, args.workers, args.allowed_hosts,
                          args.auth)
+    if args.auth == "basic":
+        from sgdlab.tracking.dashboard_auth import basic_auth
+
+        env, line = basic_auth(Path.cwd())
+        os.environ.update(env)
+        print(line, file=sys.stderr, flush=True)
     print(f"{'created' if created else 'using'} database {database_name(args.backend_store_uri)}; MLflow server on "
           f"http://{args.host}:{args.port} (artifacts in {artifacts}).\n"
           f"Point sgdlab at it with: export MLFLOW_TRACKING_URI=http://{args.host}:{args.port}", file=sys.stderr,
