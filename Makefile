@@ -14,7 +14,7 @@ MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts/server
 # beyond loopback the server needs MLFLOW_SERVER_ARGS=--auth=basic (MLflow's basic-auth app) or --insecure-no-auth
 MLFLOW_SERVER_ARGS ?=
 
-.PHONY: install sweep status resubmit report ui probe test test-cluster mlflow-server bench-probe bench-overhead bench-pack bench-race bench-step bench-refine
+.PHONY: install sweep status resubmit report ui probe test test-cluster mlflow-server bench-probe bench-overhead bench-pack bench-race bench-store bench-step bench-refine
 
 install: $(VENV)/.installed
 
@@ -70,6 +70,10 @@ bench-pack: install
 # 4 drivers started together on one sweep, 10 times: prints how many trials ended with two FINISHED runs
 bench-race: install
 	$(BIN)/python bench/race_bench.py
+
+# drivers on one SQLite store of a loaded machine: FAILED trials caused by the store check (goal: 0)
+bench-store: install
+	$(BIN)/python bench/store_load_bench.py
 
 # steps/s of one small trial beside plain torch and numpy loops, and of packs beside a plain vmap loop
 bench-step: install
