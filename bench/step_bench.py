@@ -8,11 +8,16 @@ Every loop takes B distinct training indices per step (its own sampler), compute
 on them, the hinge loss mean(relu(1 - y F)) / alpha, its gradient, and w -= lr grad; no evaluation until the end.
   sgdlab      training/loop.py train(), stop_when_fitted off, and on (then resumed from a snapshot taken late in
               training, where most batches have zero loss: the case the stopping check must make cheap); both
-              uncompiled (train.compile_after null);
-  compiled    the same with its step compiled (train.compile_after = 0), timed after the first step, which
-              compiles (its seconds are printed);
+              step by step (train.compile_after null);
+  blocked     the same in compiled blocks of 32 steps (train.compile_after = 0), fit check off and on, timed
+              after the first block, which compiles (its seconds are printed);
   torch       a plain eager loop: torch.randperm(P)[:B], autograd, an in-place update;
   numpy       (perceptron) the same in numpy, with the gradient written by hand.
+  limit       (MLP) its FLOPs per step, 6 B (64 x 128 + 128 x 128 + 128 x 1) (forward, and twice that
+              backward), over the rate of a 1024 x 1024 float32 matmul measured in the same run: the arithmetic
+              bound of one thread.
+Every sgdlab rate is timed from its log at step 1024 (after set-up, the first block's compilation and first
+calls) to its last, logs every 1024 steps.
 Packed: train_pack() on M MLP members against a plain loop of torch.func.vmap(grad) over the same M members
 (pack_bench.plain_vmap_rate).
 Sampler: one member's batch of B = 8 distinct indices: sgdlab's counter-based draw for one step
@@ -45,23 +50,42 @@ TRIALS = {
             "model.width=128", "model.alpha=1", "loss=hinge", "optim=sgd", "optim.temperature=1e-3"],
 }
 # Where the stop_when_fitted measurement starts: late enough that many batches have zero loss.
-LATE = {"perceptron": 30_000, "mlp": 4_000}
+LATE = {"perceptron": 30_720, "mlp": 4_096}
+LOG = 1024  # steps between logs (and the block of 32 steps divides it)
 
 
-def trial(name: str, steps: int, fitted_stop: bool, compiled: bool = False) -> dict:
-    return Composer()([*TRIALS[name], f"train.max_steps={steps}", f"train.log_every={steps}",
+def trial(name: str, steps: int, fitted_stop: bool, blocked: bool = False) -> dict:
+    return Composer()([*TRIALS[name], f"train.max_steps={steps}", f"train.log_every={LOG}",
                        f"train.stop_when_fitted={str(fitted_stop).lower()}", "train.checkpoint_every=null",
-                       f"train.compile_after={0 if compiled else 'null'}"])
+                       f"train.compile_after={0 if blocked else 'null'}"])
 
 
 def sgdlab_rate(cfg: dict, resume: dict | None = None) -> tuple[float, int, float]:
-    """(steps/s of train(), steps done, seconds of the first step): set-up and first step excluded, timed from
-    the start of its second step to its end."""
-    ticks: list[float] = []
-    started_at = resume["steps"] if resume else 0
-    (result,) = train_pack([Member(cfg, resume=resume)], on_tick=lambda: ticks.append(time.perf_counter()))
-    done = result.steps - started_at
-    return (done - 1) / (time.perf_counter() - ticks[1]), done, ticks[1] - ticks[0]
+    """(steps/s of train(), steps done, seconds to its second log): timed from its second log (step 1024 past its
+    start) to its last."""
+    logs: list[tuple[int, float]] = []
+    started = time.perf_counter()
+    (result,) = train_pack([Member(cfg, resume=resume, on_log=lambda step, m: logs.append((step,
+                                                                                          time.perf_counter())))])
+    (first, at), (last, end) = logs[1 if len(logs) > 2 else 0], logs[-1]  # a fit may end it early
+    return (last - first) / (end - at), result.steps - (resume["steps"] if resume else 0), at - started
+
+
+def mlp_flops(cfg: dict) -> float:
+    """FLOPs of one SGD step of the MLP: 2 B fan_in fan_out per layer forward, twice that backward."""
+    widths = [64, *[cfg["model"]["width"]] * cfg["model"]["depth"], 1]
+    return 6 * cfg["data"]["batch_size"] * sum(a * b for a, b in zip(widths, widths[1:]))
+
+
+def matmul_rate() -> float:
+    """FLOP/s of a 1024 x 1024 float32 matmul on this thread, best of five."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * 1024**3 / best
 
 
 def snapshot_at(cfg: dict, step: int) -> dict:
@@ -164,36 +188,38 @@ def sampler_table() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=20480, help="a multiple of 1024")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each single-trial loop; the best counts")
     parser.add_argument("--packed-steps", type=int, default=100)
     parser.add_argument("--members", type=int, nargs="*", default=[64, 256, 1024])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"one trial, {args.steps} steps, one thread, best of {args.repeats} (steps/s; ratios to plain torch, fit "
-          "on / off; compile: seconds of the first compilation)")
-    print(f"{'trial':<12}{'sgdlab':>8}{'fit on':>8}{'compiled':>9}{'torch':>7}{'numpy':>7}{'/torch':>7}{'on/off':>7}"
-          f"{'compiled':>9}{'/numpy':>7}{'steps on':>9}{'compile':>8}")
+    print(f"one trial, {args.steps} steps, one thread, best of {args.repeats} (steps/s; fit: train.stop_when_fitted"
+          " off / on; blocked: compiled blocks of 32 steps, compile: seconds to the second log, mostly compiling)")
+    print(f"{'trial':<12}{'step':>8}{'fit on':>8}{'blocked':>9}{'fit on':>8}{'torch':>7}{'numpy':>7}{'limit':>8}"
+          f"{'bl./torch':>10}{'bl.on/np':>9}{'bl./limit':>10}{'compile':>8}")
     for name in TRIALS:
-        off, compiled = trial(name, args.steps, False), trial(name, args.steps, False, compiled=True)
-        on = trial(name, LATE[name] + args.steps, True)
+        off, blocked = trial(name, args.steps, False), trial(name, args.steps, False, blocked=True)
+        on, blocked_on = (trial(name, LATE[name] + args.steps, True, blocked=b) for b in (False, True))
         late = snapshot_at(on, LATE[name])
         train(trial(name, 50, False))  # warm-up: imports, first-call costs
-        compile_s = sgdlab_rate(trial(name, 50, False, compiled=True))[2]  # the first compilation in this process
+        compile_s = sgdlab_rate(blocked)[2]  # the first compilation in this process
         # This machine is shared: each rate is the best of `repeats` runs, taken in turn.
-        rates = {key: 0.0 for key in ("off", "on", "compiled", "torch", "numpy")}
+        rates = {key: 0.0 for key in ("off", "on", "blocked", "blocked_on", "torch", "numpy", "limit")}
         for _ in range(args.repeats):
             rates["off"] = max(rates["off"], sgdlab_rate(off)[0])
-            rate_on, steps_on, _ = sgdlab_rate(on, resume=late)  # fewer steps if it fitted meanwhile
-            rates["on"] = max(rates["on"], rate_on)
-            rates["compiled"] = max(rates["compiled"], sgdlab_rate(compiled)[0])
+            rates["on"] = max(rates["on"], sgdlab_rate(on, resume=late)[0])
+            rates["blocked"] = max(rates["blocked"], sgdlab_rate(blocked)[0])
+            rates["blocked_on"] = max(rates["blocked_on"], sgdlab_rate(blocked_on, resume=late)[0])
             rates["torch"] = max(rates["torch"], plain_torch_rate(off, args.steps))
             if name == "perceptron":
                 rates["numpy"] = max(rates["numpy"], plain_numpy_rate(off, args.steps))
-        r = {**rates, "numpy": rates["numpy"] or float("nan")}
-        print(f"{name:<12}{r['off']:>8.0f}{r['on']:>8.0f}{r['compiled']:>9.0f}{r['torch']:>7.0f}{r['numpy']:>7.0f}"
-              f"{r['off'] / r['torch']:>7.2f}{r['on'] / r['off']:>7.2f}{r['compiled'] / r['torch']:>9.2f}"
-              f"{r['off'] / r['numpy']:>7.2f}{steps_on:>9}{compile_s:>7.1f}s",
+            else:
+                rates["limit"] = max(rates["limit"], matmul_rate() / mlp_flops(off))
+        r = {**rates, "numpy": rates["numpy"] or float("nan"), "limit": rates["limit"] or float("nan")}
+        print(f"{name:<12}{r['off']:>8.0f}{r['on']:>8.0f}{r['blocked']:>9.0f}{r['blocked_on']:>8.0f}"
+              f"{r['torch']:>7.0f}{r['numpy']:>7.0f}{r['limit']:>8.0f}{r['blocked'] / r['torch']:>10.2f}"
+              f"{r['blocked_on'] / r['numpy']:>9.2f}{r['blocked'] / r['limit']:>10.2f}{compile_s:>7.1f}s",
               flush=True)
     print(f"\npacked MLP members, {args.packed_steps} steps (trial-steps/s; ratio = sgdlab / plain vmap)")
     print(f"{'members':<12}{'sgdlab':>10}{'vmap':>10}{'ratio':>8}")

@@ -66,7 +66,10 @@ def count(uri: str, sweep: str) -> dict:
     trials = by_trial(runs)
     finished = [[r for r in trial if r.status == "FINISHED"] for trial in trials.values()]
     failed = [r for r in runs if r.status == "FAILED"]
-    return {"trials": len(trials), "failed_runs": len(failed),
+    errors: dict[str, int] = {}
+    for r in failed:
+        errors[r.error[:120]] = errors.get(r.error[:120], 0) + 1
+    return {"trials": len(trials), "failed_runs": len(failed), "errors": errors,
             "store_check_failures": sum(STORE_CHECK in r.error for r in failed),
             "two_finished": sum(len(f) > 1 for f in finished), "unfinished": sum(not f for f in finished)}
 
@@ -112,6 +115,12 @@ def main() -> None:
               f"{grid['two_finished']} with two FINISHED runs, {grid['failed_runs']} FAILED runs. refinement: "
               f"{refine['trials']} trials in {rounds} rounds, {refine['unfinished']} unfinished, "
               f"{refine['failed_runs']} FAILED runs.")
+        for error, n in sorted({**grid["errors"], **refine["errors"]}.items(), key=lambda kv: -kv[1])[:5]:
+            print(f"  {n} FAILED runs: {error}")
+        for name, (_, err) in outputs.items():
+            if "Traceback" in err:
+                tail = [line for line in err.strip().splitlines() if line.startswith("  File ")][-3:]
+                print(f"  {name}'s traceback ends: {' <- '.join(t.strip() for t in reversed(tail))[:400]}")
         failures = grid["store_check_failures"] + refine["store_check_failures"]
         lost = stderr.count("were lost before their runs were recorded")
         print(f"FAILED by the store check: {failures}; drivers reporting lost trials: {lost}; tracebacks: "

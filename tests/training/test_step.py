@@ -1,6 +1,10 @@
-"""The compiled step (training/step.py): from train.compile_after on, a trial trained alone follows the same
-trajectory as uncompiled (float64); a trial resumed past that step compiles again and ends as the uninterrupted
-one; where torch.compile fails, a warning says so and the trial ends as uncompiled."""
+"""Compiled blocks of steps (training/step.py, training/loop.py run_block): from train.compile_after on, a trial
+trained alone runs K steps per compiled call, and in float64 follows the step-by-step trial (outcome, stop step,
+every logged metric, final parameters, a resume from every checkpoint) for SGD and Adam, hinge, MSE and
+cross-entropy, a divergence and a fit in the middle of a block; where torch.compile fails, a warning says so and
+the trial ends as uncompiled."""
+
+import math
 
 import pytest
 import torch
@@ -8,16 +12,23 @@ import torch
 from sgdlab.config.compose import Composer
 from sgdlab.training.distributed import ALONE
 from sgdlab.training.loop import train
-from sgdlab.training.step import Step
+from sgdlab.training.step import Step, block_size
 
+SMALL = ["data.n_train=64", "data.batch_size=8"]
 TRIALS = {
-    "mlp-sgd": ["model.depth=2", "model.width=16", "data.n_train=64", "data.batch_size=8", "optim=sgd",
-                "optim.lr=0.5"],
-    "perceptron-adam": ["model=perceptron", "data=teacher_perceptron", "data.dim=8", "data.n_train=64",
-                        "data.batch_size=8", "optim=adam", "optim.lr=1e-2"],
+    "mlp-sgd-hinge": ["model.depth=2", "model.width=16", *SMALL, "optim=sgd", "optim.lr=0.5"],
+    "perceptron-adam-mse": ["model=perceptron", "data=teacher_perceptron", "data.dim=8", *SMALL, "loss=mse",
+                            "optim=adam", "optim.lr=1e-2"],
+    "mlp-sgd-cross-entropy": ["data=digits", "model.depth=1", "model.width=16", *SMALL, "model.alpha=4",
+                              "loss=cross_entropy", "optim=sgd", "optim.lr=0.5"],
+    # lr far beyond 2 / sharpness: the loss passes train.divergence_loss at step 5 or 6, inside the first block
+    "diverging": ["model=perceptron", "data=teacher_perceptron", "data.dim=8", *SMALL, "loss=mse", "optim=sgd",
+                  "optim.lr=40", "train.divergence_loss=1e6"],
+    # the hinge perceptron on separable data (chi = 1) fits its 64 points at step 26, between block ends
+    "fitting": ["model=perceptron", "data=teacher_perceptron", "data.dim=8", "data.chi=1", *SMALL, "model.alpha=4",
+                "optim=sgd", "optim.lr=8", "train.stop_when_fitted=true"],
 }
-BASE = ["train.dtype=float64", "train.max_steps=60", "train.log_every=10", "train.checkpoint_every=40",
-        "train.stop_when_fitted=false"]
+BASE = ["train.dtype=float64", "train.max_steps=60", "train.log_every=8", "train.checkpoint_every=16"]
 
 
 @pytest.fixture(scope="module")
@@ -39,28 +50,54 @@ def compiles(monkeypatch) -> list:
 ])
 def test_a_trial_compiles_past_compile_after_with_as_many_steps_left(compile_after, steps_done, max_steps,
                                                                       expected):
-    step = Step(member_loss=lambda *a: None, member_update=lambda *a: None, workers=ALONE, compile_after=compile_after)
+    step = Step(member_loss=lambda *a: None, member_update=lambda *a: None, workers=ALONE,
+                compile_after=compile_after, divergence_loss=math.inf, steps_per_block=8)
     assert step.compiles(steps_done, max_steps) is expected
 
 
-def assert_same(a, b):
+@pytest.mark.parametrize("periods, size", [([100, 1000, None], 25), ([64], 32), ([97, None, None], 1),
+                                           ([10, 40, 20], 10), ([8, 16], 8)])
+def test_a_block_divides_every_event_period(periods, size):
+    assert block_size(periods) == size
+
+
+def logged(**callbacks):
+    """A trial's callbacks that keep what it logs and the snapshots it hands out."""
+    history, snapshots = [], []
+    return history, snapshots, {"on_log": lambda step, m: history.append((step, m)),
+                                "on_checkpoint": snapshots.append, **callbacks}
+
+
+def assert_same(a, b, history_a=None, history_b=None):
     assert (a.outcome, a.steps) == (b.outcome, b.steps)
-    assert a.metrics == pytest.approx(b.metrics, rel=1e-12, abs=1e-14)
+    assert a.metrics == pytest.approx(b.metrics, rel=1e-12, abs=1e-14, nan_ok=True)
     for key in a.params:
         torch.testing.assert_close(a.params[key], b.params[key], rtol=1e-12, atol=1e-14)
+    if history_a is not None:
+        assert [s for s, _ in history_a] == [s for s, _ in history_b]
+        for (_, ma), (_, mb) in zip(history_a, history_b):
+            assert ma == pytest.approx(mb, rel=1e-12, abs=1e-14, nan_ok=True)
 
 
-@pytest.mark.parametrize("name", list(TRIALS))
-def test_the_compiled_step_follows_the_uncompiled_trajectory_and_resumes(composer, compiles, name):
-    uncompiled = train(composer(TRIALS[name] + BASE + ["train.compile_after=null"]))
+@pytest.mark.parametrize("name", TRIALS)
+def test_blocks_follow_the_step_by_step_trial_and_resume_from_every_checkpoint(composer, compiles, name):
+    """Blocks of 8 steps (log every 8, checkpoints every 16) from step 0, against train.compile_after=null."""
+    fit = [] if name == "fitting" else ["train.stop_when_fitted=false"]
+    history, snapshots, callbacks = logged()
+    plain = train(composer(TRIALS[name] + BASE + fit + ["train.compile_after=null"]), **callbacks)
     assert compiles == []
-    snapshots = []
-    compiled = train(composer(TRIALS[name] + BASE + ["train.compile_after=20"]), on_checkpoint=snapshots.append)
-    assert len(compiles) == 1  # at step 20, with 40 steps left
-    assert_same(compiled, uncompiled)
-    resumed = train(composer(TRIALS[name] + BASE + ["train.compile_after=20"]), resume=snapshots[0])
-    assert len(compiles) == 2  # at once: step 40 with 20 left
-    assert_same(resumed, compiled)
+    blocked_history, blocked_snapshots, callbacks = logged()
+    blocked = train(composer(TRIALS[name] + BASE + fit + ["train.compile_after=0"]), **callbacks)
+    assert len(compiles) == 1
+    assert_same(blocked, plain, blocked_history, history)
+    assert [s["steps"] for s in blocked_snapshots] == [s["steps"] for s in snapshots]
+    if name == "diverging":
+        assert blocked.outcome == "diverged" and 0 < blocked.steps < 8
+    if name == "fitting":
+        assert (blocked.outcome, blocked.steps) == ("converged", 26)
+    for snapshot in snapshots:
+        resumed = train(composer(TRIALS[name] + BASE + fit + ["train.compile_after=0"]), resume=snapshot)
+        assert_same(resumed, plain)
 
 
 def test_a_failed_compilation_warns_and_the_trial_goes_on_uncompiled(composer, monkeypatch):
@@ -70,7 +107,7 @@ def test_a_failed_compilation_warns_and_the_trial_goes_on_uncompiled(composer, m
         return call
 
     monkeypatch.setattr(torch, "compile", no_toolchain)
-    cfg = TRIALS["mlp-sgd"] + BASE
+    cfg = TRIALS["mlp-sgd-hinge"] + BASE + ["train.stop_when_fitted=false"]
     with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: InvalidCxxCompiler: No working C"
                                          r"\+\+ compiler found\); the trial goes on uncompiled"):
         fallen_back = train(composer(cfg + ["train.compile_after=20"]))

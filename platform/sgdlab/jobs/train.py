@@ -169,7 +169,7 @@ def _member(slot: int, index: int, config: dict, trial_id: str, took: Takeover, 
         if result.error is not None:
             summaries[index] = TrialSummary.failed(trial_id, records.fail(slot, result.error), run_id)
             return
-        on_log(result.steps, {"wall_time": time.perf_counter() - started})
+        on_log(result.steps, {"wall_time": time.perf_counter() - started, "blocked_steps": result.blocked_steps})
         records.log_bytes(slot, checkpoint.to_bytes({"params": result.params, "steps": result.steps}, config),
                           checkpoint.FINAL)
 

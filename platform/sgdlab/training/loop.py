@@ -64,6 +64,7 @@ class Result:
     metrics: dict[str, float]
     params: dict[str, torch.Tensor]
     error: BaseException | None = field(default=None, repr=False)
+    blocked_steps: int = 0  # of its steps, those run in compiled blocks (training/step.py)
 
 
 @dataclass
@@ -125,33 +126,14 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
     started = time.monotonic()
     while pack.live:
         on_tick()
-        # Members' own callbacks (fault injection): a member whose callback raises stops alone, with 'error'.
-        for r in pack.hooked:
-            try:
-                members[pack.live[r]].on_step(int(pack.steps[r]) + 1)
-            except Exception as exc:
-                stops[r] = Stop("error", error=exc)
-        # One step of every member (training/step.py): the gradient of its batch loss (averaged over the workers,
-        # each its shard of the batch) and its optimizer update with its own lr, into new tensors.
-        idx = shared.workers.shard(shared.batches(pack.seed, pack.steps))
-        params, state, batch_loss = shared.step(pack, idx)
-        # Stop before the update: a diverged batch loss, or a zero (hinge) batch loss on a fitted training set.
-        # This is the step's one wait for the device.
-        batch_loss = batch_loss.cpu().numpy()
-        unfitted = unfitted_where_zero_loss(shared, pack, batch_loss)
-        for r, outcome in stop_outcomes(tcfg, loss=batch_loss, unfitted=unfitted).items():
-            stops.setdefault(r, Stop(outcome))
-        if stops:  # stopped members leave without the update: their parameters are those of their stop step
-            kept = [r for r in range(len(pack.live)) if r not in stops]
-            (params, state), batch_loss = take((params, state), kept), batch_loss[kept]
-            retire(shared, pack, members, stops, results)
-            if not pack.live:
-                break
-        # The update takes effect; t_m += lr_m. Parameters that moved need their fit checked again.
-        pack.params, pack.state = params, state
-        pack.fit_checked &= batch_loss == 0
-        pack.t = pack.t + pack.lr64
-        pack.steps += 1
+        # One step of every member, or a compiled block of steps of a trial alone (training/step.py).
+        count = 0 if pack.hooked else shared.step.block_steps(pack)
+        if count:
+            run_block(shared, pack, members, stops, results, count)
+        else:
+            run_step(shared, pack, members, stops, results)
+        if not pack.live:
+            break
         # Parameters (in-training probes), full-set metrics every log_every steps, then snapshots (checkpoints):
         # a snapshot follows the metrics of its step, so the records hold the history up to every snapshot.
         hand_out_params(shared, pack, members)
@@ -170,6 +152,72 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
             stops.setdefault(r, Stop(outcome, logged.get(r)))
         retire(shared, pack, members, stops, results)
     return results
+
+
+def run_step(shared: Shared, pack: PackState, members: list[Member], stops: dict[int, Stop], results: list) -> None:
+    """One step of every member: its own on_step callback (fault injection: a member whose callback raises stops
+    alone, with 'error'), the gradient of its batch loss (averaged over the workers, each its shard of the batch)
+    and its optimizer update with its own lr; members whose batch loss diverged, or whose (hinge) batch loss is
+    zero on a fitted training set, stop before the update."""
+    for r in pack.hooked:
+        try:
+            members[pack.live[r]].on_step(int(pack.steps[r]) + 1)
+        except Exception as exc:
+            stops[r] = Stop("error", error=exc)
+    idx = shared.workers.shard(shared.batches(pack.seed, pack.steps))
+    params, state, batch_loss = shared.step(pack, idx)
+    batch_loss = batch_loss.cpu().numpy()  # the step's one wait for the device
+    unfitted = unfitted_where_zero_loss(shared, pack, batch_loss)
+    for r, outcome in stop_outcomes(shared.cfg["train"], loss=batch_loss, unfitted=unfitted).items():
+        stops.setdefault(r, Stop(outcome))
+    if stops:  # stopped members leave without the update: their parameters are those of their stop step
+        kept = [r for r in range(len(pack.live)) if r not in stops]
+        (params, state), batch_loss = take((params, state), kept), batch_loss[kept]
+        retire(shared, pack, members, stops, results)
+        if not pack.live:
+            return
+    # The update takes effect; t_m += lr_m. Parameters that moved need their fit checked again.
+    pack.params, pack.state = params, state
+    pack.fit_checked &= batch_loss == 0
+    pack.t = pack.t + pack.lr64
+    pack.steps += 1
+
+
+def run_block(shared: Shared, pack: PackState, members: list[Member], stops: dict[int, Stop], results: list,
+              count: int) -> None:
+    """`count` steps of every member in one compiled call, batches drawn ahead, and run_step's stopping rules
+    applied to the block's batch losses afterwards, with the same stop steps:
+      diverged   at the first step whose batch loss is non-finite or above train.divergence_loss: the block kept
+                 the parameters of that step;
+      converged  (train.stop_when_fitted, hinge loss; blocks run only where a zero gradient is no update) the
+                 training set is checked at the end of the block if a zero-loss step followed the member's last
+                 update: the parameters are still those of that update, and a fitted set stops the member there,
+                 as a check after every step does at the first zero-loss step after it. (A set fitted earlier would
+                 have given every later batch zero loss: no update could have followed.)
+    t = sum of lr over the steps taken, added one step at a time as run_step adds it."""
+    first = pack.steps.copy()
+    idx = shared.batches.block(pack.seed, pack.steps, count)
+    pack.params, pack.state, losses = shared.step.block(pack, idx)
+    losses, tcfg = losses.cpu().numpy(), shared.cfg["train"]  # (count, members)
+    bad = ~np.isfinite(losses) | (losses > tcfg["divergence_loss"])
+    taken = np.where(bad.any(0), bad.argmax(0), count)  # updates applied before a divergence
+    moved = (losses != 0) & (np.arange(count)[:, None] < taken)
+    last = np.where(moved.any(0), count - moved[::-1].argmax(0), 0)  # steps up to the last update
+    for r in np.flatnonzero(taken < count).tolist():
+        stops[r] = Stop("diverged")
+    if tcfg["stop_when_fitted"] and shared.loss_name == "hinge":
+        due = [r for r in range(len(pack.live)) if taken[r] == count and last[r] < count
+               and not (pack.fit_checked[r] and last[r] == 0)]
+        unfitted = [m["unfitted"] for m in set_metrics(shared, pack, due, "train")] if due else []
+        for r, n in zip(due, unfitted):
+            if n == 0:
+                stops[r], taken[r] = Stop("converged"), last[r]
+        pack.fit_checked &= last == 0
+        pack.fit_checked[due] = True
+    t = np.add.accumulate(np.concatenate([pack.t.cpu().numpy()[None], np.tile(pack.lr64.cpu().numpy(), (count, 1))]))
+    pack.t = torch.as_tensor(t[taken, np.arange(len(taken))], device=pack.t.device)
+    pack.steps, pack.blocked = first + taken, pack.blocked + taken
+    retire(shared, pack, members, stops, results)
 
 
 def unfitted_where_zero_loss(shared: Shared, pack: PackState, batch_loss: np.ndarray) -> np.ndarray | None:
@@ -229,7 +277,8 @@ def retire(shared: Shared, pack: PackState, members: list[Member], stops: dict[i
             outcome = "diverged"
         if stop.logged is None and steps % shared.log_every != 0:
             members[i].on_log(steps, final)  # otherwise these metrics were just logged
-        results[i] = Result(outcome, steps, final, tree_map(lambda x: x[j].clone(), final_params), stop.error)
+        results[i] = Result(outcome, steps, final, tree_map(lambda x: x[j].clone(), final_params), stop.error,
+                            int(pack.blocked[r]))
         members[i].on_end(results[i])
     pack.keep([r for r in range(len(pack.live)) if r not in stops])
     pack.hooked = [r for r, i in enumerate(pack.live) if members[i].on_step is not None]

@@ -20,7 +20,7 @@ from sgdlab.training.losses import Loss
 from sgdlab.training.problem import DTYPES, build_problem, centred, load_data
 from sgdlab.training.sampler import Batches
 from sgdlab.training.stacked import per_member, take, tree_map
-from sgdlab.training.step import Step
+from sgdlab.training.step import Step, block_size
 
 # Memory of the activations of one evaluation chunk (members x examples) of full-set outputs and metrics.
 EVAL_BYTES = {"cpu": 1 << 27, "cuda": 1 << 30}
@@ -93,13 +93,14 @@ class PackState:
     # Members whose whole training set was checked (some point unfitted) at their current parameters: with plain
     # SGD a zero batch loss leaves the parameters as they are, so the check cannot change until they move again.
     fit_checked: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    blocked: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # steps run in compiled blocks
 
     def keep(self, rows: list[int]) -> None:
         """Keep only the members at `rows`."""
         for name in TENSORS:
             setattr(self, name, take(getattr(self, name), rows))
         self.steps, self.max_steps, self.live = self.steps[rows], self.max_steps[rows], [self.live[r] for r in rows]
-        self.fit_checked = self.fit_checked[rows]
+        self.fit_checked, self.blocked = self.fit_checked[rows], self.blocked[rows]
 
 
 def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers: Workers,
@@ -119,9 +120,13 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
     def member_update(rate, p, g, s):
         return optim.build({**cfg["optim"], "lr": rate}).update(p, g, s)
 
-    shared = Shared(cfg, data, f, workers, eval_rows,
-                    Step(member_loss, member_update, workers, cfg["train"]["compile_after"]),
-                    Batches(len(data.x_train), cfg["data"]["batch_size"]), params_every)
+    tcfg, still = cfg["train"], optim.build(cfg["optim"]).still_at_zero_gradient
+    # A block checks the fit of a hinge trial at its end, which is exact only where a zero gradient is no update.
+    blocks = still or not (tcfg["stop_when_fitted"] and loss_name == "hinge")
+    step = Step(member_loss, member_update, workers, tcfg["compile_after"], tcfg["divergence_loss"],
+                block_size([tcfg["log_every"], tcfg["checkpoint_every"], params_every]), blocks)
+    shared = Shared(cfg, data, f, workers, eval_rows, step, Batches(len(data.x_train), cfg["data"]["batch_size"]),
+                    params_every)
     seeds = [c["seed"] for c in configs]
     params0 = models.init_params(problem.module, seeds, dtype, device)
     params, state = tree_map(torch.clone, params0), per_member(optim.build(cfg["optim"]).init)(params0)
@@ -139,7 +144,7 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
                      initial(data.x_test), torch.tensor(seeds, device=device),
                      torch.tensor(t, dtype=torch.float64, device=device), np.array(steps),
                      np.array([step_budget(c) for c in configs]), list(range(len(configs))),
-                     fit_checked=np.zeros(len(configs), dtype=bool))
+                     fit_checked=np.zeros(len(configs), dtype=bool), blocked=np.zeros(len(configs), dtype=np.int64))
     return shared, pack
 
 

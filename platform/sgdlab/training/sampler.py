@@ -72,10 +72,15 @@ class Batches:
 
     def __call__(self, seeds: torch.Tensor, steps: np.ndarray) -> torch.Tensor:
         """(M, B) indices of the members with these seeds at these steps (host integers)."""
-        ahead = 1 if 2 * self.batch_size > self.n else max(1, AHEAD_ROWS // len(seeds))  # smallest_keys is O(P)
+        return self.block(seeds, steps, 1)[0]
+
+    def block(self, seeds: torch.Tensor, steps: np.ndarray, count: int) -> torch.Tensor:
+        """(count, M, B) indices of the members' batches at `count` consecutive steps from `steps`."""
         k = int(steps[0]) - self.first
-        if seeds is not self.seeds or not 0 <= k < self.drawn.shape[1]:
+        if seeds is not self.seeds or not (0 <= k and k + count <= self.drawn.shape[1]):
+            ahead = 1 if 2 * self.batch_size > self.n else AHEAD_ROWS // len(seeds)  # smallest_keys is O(P)
+            ahead = max(ahead, count)
             grid = torch.as_tensor(steps, device=seeds.device)[:, None] + torch.arange(ahead, device=seeds.device)
             rows = batch_indices(seeds.repeat_interleave(ahead), grid.flatten(), self.n, self.batch_size)
             self.seeds, self.first, self.drawn, k = seeds, int(steps[0]), rows.view(len(seeds), ahead, -1), 0
-        return self.drawn[:, k]
+        return self.drawn[:, k:k + count].transpose(0, 1)
