@@ -62,13 +62,14 @@ def trial(name: str, steps: int, fitted_stop: bool, blocked: bool = False) -> di
 
 def sgdlab_rate(cfg: dict, resume: dict | None = None) -> tuple[float, int, float]:
     """(steps/s of train(), steps done, seconds to its second log): timed from its second log (step 1024 past its
-    start) to its last."""
+    start) to its last; a run that fits before its third log is timed from its start."""
     logs: list[tuple[int, float]] = []
     started = time.perf_counter()
     (result,) = train_pack([Member(cfg, resume=resume, on_log=lambda step, m: logs.append((step,
                                                                                           time.perf_counter())))])
-    (first, at), (last, end) = logs[1 if len(logs) > 2 else 0], logs[-1]  # a fit may end it early
-    return (last - first) / (end - at), result.steps - (resume["steps"] if resume else 0), at - started
+    begin = resume["steps"] if resume else 0
+    (first, at), (last, end) = logs[1] if len(logs) > 2 else (begin, started), logs[-1]
+    return (last - first) / (end - at), result.steps - begin, at - started
 
 
 def mlp_flops(cfg: dict) -> float:
