@@ -50,7 +50,7 @@ TRIALS = {
             "model.width=128", "model.alpha=1", "loss=hinge", "optim=sgd", "optim.temperature=1e-3"],
 }
 # Where the stop_when_fitted measurement starts: late enough that many batches have zero loss.
-LATE = {"perceptron": 30_720, "mlp": 4_096}
+LATE = {"perceptron": 30_720, "mlp": 2_048}
 LOG = 1024  # steps between logs (and the block of 32 steps divides it)
 
 

@@ -197,7 +197,7 @@ def run_block(shared: Shared, pack: PackState, members: list[Member], stops: dic
     t = sum of lr over the steps taken, added one step at a time as run_step adds it."""
     first = pack.steps.copy()
     idx = shared.batches.block(pack.seed, pack.steps, count)
-    pack.params, pack.state, losses = shared.step.block(pack, idx)
+    pack.params, pack.state, losses, unfitted = shared.step.block(pack, idx)
     losses, tcfg = losses.cpu().numpy(), shared.cfg["train"]  # (count, members)
     bad = ~np.isfinite(losses) | (losses > tcfg["divergence_loss"])
     taken = np.where(bad.any(0), bad.argmax(0), count)  # updates applied before a divergence
@@ -208,8 +208,7 @@ def run_block(shared: Shared, pack: PackState, members: list[Member], stops: dic
     if tcfg["stop_when_fitted"] and shared.loss_name == "hinge":
         due = [r for r in range(len(pack.live)) if taken[r] == count and last[r] < count
                and not (pack.fit_checked[r] and last[r] == 0)]
-        unfitted = [m["unfitted"] for m in set_metrics(shared, pack, due, "train")] if due else []
-        for r, n in zip(due, unfitted):
+        for r, n in zip(due, unfitted[due].tolist()):  # counted in the block, at its end
             if n == 0:
                 stops[r], taken[r] = Stop("converged"), last[r]
         pack.fit_checked &= last == 0

@@ -120,11 +120,16 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
     def member_update(rate, p, g, s):
         return optim.build({**cfg["optim"], "lr": rate}).update(p, g, s)
 
+    def member_unfitted(a, p, f0):
+        return (~Loss(loss_name, a).fitted(centred(f, p, data.x_train, f0, a), data.y_train)).sum()
+
     tcfg, still = cfg["train"], optim.build(cfg["optim"]).still_at_zero_gradient
-    # A block checks the fit of a hinge trial at its end, which is exact only where a zero gradient is no update.
-    blocks = still or not (tcfg["stop_when_fitted"] and loss_name == "hinge")
+    # A block checks the fit of a hinge trial at its end (it counts the unfitted training points there), which is
+    # exact only where a zero gradient is no update.
+    fit_rule = tcfg["stop_when_fitted"] and loss_name == "hinge"
     step = Step(member_loss, member_update, workers, tcfg["compile_after"], tcfg["divergence_loss"],
-                block_size([tcfg["log_every"], tcfg["checkpoint_every"], params_every]), blocks)
+                block_size([tcfg["log_every"], tcfg["checkpoint_every"], params_every]), still or not fit_rule,
+                member_unfitted if fit_rule else None)
     shared = Shared(cfg, data, f, workers, eval_rows, step, Batches(len(data.x_train), cfg["data"]["batch_size"]),
                     params_every)
     seeds = [c["seed"] for c in configs]

@@ -49,10 +49,13 @@ def autograd_grad_and_value(loss_fn):
     return call
 
 
-def blocked(step, steps: int, limit: float):
+def blocked(step, steps: int, limit: float, unfitted=None):
     """(alpha, lr, params, state, f0, idx of shape (steps, members, B)) -> (params, state, batch losses of shape
-    (steps, members)): `steps` steps of the vmapped `step`. A member whose batch loss is non-finite or above
-    `limit` keeps the parameters and state it had before that step, for the rest of the block."""
+    (steps, members), unfitted): `steps` steps of the vmapped `step`. A member whose batch loss is non-finite or
+    above `limit` keeps the parameters and state it had before that step, for the rest of the block. With
+    `unfitted` (a member's count of unfitted training points), the counts at the end of the block, else None."""
+    counts = vmap(unfitted) if unfitted is not None else None
+
     def block(alpha, lr, params, state, f0, idx):
         live, losses = torch.ones(len(alpha), dtype=torch.bool, device=alpha.device), []
         for k in range(steps):
@@ -61,7 +64,7 @@ def blocked(step, steps: int, limit: float):
             keep = lambda new, old: torch.where(live.view(-1, *(1,) * (new.dim() - 1)), new, old)  # noqa: E731
             params, state = tree_map(keep, new_params, params), tree_map(keep, new_state, state)
             losses.append(loss)
-        return params, state, torch.stack(losses)
+        return params, state, torch.stack(losses), counts(alpha, params, f0) if counts is not None else None
 
     return block
 
@@ -89,9 +92,11 @@ class Step:
     `block_steps(pack)` steps (a compiled block)."""
 
     def __init__(self, member_loss: Callable, member_update: Callable, workers: Workers, compile_after: int | None,
-                 divergence_loss: float, steps_per_block: int, blocks_allowed: bool = True):
+                 divergence_loss: float, steps_per_block: int, blocks_allowed: bool = True,
+                 member_unfitted: Callable | None = None):
         self.workers, self.compile_after, self.divergence_loss = workers, compile_after, divergence_loss
         self.steps_per_block, self.blocks_allowed = steps_per_block, blocks_allowed
+        self.member_unfitted = member_unfitted  # counted at a block's end, for the hinge fit check
         by_autograd, by_func = autograd_grad_and_value(member_loss), grad_and_value(member_loss, argnums=1)
         self.gradients, self.update = per_member(by_func, alone=by_autograd), per_member(member_update)
         self.vmapped, self.direct = vmap(fused(by_func, member_update)), fused(by_autograd, member_update)
@@ -115,12 +120,13 @@ class Step:
         if not (alone and steps % k == 0 and limit - steps >= k and self.compiles(steps, limit)):
             return 0
         if self.compiled_block is None:
-            block = blocked(self.vmapped, k, self.divergence_loss)
+            block = blocked(self.vmapped, k, self.divergence_loss, self.member_unfitted)
             self.compiled_block = self._compile(block)
         return k
 
     def block(self, pack, idx: torch.Tensor):
-        """(params, state, batch losses (steps, members)) after a block at the batches `idx` (steps, members, B)."""
+        """(params, state, batch losses (steps, members), unfitted training points at the end or None) after a
+        block at the batches `idx` (steps, members, B)."""
         return self.compiled_block(pack.alpha, pack.lr, pack.params, pack.state, pack.f0_train, idx)
 
     def compiles(self, steps_done: int, max_steps: int) -> bool:
