@@ -46,6 +46,29 @@ def test_retried_retries_only_transient_lock_errors():
         retried(lambda: (_ for _ in ()).throw(ValueError("a real error")))
 
 
+def test_an_error_still_transient_after_the_last_try_is_one_line_naming_sqlites_code(monkeypatch):
+    """A driver died with a traceback on `sqlite3.OperationalError: disk I/O error` after ~40 s of retries
+    (bench/store_load_bench.py); it is now a StoreError, which commands print as one line, with SQLite's extended
+    error name for the next diagnosis."""
+    import sqlite3
+
+    from sgdlab.tracking import location
+
+    monkeypatch.setattr(location.time, "sleep", lambda s: None)
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorname = "SQLITE_IOERR_SHORT_READ"
+    calls = []
+
+    def failing():
+        calls.append(1)
+        raise error
+
+    with pytest.raises(location.StoreError, match=r"^the store kept answering 'disk I/O error' "
+                                                  r"\(SQLITE_IOERR_SHORT_READ\) through 12 tries over \d+ s$"):
+        retried(failing)
+    assert len(calls) == 12
+
+
 @pytest.mark.slow
 def test_a_write_waits_out_a_lock_held_longer_than_sqlites_timeout(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

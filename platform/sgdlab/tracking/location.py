@@ -37,13 +37,25 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def retried(call: Callable[[], T], attempts: int = 12) -> T:
-    """Run a store call, retrying a transient SQLite lock with jittered exponential backoff (~40 s in all)."""
+    """Run a store call, retrying a transient SQLite lock with jittered exponential backoff (~40 s in all). One
+    still transient after the last attempt raises StoreError (one line: what SQLite kept answering, with its
+    extended error name where sqlite3 gives it, e.g. SQLITE_IOERR_SHORT_READ)."""
+    started = time.monotonic()
     for attempt in range(attempts):
         try:
             return call()
         except Exception as exc:  # MlflowException, SQLAlchemy or sqlite3 OperationalError
-            if attempt == attempts - 1 or not any(s in str(exc).lower() for s in TRANSIENT):
+            if not any(s in str(exc).lower() for s in TRANSIENT):
                 raise
+            if attempt == attempts - 1:
+                cause = exc
+                while getattr(cause, "sqlite_errorname", None) is None and cause.__cause__ is not None:
+                    cause = cause.__cause__  # SQLAlchemy's wraps sqlite3's
+                name = getattr(cause, "sqlite_errorname", None) or getattr(getattr(cause, "orig", None),
+                                                                          "sqlite_errorname", "")
+                raise StoreError(f"the store kept answering {str(exc).splitlines()[0][:120]!r}"
+                                 f"{f' ({name})' if name else ''} through {attempts} tries over "
+                                 f"{time.monotonic() - started:.0f} s") from exc
             time.sleep(min(8.0, 0.05 * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
