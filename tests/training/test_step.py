@@ -89,6 +89,7 @@ def test_blocks_follow_the_step_by_step_trial_and_resume_from_every_checkpoint(c
     blocked_history, blocked_snapshots, callbacks = logged()
     blocked = train(composer(TRIALS[name] + BASE + fit + ["train.compile_after=0"]), **callbacks)
     assert len(compiles) == 1
+    assert plain.blocked_steps == 0 < blocked.blocked_steps <= blocked.steps
     assert_same(blocked, plain, blocked_history, history)
     assert [s["steps"] for s in blocked_snapshots] == [s["steps"] for s in snapshots]
     if name == "diverging":
