@@ -18,7 +18,7 @@ from sgdlab.sweep import spec
 from sgdlab.params import param_text
 from sgdlab.sweep.expand import expand
 from sgdlab.tracking.datasets import dataset_record
-from sgdlab.tracking.store import VIEW_TAG
+from sgdlab.tracking.tags import VIEW_TAG
 
 from conftest import SGDLAB, TINY, mlflow_runs, run_sgdlab, status_json
 

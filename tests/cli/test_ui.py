@@ -15,7 +15,8 @@ def store_with_two_sweeps(folder):
 
 def test_without_a_name_ui_opens_the_most_recently_updated_sweep(tmp_path):
     """(The server itself, and the URL it prints, are tested in test_safe_defaults.py.)"""
-    from sgdlab.tracking.store import experiment_url, sweep_experiments
+    from sgdlab.tracking.query import sweep_experiments
+    from sgdlab.tracking.store import experiment_url
 
     handles = store_with_two_sweeps(tmp_path)
     assert sweep_experiments(f"sqlite:///{tmp_path / 'mlflow.db'}") == [

@@ -195,7 +195,8 @@ def test_a_second_sweep_file_of_the_same_name_is_refused_unless_asked(sweeps_dir
     work = tmp_path / "work"
     work.mkdir()
     record = ("import sys; from sgdlab.sweep.spec import load; from sgdlab.tracking.store import open_sweep; "
-              "open_sweep(sys.argv[1], 'tiny', definition=load('tiny').definition_tags())")
+              "spec = load('tiny'); open_sweep(sys.argv[1], 'tiny', definition={'sgdlab.sweep_file': spec.source, "
+              "'sgdlab.sweep_file_sha256': spec.digest})")
     # in a process of its own, which closes the store as a command does (no -wal left)
     subprocess.run([SGDLAB[0], "-c", record, f"sqlite:///{work / 'mlflow.db'}"], check=True, capture_output=True)
     assert [p.name for p in work.iterdir()] == ["mlflow.db"]
@@ -211,12 +212,12 @@ def test_a_second_sweep_file_of_the_same_name_is_refused_unless_asked(sweeps_dir
                     "another store, or pass --redefine to make this file the definition")
     assert folder_digest(work) == before
 
-    recorded = first.definition_tags()
+    recorded = (first.source, first.digest)
     (sweeps_dir / "tiny.yaml").write_text(TINY + "# one more comment\n")
-    assert sweep_spec.load("tiny").other_definition(recorded) is None  # the same file, edited
+    assert sweep_spec.load("tiny").other_definition(*recorded) is None  # the same file, edited
     (other / "tiny.yaml").write_text(TINY)
     os.environ["SGDLAB_SWEEPS_DIR"] = str(other)
-    assert sweep_spec.load("tiny").other_definition(recorded) is None  # the same content elsewhere
+    assert sweep_spec.load("tiny").other_definition(*recorded) is None  # the same content elsewhere
     os.environ["SGDLAB_SWEEPS_DIR"] = str(sweeps_dir)
 
     (other / "tiny.yaml").write_text(TINY.replace("seed: [0, 1]", "seed: [0, 1, 2]"))

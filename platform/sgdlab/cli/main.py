@@ -215,6 +215,7 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
 
     from sgdlab.orchestration.plan import plan_sweep
     from sgdlab.tracking.location import StoreError, check_store, resolve_uri
+    from sgdlab.tracking import tags
     from sgdlab.tracking.query import sweep_runs
 
     first = trials[0].config
@@ -223,7 +224,8 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
         check_store(uri, first["tracking"]["timeout_s"])
         records = sweep_runs(uri, name, kind=None)
         recorded = next((r.tags for r in records if r.kind == "sweep"), {})
-        conflict = None if redefine else spec.other_definition(recorded)
+        conflict = None if redefine else spec.other_definition(recorded.get(tags.SWEEP_FILE),
+                                                               recorded.get(tags.SWEEP_FILE_SHA256))
         if conflict:
             raise ConfigError(conflict)
     except (ConfigError, StoreError) as exc:
@@ -251,7 +253,8 @@ def sweep(name: str = typer.Argument(..., help="sweep file sweeps/NAME.yaml"),
         auto_report(name, uri, first, overrides or [])
 
     execute(name, jobs, first, uri, summary, spec.description, then=rounds and rounds.next_jobs, after=after,
-            view_params=swept_params(trials), last=held, definition=spec.definition_tags())
+            view_params=swept_params(trials), last=held,
+            definition={tags.SWEEP_FILE: spec.source, tags.SWEEP_FILE_SHA256: spec.digest})
 
 
 def dry_run_checks(trials: list) -> None:
@@ -636,7 +639,8 @@ def ui(name: Optional[str] = typer.Argument(None, help="sweep to open (default: 
     from sgdlab.config.recorded import runtime_value
     from sgdlab.sweep.spec import check_name
     from sgdlab.tracking.location import StoreError, check_store, resolve_uri, sqlite_path
-    from sgdlab.tracking.store import experiment_url, report_url, sweep_experiments
+    from sgdlab.tracking.query import sweep_experiments
+    from sgdlab.tracking.store import experiment_url, report_url
 
     uri = resolve_uri()
     try:

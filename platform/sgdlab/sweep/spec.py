@@ -30,7 +30,6 @@ import yaml
 from sgdlab import paths
 from sgdlab.config.schema import MAX_NESTING, ConfigError
 from sgdlab.sweep.refine import Refine, parse_refine
-from sgdlab.tracking import tags
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_NAME = 100  # characters: a sweep name is a file name and an MLflow experiment name
@@ -50,15 +49,11 @@ class SweepSpec:
     source: str = ""  # the sweep file's real path
     digest: str = ""  # sha256 of its bytes
 
-    def definition_tags(self) -> dict[str, str]:
-        """What the sweep's MLflow run records of the file that defines the sweep (tags.SWEEP_FILE*)."""
-        return {tags.SWEEP_FILE: self.source, tags.SWEEP_FILE_SHA256: self.digest}
-
-    def other_definition(self, recorded: dict[str, str]) -> str | None:
-        """Why this file may not run the sweep whose MLflow run has the tags `recorded`, or None: another file
-        (another path, other content) defined it, and the records of both would mix in one experiment and
-        report. The same file edited, or the same content elsewhere (a moved checkout), is the same definition."""
-        source, digest = recorded.get(tags.SWEEP_FILE), recorded.get(tags.SWEEP_FILE_SHA256)
+    def other_definition(self, source: str | None, digest: str | None) -> str | None:
+        """Why this file may not run the sweep whose records name the file `source` with sha256 `digest` as its
+        definition, or None: another file (another path, other content) defined it, and the records of both
+        would mix in one experiment and report. The same file edited, or the same content elsewhere (a moved
+        checkout), is the same definition."""
         if not source or source == self.source or digest == self.digest:
             return None
         return (f"sweep {self.name!r} in this store was defined by {source}, another file than {self.source}: "

@@ -104,14 +104,25 @@ def _sqlite_records(db, condition: str, args: tuple) -> list[RunRecord]:
     return [RunRecord(run_id=r[0], status=r[1], start_time=r[2] or 0, **grouped[r[0]]) for r in runs]
 
 
-def sqlite_sweeps(path, view_tag: str) -> list[tuple[str, str, bool]]:
-    """(name, experiment id, whether it has the tag view_tag) of the active experiments but MLflow's Default in
-    the SQLite store at `path`, the most recently updated first (as MlflowClient.search_experiments orders)."""
-    with read_only(path) as db:
-        return [] if db is None else [(name, str(exp_id), bool(view)) for name, exp_id, view in db.execute(
-            "SELECT name, experiment_id, EXISTS (SELECT 1 FROM experiment_tags AS t WHERE t.experiment_id = "
-            "e.experiment_id AND t.key = ?) FROM experiments AS e WHERE lifecycle_stage = 'active' AND name != "
-            "'Default' ORDER BY last_update_time DESC, experiment_id", (view_tag,))]
+def sweep_experiments(uri: str) -> list[tuple[str, str, bool]]:
+    """(sweep name, experiment id, whether it holds the trials view, tags.VIEW_TAG) of every sweep in the store,
+    the most recently updated first (as MlflowClient.search_experiments orders them). A SQLite store is read
+    read-only."""
+    path = sqlite_path(uri)
+    if path is None:
+        from sgdlab.tracking.store import client
+
+        found = retried(lambda: client(uri).search_experiments(order_by=["last_update_time DESC"]))
+        return [(e.name, e.experiment_id, tags.VIEW_TAG in e.tags) for e in found if e.name != "Default"]
+
+    def read() -> list[tuple[str, str, bool]]:
+        with read_only(path) as db:
+            return [] if db is None else [(name, str(exp_id), bool(view)) for name, exp_id, view in db.execute(
+                "SELECT name, experiment_id, EXISTS (SELECT 1 FROM experiment_tags AS t WHERE t.experiment_id = "
+                "e.experiment_id AND t.key = ?) FROM experiments AS e WHERE lifecycle_stage = 'active' AND name "
+                "!= 'Default' ORDER BY last_update_time DESC, experiment_id", (tags.VIEW_TAG,))]
+
+    return retried(read)
 
 
 def _sqlite_runs(path, sweep: str) -> list[RunRecord]:

@@ -32,7 +32,6 @@ from sgdlab import paths  # noqa: E402
 from sgdlab.tracking import tags  # noqa: E402
 from sgdlab.tracking.location import (check_sqlite_store, damaged_store, is_damage, retried,  # noqa: E402
                                      sqlite_path)
-from sgdlab.tracking.query import sqlite_sweeps  # noqa: E402
 
 
 def git_state() -> dict[str, str]:
@@ -97,23 +96,9 @@ def find_experiment_id(mlflow: MlflowClient, sweep: str) -> str | None:
     return exp.experiment_id if exp is not None else None
 
 
-def sweep_experiments(uri: str) -> list[tuple[str, str, bool]]:
-    """(sweep name, experiment id, whether it holds the trials view) of every sweep in the store, the most
-    recently updated first. A SQLite store is read read-only (query.read_only)."""
-    path = sqlite_path(uri)
-    if path is not None:
-        return retried(lambda: sqlite_sweeps(path, VIEW_TAG))
-    found = retried(lambda: client(uri).search_experiments(order_by=["last_update_time DESC"]))
-    return [(e.name, e.experiment_id, VIEW_TAG in e.tags) for e in found if e.name != "Default"]
-
-
 # The MLflow UI (3.x) opens an experiment by its kind: its GenAI view (traces, evaluation runs) unless the
 # experiment says it is model development.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-# A view of the runs list stored on the experiment, which the UI loads from a URL that names it
-# (`viewStateShareKey`, MLflow's "share view"): the key of the experiment tag is VIEW_TAG.
-VIEW_KEY = "sgdlab-trials"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 VIEW_METRICS = ("test_error", "train_loss", "weight_change", "train_time", "steps", "sharpness")
 
 
@@ -130,7 +115,7 @@ def trials_view(params: list[str]) -> str:
 def experiment_url(base: str, experiment_id: str, view: bool = False) -> str:
     """A sweep's experiment in the MLflow UI's model-training view (MLflow 3 opens its GenAI traces view else),
     with view=True in the sweep's shared view of its trials (trials_view)."""
-    shared = f"&viewStateShareKey={VIEW_KEY}" if view else ""
+    shared = f"&viewStateShareKey={tags.VIEW_KEY}" if view else ""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning{shared}"
 
 
@@ -260,7 +245,7 @@ def open_sweep(uri: str, sweep: str, description: str = "", view_params: list[st
     """Create (or find) the database, the sweep's experiment and its one run of kind 'sweep'; safe to call from
     several drivers at once. With view_params (the swept params), the experiment also gets its model-development
     kind and the trials view (trials_view); with `definition`, the sweep's run gets these tags (the sweep file
-    that defines it, SweepSpec.definition_tags). The handle carries a new submission id (tracking/claims.py)."""
+    that defines it: its path and sha256). The handle carries a new submission id (tracking/claims.py)."""
     path = sqlite_path(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +258,7 @@ def open_sweep(uri: str, sweep: str, description: str = "", view_params: list[st
         artifacts = (path.resolve().parent / "mlartifacts" / sweep).as_uri() if path is not None else None
         exp_id = _experiment(mlflow, sweep, artifacts)
         if view_params is not None:
-            _experiment_tags(mlflow, exp_id, {**EXPERIMENT_KIND, VIEW_TAG: trials_view(view_params)})
+            _experiment_tags(mlflow, exp_id, {**EXPERIMENT_KIND, tags.VIEW_TAG: trials_view(view_params)})
         git = git_state()
         git = {**git, **source_tags(git)}
         run_id = _sweep_run(mlflow, exp_id, sweep, description, git)

@@ -28,6 +28,10 @@ NORMALIZATION = "sgdlab.normalization"
 PROBE_DATA = "sgdlab.probe_data"
 HVP_METHOD = "sgdlab.hvp_method"
 PROBE_DTYPE = "sgdlab.probe_dtype"
+# A view of a sweep's runs list stored on its experiment, which MLflow's UI loads from a URL that names it
+# (`viewStateShareKey`, MLflow's "share view"): the key of the experiment tag is VIEW_TAG (tracking/store.py).
+VIEW_KEY = "sgdlab-trials"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 NOTE = "mlflow.note.content"  # the sweep run's description
