@@ -12,6 +12,7 @@ import torch
 from sgdlab.config.compose import Composer
 from sgdlab.training.distributed import ALONE
 from sgdlab.training.loop import train
+from sgdlab.training import step as step_module
 from sgdlab.training.step import Step, block_size
 
 SMALL = ["data.n_train=64", "data.batch_size=8"]
@@ -38,8 +39,10 @@ def composer():
 
 @pytest.fixture
 def compiles(monkeypatch) -> list:
-    """The functions passed to torch.compile (which still compiles them)."""
+    """The functions passed to torch.compile (which still compiles them), from an empty cache of compiled
+    blocks."""
     seen, real = [], torch.compile
+    monkeypatch.setattr(step_module, "COMPILED", {})
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(fn) or real(fn, **kw))
     return seen
 
@@ -50,8 +53,8 @@ def compiles(monkeypatch) -> list:
 ])
 def test_a_trial_compiles_past_compile_after_with_as_many_steps_left(compile_after, steps_done, max_steps,
                                                                       expected):
-    step = Step(member_loss=lambda *a: None, member_update=lambda *a: None, workers=ALONE,
-                compile_after=compile_after, divergence_loss=math.inf, steps_per_block=8)
+    step = Step(member_loss=lambda *a: None, member_update=lambda *a: None, workers=ALONE, x=torch.zeros(1),
+                y=torch.zeros(1), compile_after=compile_after, divergence_loss=math.inf, periods=[8])
     assert step.compiles(steps_done, max_steps) is expected
 
 
@@ -80,8 +83,11 @@ def assert_same(a, b, history_a=None, history_b=None):
 
 
 @pytest.mark.parametrize("name", TRIALS)
-def test_blocks_follow_the_step_by_step_trial_and_resume_from_every_checkpoint(composer, compiles, name):
-    """Blocks of 8 steps (log every 8, checkpoints every 16) from step 0, against train.compile_after=null."""
+def test_blocks_follow_the_step_by_step_trial_and_resume_from_every_checkpoint(composer, compiles, monkeypatch,
+                                                                               name):
+    """Spans of two blocks of 4 steps (log every 8, checkpoints every 16) from step 0, against
+    train.compile_after=null; the resumed trials reuse the first one's compiled block."""
+    monkeypatch.setattr(step_module, "BLOCK", 4)
     fit = [] if name == "fitting" else ["train.stop_when_fitted=false"]
     history, snapshots, callbacks = logged()
     plain = train(composer(TRIALS[name] + BASE + fit + ["train.compile_after=null"]), **callbacks)
@@ -99,6 +105,20 @@ def test_blocks_follow_the_step_by_step_trial_and_resume_from_every_checkpoint(c
     for snapshot in snapshots:
         resumed = train(composer(TRIALS[name] + BASE + fit + ["train.compile_after=0"]), resume=snapshot)
         assert_same(resumed, plain)
+    assert len(compiles) == 1
+
+
+def test_one_compilation_serves_trials_of_other_data_size_seed_alpha_and_lr(composer, compiles):
+    """The compiled block takes batches, not the data set: trials that differ in P, data, seed, alpha and lr
+    share it, and each follows its own step-by-step trial."""
+    base = ["model=perceptron", "data=teacher_perceptron", "data.dim=8", "data.batch_size=8", "optim=sgd",
+            "train.stop_when_fitted=false", *BASE]
+    for changed in (["data.n_train=64", "optim.lr=8", "model.alpha=4"],
+                    ["data.n_train=128", "data.seed=1", "seed=3", "optim.lr=2", "model.alpha=16"]):
+        blocked = train(composer(base + changed + ["train.compile_after=0"]))
+        assert_same(blocked, train(composer(base + changed + ["train.compile_after=null"])))
+        assert blocked.blocked_steps > 0
+    assert len(compiles) == 1
 
 
 def test_a_failed_compilation_warns_and_the_trial_goes_on_uncompiled(composer, monkeypatch):

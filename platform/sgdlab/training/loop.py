@@ -126,7 +126,7 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
     started = time.monotonic()
     while pack.live:
         on_tick()
-        # One step of every member, or a compiled block of steps of a trial alone (training/step.py).
+        # One step of every member, or a span of compiled blocks of steps of a trial alone (training/step.py).
         count = 0 if pack.hooked else shared.step.block_steps(pack)
         if count:
             run_block(shared, pack, members, stops, results, count)
@@ -185,19 +185,19 @@ def run_step(shared: Shared, pack: PackState, members: list[Member], stops: dict
 
 def run_block(shared: Shared, pack: PackState, members: list[Member], stops: dict[int, Stop], results: list,
               count: int) -> None:
-    """`count` steps of every member in one compiled call, batches drawn ahead, and run_step's stopping rules
-    applied to the block's batch losses afterwards, with the same stop steps:
-      diverged   at the first step whose batch loss is non-finite or above train.divergence_loss: the block kept
+    """A span of `count` steps of every member in compiled blocks (training/step.py), batches drawn ahead, and
+    run_step's stopping rules applied to the span's batch losses afterwards, with the same stop steps:
+      diverged   at the first step whose batch loss is non-finite or above train.divergence_loss: the blocks kept
                  the parameters of that step;
       converged  (train.stop_when_fitted, hinge loss; blocks run only where a zero gradient is no update) the
-                 training set is checked at the end of the block if a zero-loss step followed the member's last
+                 training set is checked at the end of the span if a zero-loss step followed the member's last
                  update: the parameters are still those of that update, and a fitted set stops the member there,
                  as a check after every step does at the first zero-loss step after it. (A set fitted earlier would
                  have given every later batch zero loss: no update could have followed.)
     t = sum of lr over the steps taken, added one step at a time as run_step adds it."""
     first = pack.steps.copy()
     idx = shared.batches.block(pack.seed, pack.steps, count)
-    pack.params, pack.state, losses, unfitted = shared.step.block(pack, idx)
+    pack.params, pack.state, losses = shared.step.block(pack, idx)
     losses, tcfg = losses.cpu().numpy(), shared.cfg["train"]  # (count, members)
     bad = ~np.isfinite(losses) | (losses > tcfg["divergence_loss"])
     taken = np.where(bad.any(0), bad.argmax(0), count)  # updates applied before a divergence
@@ -208,8 +208,8 @@ def run_block(shared: Shared, pack: PackState, members: list[Member], stops: dic
     if tcfg["stop_when_fitted"] and shared.loss_name == "hinge":
         due = [r for r in range(len(pack.live)) if taken[r] == count and last[r] < count
                and not (pack.fit_checked[r] and last[r] == 0)]
-        for r, n in zip(due, unfitted[due].tolist()):  # counted in the block, at its end
-            if n == 0:
+        for r, m in zip(due, set_metrics(shared, pack, due, "train") if due else []):
+            if m["unfitted"] == 0:
                 stops[r], taken[r] = Stop("converged"), last[r]
         pack.fit_checked &= last == 0
         pack.fit_checked[due] = True

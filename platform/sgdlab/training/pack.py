@@ -114,22 +114,19 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
     eval_rows = EVAL_BYTES.get(torch.device(device).type, EVAL_BYTES["cpu"]) // (
         data.x_train.element_size() * problem.saved_per_example())
 
-    def member_loss(a, p, f0, idx):
-        return Loss(loss_name, a).mean(centred(f, p, data.x_train[idx], f0[idx], a), data.y_train[idx])
+    def member_loss(a, p, x, y, f0):
+        return Loss(loss_name, a).mean(centred(f, p, x, f0, a), y)
 
     def member_update(rate, p, g, s):
         return optim.build({**cfg["optim"], "lr": rate}).update(p, g, s)
 
-    def member_unfitted(a, p, f0):
-        return (~Loss(loss_name, a).fitted(centred(f, p, data.x_train, f0, a), data.y_train)).sum()
-
     tcfg, still = cfg["train"], optim.build(cfg["optim"]).still_at_zero_gradient
-    # A block checks the fit of a hinge trial at its end (it counts the unfitted training points there), which is
-    # exact only where a zero gradient is no update.
+    # A span of blocks checks the fit of a hinge trial at its end, which is exact only where a zero gradient is
+    # no update.
     fit_rule = tcfg["stop_when_fitted"] and loss_name == "hinge"
-    step = Step(member_loss, member_update, workers, tcfg["compile_after"], tcfg["divergence_loss"],
-                block_size([tcfg["log_every"], tcfg["checkpoint_every"], params_every]), still or not fit_rule,
-                member_unfitted if fit_rule else None)
+    step = Step(member_loss, member_update, workers, data.x_train, data.y_train, tcfg["compile_after"],
+                tcfg["divergence_loss"], [tcfg["log_every"], tcfg["checkpoint_every"], params_every],
+                still or not fit_rule, compiled_shape(cfg, data, device))
     shared = Shared(cfg, data, f, workers, eval_rows, step, Batches(len(data.x_train), cfg["data"]["batch_size"]),
                     params_every)
     seeds = [c["seed"] for c in configs]
@@ -151,6 +148,15 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
                      np.array([step_budget(c) for c in configs]), list(range(len(configs))),
                      fit_checked=np.zeros(len(configs), dtype=bool), blocked=np.zeros(len(configs), dtype=np.int64))
     return shared, pack
+
+
+def compiled_shape(cfg: dict, data: Dataset, device: str) -> tuple:
+    """What a compiled block of steps depends on besides its arguments: the network (model config but alpha, the
+    input shape, the classes), the loss, the optimizer but its lr, the batch size, the dtype and the device."""
+    model = {k: v for k, v in cfg["model"].items() if k != "alpha"}
+    optimizer = {k: v for k, v in cfg["optim"].items() if k not in ("lr", "temperature")}
+    return (repr(sorted(model.items())), tuple(data.input_shape), data.n_classes, cfg["loss"]["name"],
+            repr(sorted(optimizer.items())), cfg["data"]["batch_size"], cfg["train"]["dtype"], str(device))
 
 
 def step_budget(cfg: dict) -> int:
