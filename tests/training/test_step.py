@@ -1,8 +1,8 @@
-"""Compiled blocks of steps (training/step.py, training/loop.py run_block): from train.compile_after on, a trial
-trained alone runs K steps per compiled call, and in float64 follows the step-by-step trial (outcome, stop step,
-every logged metric, final parameters, a resume from every checkpoint) for SGD and Adam, hinge, MSE and
-cross-entropy, a divergence and a fit in the middle of a block; where torch.compile fails, a warning says so and
-the trial ends as uncompiled."""
+"""Compiled blocks of steps (training/step.py, training/loop.py run_block): from train.compile_after on (from
+the start where its block is compiled already), a trial trained alone runs K steps per compiled call, and in
+float64 follows the step-by-step trial (outcome, stop step, every logged metric, final parameters, a resume from
+every checkpoint) for SGD and Adam, hinge, MSE and cross-entropy, a divergence and a fit in the middle of a span; where torch.compile fails, a warning says so and the trial ends as
+uncompiled."""
 
 import math
 
@@ -110,14 +110,16 @@ def test_blocks_follow_the_step_by_step_trial_and_resume_from_every_checkpoint(c
 
 def test_one_compilation_serves_trials_of_other_data_size_seed_alpha_and_lr(composer, compiles):
     """The compiled block takes batches, not the data set: trials that differ in P, data, seed, alpha and lr
-    share it, and each follows its own step-by-step trial."""
+    share it, each follows its own step-by-step trial, and a trial whose block is compiled already runs in blocks
+    from its first step, whatever train.compile_after (not null) says."""
     base = ["model=perceptron", "data=teacher_perceptron", "data.dim=8", "data.batch_size=8", "optim=sgd",
             "train.stop_when_fitted=false", *BASE]
-    for changed in (["data.n_train=64", "optim.lr=8", "model.alpha=4"],
-                    ["data.n_train=128", "data.seed=1", "seed=3", "optim.lr=2", "model.alpha=16"]):
-        blocked = train(composer(base + changed + ["train.compile_after=0"]))
+    for changed, compile_after in ((["data.n_train=64", "optim.lr=8", "model.alpha=4"], 0),
+                                   (["data.n_train=128", "data.seed=1", "seed=3", "optim.lr=2", "model.alpha=16"],
+                                    10**6)):
+        blocked = train(composer(base + changed + [f"train.compile_after={compile_after}"]))
         assert_same(blocked, train(composer(base + changed + ["train.compile_after=null"])))
-        assert blocked.blocked_steps > 0
+        assert blocked.blocked_steps == 56  # 7 spans of 8 steps; the last 4 of the 60 run direct
     assert len(compiles) == 1
 
 
@@ -128,6 +130,7 @@ def test_a_failed_compilation_warns_and_the_trial_goes_on_uncompiled(composer, m
         return call
 
     monkeypatch.setattr(torch, "compile", no_toolchain)
+    monkeypatch.setattr(step_module, "COMPILED", {})
     cfg = TRIALS["mlp-sgd-hinge"] + BASE + ["train.stop_when_fitted=false"]
     with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: InvalidCxxCompiler: No working C"
                                          r"\+\+ compiler found\); the trial goes on uncompiled"):

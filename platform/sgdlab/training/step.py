@@ -7,7 +7,8 @@ How it is computed (the numbers agree up to the order of floating-point operatio
   direct    a pack of one: the same function called on the member's own tensors, the gradient by
             torch.autograd.grad (vmap and torch.func cost more per call than a small model's step);
   blocked   a pack of one in one process, once it has done train.compile_after steps and has at least as many
-            left: K steps per call of a function compiled by torch.compile (the vmapped step unrolled K times),
+            left, or from its start where the process compiled its block for an earlier trial: K steps per call
+            of a function compiled by torch.compile (the vmapped step unrolled K times),
             which fuses the small kernels and removes the Python and the dispatch between steps. K (block_size)
             divides every event period (log, checkpoint, parameter hand-out), so blocks from a multiple of K never
             cross an event; the loop runs a span of whole blocks up to the next event (at most SPAN steps) with
@@ -148,16 +149,19 @@ class Step:
         return params, state, torch.cat(losses)
 
     def compiles(self, steps_done: int, max_steps: int) -> bool:
-        """Whether a pack of one is past train.compile_after steps with at least as many left to do (compiling
-        costs as much as some ten thousand uncompiled steps)."""
-        return self.compile_after is not None and steps_done >= self.compile_after <= max_steps - steps_done
+        """Whether a pack of one runs in blocks: from its first step where this process holds its compiled block
+        already, else once past train.compile_after steps with at least as many left to do (compiling costs as
+        much as some ten thousand uncompiled steps); never with compile_after null."""
+        if self.compile_after is None:
+            return False
+        return self._key(1) in COMPILED or steps_done >= self.compile_after <= max_steps - steps_done
 
     def _compiled(self, members: int) -> tuple[Callable, Callable]:
         """(block, block compiled) of this shape and pack size, from this process's COMPILED if there. When
         CACHED shapes are held, compiled code is dropped first, so that no limit on recompilations is ever
         reached (compiling a graph compiled before, here or in another process, takes a fraction of the time
         from inductor's on-disk cache)."""
-        key = (self.shape, self.steps_per_block, members, self.divergence_loss)
+        key = self._key(members)
         if key not in COMPILED:
             if len(COMPILED) >= CACHED:
                 torch.compiler.reset()
@@ -165,6 +169,9 @@ class Step:
             block = blocked(self.vmapped, self.steps_per_block, self.divergence_loss)
             COMPILED[key] = block, torch.compile(block, dynamic=False)
         return COMPILED[key]
+
+    def _key(self, members: int) -> tuple:
+        return self.shape, self.steps_per_block, members, self.divergence_loss
 
     def _call(self, eager: Callable, compiled: Callable, args: tuple):
         """The compiled block at `args`; where torch.compile fails, a warning, and this block and the trial's
