@@ -1,8 +1,8 @@
-"""Compiled blocks of steps (training/step.py, training/loop.py run_block): from train.compile_after on (from
-the start where its block is compiled already), a trial trained alone runs K steps per compiled call, and in
-float64 follows the step-by-step trial (outcome, stop step, every logged metric, final parameters, a resume from
-every checkpoint) for SGD and Adam, hinge, MSE and cross-entropy, a divergence and a fit in the middle of a span; where torch.compile fails, a warning says so and the trial ends as
-uncompiled."""
+"""Compiled spans of steps (training/step.py, training/loop.py run_span): from train.compile_after on (from
+the start where its span is compiled already), a trial trained alone runs the steps up to its next event in one
+compiled call, and in float64 follows the step-by-step trial (outcome, stop step, every logged metric, final
+parameters, a resume from every checkpoint) for SGD and Adam, hinge, MSE and cross-entropy, a divergence and a
+fit in the middle of a span; where torch.compile fails, a warning says so and the trial ends as uncompiled."""
 
 import math
 
@@ -13,7 +13,7 @@ from sgdlab.config.compose import Composer
 from sgdlab.training.distributed import ALONE
 from sgdlab.training.loop import train
 from sgdlab.training import step as step_module
-from sgdlab.training.step import Step, block_size
+from sgdlab.training.step import Step
 
 SMALL = ["data.n_train=64", "data.batch_size=8"]
 TRIALS = {
@@ -58,12 +58,6 @@ def test_a_trial_compiles_past_compile_after_with_as_many_steps_left(compile_aft
     assert step.compiles(steps_done, max_steps) is expected
 
 
-@pytest.mark.parametrize("periods, size", [([100, 1000, None], 25), ([64], 32), ([97, None, None], 1),
-                                           ([10, 40, 20], 10), ([8, 16], 8)])
-def test_a_block_divides_every_event_period(periods, size):
-    assert block_size(periods) == size
-
-
 def logged(**callbacks):
     """A trial's callbacks that keep what it logs and the snapshots it hands out."""
     history, snapshots = [], []
@@ -83,11 +77,9 @@ def assert_same(a, b, history_a=None, history_b=None):
 
 
 @pytest.mark.parametrize("name", TRIALS)
-def test_blocks_follow_the_step_by_step_trial_and_resume_from_every_checkpoint(composer, compiles, monkeypatch,
-                                                                               name):
-    """Spans of two blocks of 4 steps (log every 8, checkpoints every 16) from step 0, against
-    train.compile_after=null; the resumed trials reuse the first one's compiled block."""
-    monkeypatch.setattr(step_module, "BLOCK", 4)
+def test_blocks_follow_the_step_by_step_trial_and_resume_from_every_checkpoint(composer, compiles, name):
+    """Spans of 8 steps (log every 8, checkpoints every 16; the last span 4 steps) from step 0, against
+    train.compile_after=null; the resumed trials reuse the first one's compiled span."""
     fit = [] if name == "fitting" else ["train.stop_when_fitted=false"]
     history, snapshots, callbacks = logged()
     plain = train(composer(TRIALS[name] + BASE + fit + ["train.compile_after=null"]), **callbacks)
@@ -109,8 +101,8 @@ def test_blocks_follow_the_step_by_step_trial_and_resume_from_every_checkpoint(c
 
 
 def test_one_compilation_serves_trials_of_other_data_size_seed_alpha_and_lr(composer, compiles):
-    """The compiled block takes batches, not the data set: trials that differ in P, data, seed, alpha and lr
-    share it, each follows its own step-by-step trial, and a trial whose block is compiled already runs in blocks
+    """The compiled span takes batches, not the data set: trials that differ in P, data, seed, alpha and lr
+    share it, each follows its own step-by-step trial, and a trial whose span is compiled already runs in spans
     from its first step, whatever train.compile_after (not null) says."""
     base = ["model=perceptron", "data=teacher_perceptron", "data.dim=8", "data.batch_size=8", "optim=sgd",
             "train.stop_when_fitted=false", *BASE]
@@ -119,7 +111,7 @@ def test_one_compilation_serves_trials_of_other_data_size_seed_alpha_and_lr(comp
                                     10**6)):
         blocked = train(composer(base + changed + [f"train.compile_after={compile_after}"]))
         assert_same(blocked, train(composer(base + changed + ["train.compile_after=null"])))
-        assert blocked.blocked_steps == 56  # 7 spans of 8 steps; the last 4 of the 60 run direct
+        assert blocked.blocked_steps == 60  # 7 spans of 8 steps and one of 4
     assert len(compiles) == 1
 
 

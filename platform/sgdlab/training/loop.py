@@ -64,7 +64,7 @@ class Result:
     metrics: dict[str, float]
     params: dict[str, torch.Tensor]
     error: BaseException | None = field(default=None, repr=False)
-    blocked_steps: int = 0  # of its steps, those run in compiled blocks (training/step.py)
+    blocked_steps: int = 0  # of its steps, those run in compiled spans (training/step.py)
 
 
 @dataclass
@@ -126,10 +126,10 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
     started = time.monotonic()
     while pack.live:
         on_tick()
-        # One step of every member, or a span of compiled blocks of steps of a trial alone (training/step.py).
-        count = 0 if pack.hooked else shared.step.block_steps(pack)
+        # One step of every member, or a compiled span of steps of a trial alone (training/step.py).
+        count = 0 if pack.hooked else shared.step.span_steps(pack)
         if count:
-            run_block(shared, pack, members, stops, results, count)
+            run_span(shared, pack, members, stops, results, count)
         else:
             run_step(shared, pack, members, stops, results)
         if not pack.live:
@@ -183,13 +183,13 @@ def run_step(shared: Shared, pack: PackState, members: list[Member], stops: dict
     pack.steps += 1
 
 
-def run_block(shared: Shared, pack: PackState, members: list[Member], stops: dict[int, Stop], results: list,
+def run_span(shared: Shared, pack: PackState, members: list[Member], stops: dict[int, Stop], results: list,
               count: int) -> None:
-    """A span of `count` steps of every member in compiled blocks (training/step.py), batches drawn ahead, and
+    """`count` steps of every member in one compiled call (training/step.py), batches drawn ahead, and
     run_step's stopping rules applied to the span's batch losses afterwards, with the same stop steps:
-      diverged   at the first step whose batch loss is non-finite or above train.divergence_loss: the blocks kept
+      diverged   at the first step whose batch loss is non-finite or above train.divergence_loss: the span kept
                  the parameters of that step;
-      converged  (train.stop_when_fitted, hinge loss; blocks run only where a zero gradient is no update) the
+      converged  (train.stop_when_fitted, hinge loss; spans run only where a zero gradient is no update) the
                  training set is checked at the end of the span if a zero-loss step followed the member's last
                  update: the parameters are still those of that update, and a fitted set stops the member there,
                  as a check after every step does at the first zero-loss step after it. (A set fitted earlier would
@@ -197,7 +197,7 @@ def run_block(shared: Shared, pack: PackState, members: list[Member], stops: dic
     t = sum of lr over the steps taken, added one step at a time as run_step adds it."""
     first = pack.steps.copy()
     idx = shared.batches.block(pack.seed, pack.steps, count)
-    pack.params, pack.state, losses = shared.step.block(pack, idx)
+    pack.params, pack.state, losses = shared.step.span(pack, idx)
     losses, tcfg = losses.cpu().numpy(), shared.cfg["train"]  # (count, members)
     bad = ~np.isfinite(losses) | (losses > tcfg["divergence_loss"])
     taken = np.where(bad.any(0), bad.argmax(0), count)  # updates applied before a divergence

@@ -20,7 +20,7 @@ from sgdlab.training.losses import Loss
 from sgdlab.training.problem import DTYPES, build_problem, centred, load_data
 from sgdlab.training.sampler import Batches
 from sgdlab.training.stacked import per_member, take, tree_map
-from sgdlab.training.step import Step, block_size
+from sgdlab.training.step import Step
 
 # Memory of the activations of one evaluation chunk (members x examples) of full-set outputs and metrics.
 EVAL_BYTES = {"cpu": 1 << 27, "cuda": 1 << 30}
@@ -93,7 +93,7 @@ class PackState:
     # Members whose whole training set was checked (some point unfitted) at their current parameters: with plain
     # SGD a zero batch loss leaves the parameters as they are, so the check cannot change until they move again.
     fit_checked: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    blocked: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # steps run in compiled blocks
+    blocked: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # steps run in compiled spans
 
     def keep(self, rows: list[int]) -> None:
         """Keep only the members at `rows`."""
@@ -121,7 +121,7 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
         return optim.build({**cfg["optim"], "lr": rate}).update(p, g, s)
 
     tcfg, still = cfg["train"], optim.build(cfg["optim"]).still_at_zero_gradient
-    # A span of blocks checks the fit of a hinge trial at its end, which is exact only where a zero gradient is
+    # A compiled span checks the fit of a hinge trial at its end, which is exact only where a zero gradient is
     # no update.
     fit_rule = tcfg["stop_when_fitted"] and loss_name == "hinge"
     step = Step(member_loss, member_update, workers, data.x_train, data.y_train, tcfg["compile_after"],
@@ -151,7 +151,7 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
 
 
 def compiled_shape(cfg: dict, data: Dataset, device: str) -> tuple:
-    """What a compiled block of steps depends on besides its arguments: the network (model config but alpha, the
+    """What a compiled span of steps depends on besides its arguments: the network (model config but alpha, the
     input shape, the classes), the loss, the optimizer but its lr, the batch size, the dtype and the device."""
     model = {k: v for k, v in cfg["model"].items() if k != "alpha"}
     optimizer = {k: v for k, v in cfg["optim"].items() if k not in ("lr", "temperature")}
