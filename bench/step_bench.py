@@ -9,14 +9,14 @@ on them, the hinge loss mean(relu(1 - y F)) / alpha, its gradient, and w -= lr g
   sgdlab      training/loop.py train(), stop_when_fitted off, and on (then resumed from a snapshot taken late in
               training, where most batches have zero loss: the case the stopping check must make cheap); both
               step by step (train.compile_after null);
-  blocked     the same in compiled blocks of 32 steps (train.compile_after = 0), fit check off and on, timed
-              after the first block, which compiles (its seconds are printed);
+  spans       the same in compiled spans (train.compile_after = 0: the steps between two logs in one compiled
+              call), fit check off and on, timed after the first span, which compiles (its seconds are printed);
   torch       a plain eager loop: torch.randperm(P)[:B], autograd, an in-place update;
   numpy       (perceptron) the same in numpy, with the gradient written by hand.
   limit       (MLP) its FLOPs per step, 6 B (64 x 128 + 128 x 128 + 128 x 1) (forward, and twice that
               backward), over the rate of a 1024 x 1024 float32 matmul measured in the same run: the arithmetic
               bound of one thread.
-Every sgdlab rate is timed from its log at step 1024 (after set-up, the first block's compilation and first
+Every sgdlab rate is timed from its log at step 1024 (after set-up, the first span's compilation and first
 calls) to its last, logs every 1024 steps.
 Packed: train_pack() on M MLP members against a plain loop of torch.func.vmap(grad) over the same M members
 (pack_bench.plain_vmap_rate).
@@ -51,13 +51,13 @@ TRIALS = {
 }
 # Where the stop_when_fitted measurement starts: late enough that many batches have zero loss.
 LATE = {"perceptron": 30_720, "mlp": 2_048}
-LOG = 1024  # steps between logs (and the block of 32 steps divides it)
+LOG = 1024  # steps between logs (a span)
 
 
-def trial(name: str, steps: int, fitted_stop: bool, blocked: bool = False) -> dict:
+def trial(name: str, steps: int, fitted_stop: bool, spans: bool = False) -> dict:
     return Composer()([*TRIALS[name], f"train.max_steps={steps}", f"train.log_every={LOG}",
                        f"train.stop_when_fitted={str(fitted_stop).lower()}", "train.checkpoint_every=null",
-                       f"train.compile_after={0 if blocked else 'null'}"])
+                       f"train.compile_after={0 if spans else 'null'}"])
 
 
 def sgdlab_rate(cfg: dict, resume: dict | None = None) -> tuple[float, int, float]:
@@ -139,8 +139,8 @@ def plain_numpy_rate(cfg: dict, steps: int) -> float:
     return steps / (time.perf_counter() - started)
 
 
-def packed_configs(members: int, steps: int) -> list[dict]:
-    base = trial("mlp", steps, False)
+def packed_configs(members: int, steps: int, spans: bool) -> list[dict]:
+    base = trial("mlp", steps, False, spans=spans)
     out = []
     for i in range(members):
         cfg = copy.deepcopy(base)
@@ -150,11 +150,22 @@ def packed_configs(members: int, steps: int) -> list[dict]:
 
 
 def sgdlab_packed_rate(cfgs: list[dict]) -> float:
-    """Trial-steps/s of train_pack (set-up excluded)."""
-    train_pack([Member(c) for c in cfgs[:2]])  # warm-up: torch.func's first use imports torch._dynamo
-    ticks: list[float] = []
-    train_pack([Member(c) for c in cfgs], on_tick=lambda: ticks.append(time.perf_counter()))
-    return len(cfgs) * (len(ticks) - 1) / (ticks[-1] - ticks[0])
+    """Trial-steps/s of train_pack's steps: the pack run for S and for 2 S steps, each timed from the first
+    member's log at step 0 (after set-up) to its end, M S over the difference (the final evaluation cancels); a
+    first run warms up (torch.func's first use, the span's compilation)."""
+    steps = cfgs[0]["train"]["max_steps"]
+
+    def seconds(max_steps: int) -> float:
+        run = [copy.deepcopy(c) for c in cfgs]
+        for c in run:
+            c["train"].update(max_steps=max_steps, log_every=2 * steps)
+        logs: list[float] = []
+        train_pack([Member(run[0], on_log=lambda step, m: logs.append(time.perf_counter())),
+                    *[Member(c) for c in run[1:]]])
+        return time.perf_counter() - logs[0]
+
+    seconds(steps)
+    return len(cfgs) * steps / (seconds(2 * steps) - seconds(steps))
 
 
 def microseconds(fn, calls: int = 2000) -> float:
@@ -196,38 +207,41 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"one trial, {args.steps} steps, one thread, best of {args.repeats} (steps/s; fit: train.stop_when_fitted"
-          " off / on; blocked: compiled blocks of 32 steps, compile: seconds to the second log, mostly compiling)")
-    print(f"{'trial':<12}{'step':>8}{'fit on':>8}{'blocked':>9}{'fit on':>8}{'torch':>7}{'numpy':>7}{'limit':>8}"
-          f"{'bl./torch':>10}{'bl.on/np':>9}{'bl./limit':>10}{'compile':>8}")
+          " off / on; spans: compiled spans of 1024 steps; compile: seconds to the second log, mostly compiling)")
+    print(f"{'trial':<12}{'step':>8}{'fit on':>8}{'spans':>9}{'fit on':>8}{'torch':>7}{'numpy':>7}{'limit':>8}"
+          f"{'sp./torch':>10}{'sp.on/np':>9}{'sp./limit':>10}{'compile':>8}")
     for name in TRIALS:
-        off, blocked = trial(name, args.steps, False), trial(name, args.steps, False, blocked=True)
-        on, blocked_on = (trial(name, LATE[name] + args.steps, True, blocked=b) for b in (False, True))
+        off, spans = trial(name, args.steps, False), trial(name, args.steps, False, spans=True)
+        on, spans_on = (trial(name, LATE[name] + args.steps, True, spans=b) for b in (False, True))
         late = snapshot_at(on, LATE[name])
         train(trial(name, 50, False))  # warm-up: imports, first-call costs
-        compile_s = sgdlab_rate(blocked)[2]  # the first compilation in this process
+        compile_s = sgdlab_rate(spans)[2]  # the first compilation in this process
         # This machine is shared: each rate is the best of `repeats` runs, taken in turn.
-        rates = {key: 0.0 for key in ("off", "on", "blocked", "blocked_on", "torch", "numpy", "limit")}
+        rates = {key: 0.0 for key in ("off", "on", "spans", "spans_on", "torch", "numpy", "limit")}
         for _ in range(args.repeats):
             rates["off"] = max(rates["off"], sgdlab_rate(off)[0])
             rates["on"] = max(rates["on"], sgdlab_rate(on, resume=late)[0])
-            rates["blocked"] = max(rates["blocked"], sgdlab_rate(blocked)[0])
-            rates["blocked_on"] = max(rates["blocked_on"], sgdlab_rate(blocked_on, resume=late)[0])
+            rates["spans"] = max(rates["spans"], sgdlab_rate(spans)[0])
+            rates["spans_on"] = max(rates["spans_on"], sgdlab_rate(spans_on, resume=late)[0])
             rates["torch"] = max(rates["torch"], plain_torch_rate(off, args.steps))
             if name == "perceptron":
                 rates["numpy"] = max(rates["numpy"], plain_numpy_rate(off, args.steps))
             else:
                 rates["limit"] = max(rates["limit"], matmul_rate() / mlp_flops(off))
         r = {**rates, "numpy": rates["numpy"] or float("nan"), "limit": rates["limit"] or float("nan")}
-        print(f"{name:<12}{r['off']:>8.0f}{r['on']:>8.0f}{r['blocked']:>9.0f}{r['blocked_on']:>8.0f}"
-              f"{r['torch']:>7.0f}{r['numpy']:>7.0f}{r['limit']:>8.0f}{r['blocked'] / r['torch']:>10.2f}"
-              f"{r['blocked_on'] / r['numpy']:>9.2f}{r['blocked'] / r['limit']:>10.2f}{compile_s:>7.1f}s",
+        print(f"{name:<12}{r['off']:>8.0f}{r['on']:>8.0f}{r['spans']:>9.0f}{r['spans_on']:>8.0f}"
+              f"{r['torch']:>7.0f}{r['numpy']:>7.0f}{r['limit']:>8.0f}{r['spans'] / r['torch']:>10.2f}"
+              f"{r['spans_on'] / r['numpy']:>9.2f}{r['spans'] / r['limit']:>10.2f}{compile_s:>7.1f}s",
               flush=True)
-    print(f"\npacked MLP members, {args.packed_steps} steps (trial-steps/s; ratio = sgdlab / plain vmap)")
-    print(f"{'members':<12}{'sgdlab':>10}{'vmap':>10}{'ratio':>8}")
+    print(f"\npacked MLP members, {args.packed_steps} steps (trial-steps/s; step: one by one, spans: compiled "
+          "spans; ratio = sgdlab / plain vmap)")
+    print(f"{'members':<12}{'step':>10}{'spans':>10}{'vmap':>10}{'step/vmap':>10}{'spans/vmap':>11}")
     for members in args.members:
-        cfgs = packed_configs(members, args.packed_steps)
-        rate_pack, rate_vmap = sgdlab_packed_rate(cfgs), plain_vmap_rate(cfgs, "cpu")
-        print(f"{members:<12}{rate_pack:>10.0f}{rate_vmap:>10.0f}{rate_pack / rate_vmap:>8.2f}", flush=True)
+        one_by_one = sgdlab_packed_rate(packed_configs(members, args.packed_steps, spans=False))
+        spans = sgdlab_packed_rate(packed_configs(members, args.packed_steps, spans=True))
+        vmap_rate = plain_vmap_rate(packed_configs(members, args.packed_steps, spans=False), "cpu")
+        print(f"{members:<12}{one_by_one:>10.0f}{spans:>10.0f}{vmap_rate:>10.0f}{one_by_one / vmap_rate:>10.2f}"
+              f"{spans / vmap_rate:>11.2f}", flush=True)
     sampler_table()
 
 

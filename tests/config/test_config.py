@@ -81,4 +81,4 @@ def test_a_config_recorded_before_the_newer_keys_resubmits_with_their_defaults()
     recorded = Composer()(["optim.lr=0.1"])
     del recorded["train"]["compile_after"], recorded["tracking"]["flush_s"]
     config = apply_runtime_overrides(recorded, {})
-    assert config["train"]["compile_after"] == 50_000 and config["tracking"]["flush_s"] == 15.0
+    assert config["train"]["compile_after"] == 1000 and config["tracking"]["flush_s"] == 15.0

@@ -11,7 +11,7 @@ import torch
 
 from sgdlab.config.compose import Composer
 from sgdlab.training.distributed import ALONE
-from sgdlab.training.loop import train
+from sgdlab.training.loop import Member, StepClock, train, train_pack
 from sgdlab.training import step as step_module
 from sgdlab.training.step import Step
 
@@ -40,22 +40,39 @@ def composer():
 @pytest.fixture
 def compiles(monkeypatch) -> list:
     """The functions passed to torch.compile (which still compiles them), from an empty cache of compiled
-    blocks."""
+    spans."""
     seen, real = [], torch.compile
-    monkeypatch.setattr(step_module, "COMPILED", {})
+    monkeypatch.setattr(step_module, "COMPILED", step_module.Compiled())
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(fn) or real(fn, **kw))
     return seen
 
 
-@pytest.mark.parametrize("compile_after, steps_done, max_steps, expected", [
-    (None, 10**6, 10**7, False), (20, 19, 60, False), (20, 20, 60, True), (20, 40, 60, True), (20, 41, 60, False),
-    (0, 0, 1, True), (50_000, 50_000, 99_999, False), (50_000, 50_000, 100_000, True),
+@pytest.mark.parametrize("compile_after, steps_done, steps_left, seconds_per_step, expected", [
+    (None, 10**6, 10**7, 1.0, False), (0, 0, 1, 0.0, True),
+    # the last compilation took 10 s: spans where the steps left would take more than REPAY = 3 times that
+    (1000, 999, 10**6, 1e-3, False), (1000, 1000, 10**6, 1e-3, True), (1000, 1000, 29_999, 1e-3, False),
+    (1000, 1000, 30_001, 1e-3, True), (1000, 5000, 10**6, 0.0, False),
 ])
-def test_a_trial_compiles_past_compile_after_with_as_many_steps_left(compile_after, steps_done, max_steps,
-                                                                      expected):
-    step = Step(member_loss=lambda *a: None, member_update=lambda *a: None, workers=ALONE, x=torch.zeros(1),
-                y=torch.zeros(1), compile_after=compile_after, divergence_loss=math.inf, periods=[8])
-    assert step.compiles(steps_done, max_steps) is expected
+def test_spans_run_where_the_steps_left_repay_the_compilation(monkeypatch, compile_after, steps_done, steps_left,
+                                                              seconds_per_step, expected):
+    monkeypatch.setattr(step_module, "COMPILED", step_module.Compiled(seconds=10.0))
+    step = Step(member_loss=lambda *a: None, member_update=lambda *a: None, workers=ALONE, x=torch.zeros(64, 4),
+                y=torch.zeros(64), batch_size=8, compile_after=compile_after, divergence_loss=math.inf,
+                periods=[8])
+    assert step.compiles(1, steps_done, steps_left, seconds_per_step) is expected
+    step_module.COMPILED.get(step._key(1), lambda: (None, None))  # a process that compiled this span already
+    assert step.compiles(1, steps_done, steps_left, seconds_per_step) is (compile_after is not None)
+
+
+def test_the_step_clock_times_steps_per_pack_size_after_a_warm_up():
+    clock = StepClock()
+    for _ in range(StepClock.WARM_UP):
+        clock.add(3, 100.0)  # first calls: not counted
+    for _ in range(StepClock.TIMED - 1):
+        clock.add(3, 0.5)
+    assert clock.seconds_per_step(3) == 0.0 and clock.seconds_per_step(2) == 0.0
+    clock.add(3, 2.0)
+    assert clock.seconds_per_step(3) == pytest.approx((0.5 * (StepClock.TIMED - 1) + 2.0) / StepClock.TIMED)
 
 
 def logged(**callbacks):
@@ -122,9 +139,36 @@ def test_a_failed_compilation_warns_and_the_trial_goes_on_uncompiled(composer, m
         return call
 
     monkeypatch.setattr(torch, "compile", no_toolchain)
-    monkeypatch.setattr(step_module, "COMPILED", {})
+    monkeypatch.setattr(step_module, "COMPILED", step_module.Compiled())
     cfg = TRIALS["mlp-sgd-hinge"] + BASE + ["train.stop_when_fitted=false"]
     with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: InvalidCxxCompiler: No working C"
                                          r"\+\+ compiler found\); the trial goes on uncompiled"):
-        fallen_back = train(composer(cfg + ["train.compile_after=20"]))
+        fallen_back = train(composer(cfg + ["train.compile_after=0"]))
     assert_same(fallen_back, train(composer(cfg + ["train.compile_after=null"])))
+
+
+PACKS = {  # members, and their outcomes and stop steps (spans of 8 steps)
+    # lr 40 and 38 pass train.divergence_loss in the first span, at the same step; lr 1 runs its 60 steps
+    "diverging": (TRIALS["diverging"], ["optim.lr=40", "optim.lr=38", "optim.lr=1"],
+                  [("diverged", 4), ("diverged", 4), ("max_steps", 60)]),
+    # four seeds of the fitting perceptron fit at their own steps, two in the same span
+    "fitting": (TRIALS["fitting"], ["seed=0", "seed=1", "seed=2", "seed=3"],
+                [("converged", 26), ("converged", 14), ("converged", 14), ("converged", 18)]),
+}
+
+
+@pytest.mark.parametrize("name", PACKS)
+def test_packs_run_in_spans_and_follow_the_step_by_step_pack(composer, compiles, name):
+    """A pack in compiled spans (members stopping in the same span, the pack recompiled as it shrinks) against
+    the same pack step by step, member by member."""
+    base, members, ends = PACKS[name]
+    fit = [] if name == "fitting" else ["train.stop_when_fitted=false"]
+    results = {}
+    for compile_after in ("0", "null"):
+        cfgs = [composer(base + BASE + fit + [member, f"train.compile_after={compile_after}"]) for member in members]
+        results[compile_after] = train_pack([Member(cfg) for cfg in cfgs])
+    for spans, plain in zip(results["0"], results["null"]):
+        assert_same(spans, plain)
+        assert spans.blocked_steps > 0 == plain.blocked_steps
+    assert [(r.outcome, r.steps) for r in results["0"]] == ends
+    assert len(compiles) >= 2  # the pack shrank, and was compiled again

@@ -74,6 +74,27 @@ class Stop:
     error: BaseException | None = None
 
 
+class StepClock:
+    """Seconds per step of a pack trained step by step, for each pack size (members) it has had; the first
+    WARM_UP steps at a size (first calls, imports) are not counted, and a size with fewer than TIMED counted
+    steps has no estimate (0)."""
+
+    WARM_UP, TIMED = 4, 16
+
+    def __init__(self):
+        self.steps: dict[int, int] = {}
+        self.seconds: dict[int, float] = {}  # of the counted steps
+
+    def add(self, members: int, seconds: float) -> None:
+        self.steps[members] = self.steps.get(members, 0) + 1
+        if self.steps[members] > self.WARM_UP:
+            self.seconds[members] = self.seconds.get(members, 0.0) + seconds
+
+    def seconds_per_step(self, members: int) -> float:
+        counted = self.steps.get(members, 0) - self.WARM_UP
+        return self.seconds[members] / counted if counted >= self.TIMED else 0.0
+
+
 def stop_outcomes(tcfg: dict, *, loss=None, full_set: bool = False, unfitted=None, steps=None, max_steps=None,
                   elapsed: float | None = None) -> dict[int, str]:
     """The stopping rules: {row: outcome} for the members that stop now (arguments are arrays of one entry per
@@ -123,15 +144,18 @@ def train_pack(members: list[Member], device: str = "cpu", on_tick: Callable[[],
     hand_out_params(shared, pack, members, first=True)
     retire(shared, pack, members, stops, results)
     log_metrics(shared, pack, members, first=True)
-    started = time.monotonic()
+    started, clock = time.monotonic(), StepClock()
     while pack.live:
         on_tick()
-        # One step of every member, or a compiled span of steps of a trial alone (training/step.py).
-        count = 0 if pack.hooked else shared.step.span_steps(pack)
+        # One step of every member, or a compiled span of steps (training/step.py), where the steps left would
+        # take long enough one by one (as timed so far) to repay its compilation.
+        count = 0 if pack.hooked else shared.step.span_steps(pack, clock.seconds_per_step(len(pack.live)))
         if count:
             run_span(shared, pack, members, stops, results, count)
         else:
+            size, begun = len(pack.live), time.perf_counter()
             run_step(shared, pack, members, stops, results)
+            clock.add(size, time.perf_counter() - begun)
         if not pack.live:
             break
         # Parameters (in-training probes), full-set metrics every log_every steps, then snapshots (checkpoints):

@@ -124,9 +124,10 @@ def set_up(configs: list[dict], resumes: list[dict | None], device: str, workers
     # A compiled span checks the fit of a hinge trial at its end, which is exact only where a zero gradient is
     # no update.
     fit_rule = tcfg["stop_when_fitted"] and loss_name == "hinge"
-    step = Step(member_loss, member_update, workers, data.x_train, data.y_train, tcfg["compile_after"],
-                tcfg["divergence_loss"], [tcfg["log_every"], tcfg["checkpoint_every"], params_every],
-                still or not fit_rule, compiled_shape(cfg, data, device))
+    step = Step(member_loss, member_update, workers, data.x_train, data.y_train, cfg["data"]["batch_size"],
+                tcfg["compile_after"], tcfg["divergence_loss"],
+                [tcfg["log_every"], tcfg["checkpoint_every"], params_every], still or not fit_rule,
+                compiled_shape(cfg, data, device))
     shared = Shared(cfg, data, f, workers, eval_rows, step, Batches(len(data.x_train), cfg["data"]["batch_size"]),
                     params_every)
     seeds = [c["seed"] for c in configs]

@@ -6,21 +6,23 @@ How it is computed (the numbers agree up to the order of floating-point operatio
   vmapped   M > 1 members: the per-member gradient-and-update function vmapped over the member dimension;
   direct    a pack of one: the same function called on the member's own tensors, the gradient by
             torch.autograd.grad (vmap and torch.func cost more per call than a small model's step);
-  spans     a pack of one in one process, once it has done train.compile_after steps and has at least as many
-            left, or from its start where the process compiled its span for an earlier trial: the steps up to
-            the next event (log, checkpoint, parameter hand-out; at most SPAN) in one call of a function
-            compiled by torch.compile, a while loop over the vmapped step (torch's while_loop operator, with
-            inductor's C++ wrapper, so the loop runs in C++: no Python and no dispatch between steps, and a
-            compile time that does not grow with the span). Its batches are gathered ahead into a buffer of
-            `rows` = min(SPAN, event period) steps, of which the loop runs the first n (an argument). A member
+  spans     members at the same step in one process on a CPU (a trial alone, or a pack) whose steps left,
+            timed one by one after train.compile_after steps, would take REPAY times a compilation (always
+            where the process compiled their span already, and with compile_after 0): the steps up to the next
+            event (log, checkpoint, parameter hand-out; at most SPAN) in one call of a function compiled by
+            torch.compile, a while loop over the vmapped step (torch's while_loop operator, with inductor's C++
+            wrapper, so the loop runs in C++: no Python and no dispatch between steps, and a compile time that
+            does not grow with the span). Its batches are gathered ahead into a buffer of `rows` steps (at most
+            SPAN, the event period and SPAN_BYTES), of which the loop runs the first n (an argument). A member
             whose batch loss is non-finite or above train.divergence_loss keeps the parameters of that step for
             the rest of the span (it stops before that update); the loop reads the span's batch losses afterwards
             (training/loop.py run_span).
             The compiled span takes the batches, not the data set, as arguments, so one compilation serves every
-            trial of the same network, loss, optimizer, batch size and dtype in a process, whatever its data,
-            P, seed, alpha or lr (COMPILED). Compiling takes seconds on a CPU; where torch.compile fails (no C++
-            compiler) a warning says so and the trial goes on uncompiled. Span numbers agree with the direct ones
-            to rounding (tests/training/test_step.py).
+            trial of the same network, loss, optimizer, batch size, dtype and pack size in a process, whatever
+            its data, P, seed, alpha or lr (COMPILED); a pack whose members leave needs another (the rule above
+            decides again). Compiling takes seconds on a CPU; where torch.compile fails (no C++ compiler) a
+            warning says so and the trial goes on uncompiled. Span numbers agree with the step-by-step ones to
+            rounding (tests/training/test_step.py).
 On W > 1 data-parallel workers the shard gradients are all-reduced between the gradient and the update, so the
 two are separate vmapped calls and nothing is compiled.
 """
@@ -28,6 +30,7 @@ two are separate vmapped calls and nothing is compiled.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Callable
 
@@ -39,8 +42,29 @@ from sgdlab.training.distributed import Workers
 from sgdlab.training.stacked import only_member, per_member, stacked_one, tree_map
 
 SPAN = 1024  # most steps per compiled call (between two looks of the loop at the members)
-CACHED = 8  # compiled spans kept in a process: {(shape, rows, members, divergence_loss): (span, compiled span)}
-COMPILED: dict[tuple, tuple[Callable, Callable]] = {}
+SPAN_BYTES = 1 << 26  # most memory of a span's gathered batches
+REPAY = 3  # a span is compiled where the steps left, step by step, would take this many times its compilation
+
+
+class Compiled:
+    """This process's compiled spans, {(shape, rows, members, divergence_loss): (span in Python, compiled span)},
+    at most `kept` (then compiled code is dropped, so that no limit on recompilations is ever reached), and the
+    seconds its last compilation took (before any: `seconds`, about what this 2-core machine takes)."""
+
+    def __init__(self, kept: int = 8, seconds: float = 10.0):
+        self.spans: dict[tuple, tuple[Callable, Callable]] = {}
+        self.kept, self.seconds = kept, seconds
+
+    def get(self, key: tuple, build: Callable[[], tuple[Callable, Callable]]) -> tuple[Callable, Callable]:
+        if key not in self.spans:
+            if len(self.spans) >= self.kept:
+                torch.compiler.reset()
+                self.spans.clear()
+            self.spans[key] = build()
+        return self.spans[key]
+
+
+COMPILED = Compiled()
 
 
 def autograd_grad_and_value(loss_fn):
@@ -109,20 +133,22 @@ class Step:
     device); `periods` are those of the loop's events (log_every, checkpoint_every, params_every)."""
 
     def __init__(self, member_loss: Callable, member_update: Callable, workers: Workers, x: torch.Tensor,
-                 y: torch.Tensor, compile_after: int | None, divergence_loss: float, periods: list[int | None],
-                 spans_allowed: bool = True, shape: tuple = ()):
-        self.workers, self.x, self.y, self.shape = workers, x, y, shape
+                 y: torch.Tensor, batch_size: int, compile_after: int | None, divergence_loss: float,
+                 periods: list[int | None], spans_allowed: bool = True, shape: tuple = ()):
+        self.workers, self.x, self.y, self.batch_size, self.shape = workers, x, y, batch_size, shape
         self.compile_after, self.divergence_loss, self.spans_allowed = compile_after, divergence_loss, spans_allowed
         self.period = math.gcd(*(p for p in periods if p))
-        self.rows = min(SPAN, self.period)  # steps of a span's batch buffer
+        self.member_rows: dict[int, torch.Tensor] = {}  # (members, 1) row indices of f(w0, x), by pack size
+        self.keys: dict[int, tuple] = {}  # of the compiled spans (COMPILED), by pack size
         by_autograd, by_func = autograd_grad_and_value(member_loss), grad_and_value(member_loss, argnums=1)
         self.gradients, self.update = per_member(by_func, alone=by_autograd), per_member(member_update)
         self.vmapped, self.direct = vmap(fused(by_func, member_update)), fused(by_autograd, member_update)
 
     def batches(self, f0: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x, y and f(w0, x) at the indices idx (..., members, B) of every member: shapes (..., members, B, ...)."""
-        members = torch.arange(f0.shape[0], device=idx.device).view(-1, 1)
-        return self.x[idx], self.y[idx], f0[members, idx]
+        if f0.shape[0] not in self.member_rows:
+            self.member_rows[f0.shape[0]] = torch.arange(f0.shape[0], device=idx.device).view(-1, 1)
+        return self.x[idx], self.y[idx], f0[self.member_rows[f0.shape[0]], idx]
 
     def __call__(self, pack, idx: torch.Tensor):
         x, y, f0 = self.batches(pack.f0_train, idx)
@@ -135,28 +161,43 @@ class Step:
                                            only_member(pack.state), x[0], y[0], f0[0])
         return {k: v[None] for k, v in params.items()}, stacked_one(state), value[None]
 
-    def span_steps(self, pack) -> int:
-        """Steps of the next compiled span of `pack`, or 0 (step by step): spans run for a pack of one in one
-        process that compiles (`compiles`), up to the next event or the trial's last step, at most `rows`."""
-        steps, limit = int(pack.steps[0]), int(pack.max_steps[0])
-        alone = self.workers.size == 1 and len(pack.live) == 1 and self.spans_allowed
-        if not (alone and self.compiles(steps, limit)):
+    def span_steps(self, pack, seconds_per_step: float) -> int:
+        """Steps of the next compiled span of `pack`, or 0 (step by step): spans run in one process on a CPU for
+        members at the same step that compile (`compiles`, from the seconds a step by step costs now), up to the
+        next event or the last step of the member with the fewest left, at most `rows`. (Spans on a GPU are not
+        tested yet: steps run one by one there.)"""
+        if self.compile_after is None or not self.spans_allowed or self.workers.size > 1 or self.x.device.type != "cpu":
             return 0
-        return min(self.rows, self.period - steps % self.period, limit - steps)
+        steps, members = int(pack.steps[0]), len(pack.live)
+        if members > 1 and not (pack.steps == steps).all():
+            return 0
+        if not self.compiles(members, steps, int(pack.max_steps.max()) - steps, seconds_per_step):
+            return 0
+        return min(self.rows(members), self.period - steps % self.period, int(pack.max_steps.min()) - steps)
+
+    def rows(self, members: int) -> int:
+        """Steps of a span's batch buffer: at most SPAN, the event period, and SPAN_BYTES of gathered batches
+        (x, y and f(w0, x) of B examples of each member a step; f(w0, x) counted as one output)."""
+        step_bytes = members * self.batch_size * (self.x[0].numel() + 2) * self.x.element_size()
+        return max(1, min(SPAN, self.period, SPAN_BYTES // step_bytes))
 
     def span(self, pack, idx: torch.Tensor):
         """(params, state, batch losses (steps, members)) after the steps at the batches `idx` (steps, members, B)
-        in one compiled call."""
-        n = len(idx)
-        padded = torch.cat([idx, idx[-1:].expand(self.rows - n, *idx.shape[1:])]) if n < self.rows else idx
+        in one compiled call. The first call of a span compiles it: its seconds are kept (COMPILED.seconds)."""
+        n, rows, key = len(idx), self.rows(len(pack.live)), self._key(len(pack.live))
+        padded = torch.cat([idx, idx[-1:].expand(rows - n, *idx.shape[1:])]) if n < rows else idx
         x, y, f0 = self.batches(pack.f0_train, padded)
-        eager, compiled = self._compiled(len(pack.live))
+        fresh = key not in COMPILED.spans
+        eager, compiled = COMPILED.get(key, self._build)
         args = (pack.alpha, pack.lr, pack.params, pack.state, torch.tensor(n, device=x.device), x, y, f0)
         if self.compile_after is None:  # compiling failed before
             params, state, losses = eager(*args)
         else:
             try:
+                started = time.perf_counter()
                 params, state, losses = compiled(*args)
+                if fresh:
+                    COMPILED.seconds = time.perf_counter() - started
             except Exception as exc:  # torch.compile's failures are those of its toolchain (e.g. no C++ compiler)
                 first_line = str(exc).splitlines()[0] if str(exc) else ""
                 warnings.warn(f"train.compile_after: torch.compile failed ({type(exc).__name__}: {first_line}); "
@@ -165,26 +206,23 @@ class Step:
                 params, state, losses = eager(*args)
         return params, state, losses[:n]
 
-    def compiles(self, steps_done: int, max_steps: int) -> bool:
-        """Whether a pack of one runs in spans: from its first step where this process holds its compiled span
-        already, else once past train.compile_after steps with at least as many left to do (compiling costs as
-        much as some ten thousand uncompiled steps); never with compile_after null."""
+    def compiles(self, members: int, steps_done: int, steps_left: int, seconds_per_step: float) -> bool:
+        """Whether `members` at steps_done with up to steps_left to go run in compiled spans (train.compile_after):
+        never with null; always with 0; where this process holds their compiled span already; else once past
+        compile_after steps if the steps left, at seconds_per_step one by one, would take REPAY times the
+        process's last compilation (a span runs 1.5-4x faster than steps one by one: bench/step_bench.py)."""
         if self.compile_after is None:
             return False
-        return self._key(1) in COMPILED or steps_done >= self.compile_after <= max_steps - steps_done
+        if self.compile_after == 0 or self._key(members) in COMPILED.spans:
+            return True
+        return steps_done >= self.compile_after and steps_left * seconds_per_step > REPAY * COMPILED.seconds
 
     def _key(self, members: int) -> tuple:
-        return self.shape, self.rows, members, self.divergence_loss
+        if members not in self.keys:
+            self.keys[members] = self.shape, self.rows(members), members, self.divergence_loss
+        return self.keys[members]
 
-    def _compiled(self, members: int) -> tuple[Callable, Callable]:
-        """(span in Python, span compiled with inductor's C++ wrapper) of this shape and pack size, from this process's
-        COMPILED if there. When CACHED shapes are held, compiled code is dropped first, so that no limit on
-        recompilations is ever reached."""
-        key = self._key(members)
-        if key not in COMPILED:
-            if len(COMPILED) >= CACHED:
-                torch.compiler.reset()
-                COMPILED.clear()
-            eager, run = (span(self.vmapped, self.divergence_loss, loop) for loop in (python_while, while_loop))
-            COMPILED[key] = eager, torch.compile(run, dynamic=False, options={"cpp_wrapper": True})
-        return COMPILED[key]
+    def _build(self) -> tuple[Callable, Callable]:
+        """(span in Python, span compiled with inductor's C++ wrapper)."""
+        eager, run = (span(self.vmapped, self.divergence_loss, loop) for loop in (python_while, while_loop))
+        return eager, torch.compile(run, dynamic=False, options={"cpp_wrapper": True})
