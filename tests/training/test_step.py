@@ -5,9 +5,11 @@ parameters, a resume from every checkpoint) for SGD and Adam, hinge, MSE and cro
 fit in the middle of a span; where torch.compile fails, a warning says so and the trial ends as uncompiled."""
 
 import math
+import warnings
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from sgdlab.config.compose import Composer
 from sgdlab.training.distributed import ALONE
@@ -126,7 +128,13 @@ def test_one_compilation_serves_trials_of_other_data_size_seed_alpha_and_lr(comp
     for changed, compile_after in ((["data.n_train=64", "optim.lr=8", "model.alpha=4"], 0),
                                    (["data.n_train=128", "data.seed=1", "seed=3", "optim.lr=2", "model.alpha=16"],
                                     10**6)):
-        blocked = train(composer(base + changed + [f"train.compile_after={compile_after}"]))
+        cfg = composer(base + changed + [f"train.compile_after={compile_after}"])
+        if compile_after == 0:
+            blocked = train(cfg)
+        else:  # no recompilation either (a guard that fails, e.g. on strides, would fall back with a warning)
+            with torch.compiler.set_stance("fail_on_recompile"), warnings.catch_warnings():
+                warnings.simplefilter("error")
+                blocked = train(cfg)
         assert_same(blocked, train(composer(base + changed + ["train.compile_after=null"])))
         assert blocked.blocked_steps == 60  # 7 spans of 8 steps and one of 4
     assert len(compiles) == 1
@@ -147,23 +155,25 @@ def test_a_failed_compilation_warns_and_the_trial_goes_on_uncompiled(composer, m
     assert_same(fallen_back, train(composer(cfg + ["train.compile_after=null"])))
 
 
-PACKS = {  # members, and their outcomes and stop steps (spans of 8 steps)
+PACKS = {  # members; their outcomes and stop steps (spans of 8 steps); the pack sizes it passes through
     # lr 40 and 38 pass train.divergence_loss in the first span, at the same step; lr 1 runs its 60 steps
     "diverging": (TRIALS["diverging"], ["optim.lr=40", "optim.lr=38", "optim.lr=1"],
-                  [("diverged", 4), ("diverged", 4), ("max_steps", 60)]),
+                  [("diverged", 4), ("diverged", 4), ("max_steps", 60)], 2),
     # four seeds of the fitting perceptron fit at their own steps, two in the same span
     "fitting": (TRIALS["fitting"], ["seed=0", "seed=1", "seed=2", "seed=3"],
-                [("converged", 26), ("converged", 14), ("converged", 14), ("converged", 18)]),
+                [("converged", 26), ("converged", 14), ("converged", 14), ("converged", 18)], 3),
+    # two members run their 60 steps: 7 spans of 8 steps, then one of 4 (its batches padded to 8)
+    "steady": (TRIALS["diverging"], ["optim.lr=1", "optim.lr=0.5"], [("max_steps", 60)] * 2, 1),
 }
 
 
 @pytest.mark.parametrize("name", PACKS)
 def test_packs_run_in_spans_and_follow_the_step_by_step_pack(composer, compiles, name):
-    """A pack in compiled spans (members stopping in the same span, the pack recompiled as it shrinks) against
-    the same pack step by step, member by member."""
-    base, members, ends = PACKS[name]
+    """A pack in compiled spans (members stopping in the same span, the pack compiled again as it shrinks, once
+    per size) against the same pack step by step, member by member."""
+    base, members, ends, sizes = PACKS[name]
     fit = [] if name == "fitting" else ["train.stop_when_fitted=false"]
-    results = {}
+    results, graphs = {}, counters["stats"]["unique_graphs"]
     for compile_after in ("0", "null"):
         cfgs = [composer(base + BASE + fit + [member, f"train.compile_after={compile_after}"]) for member in members]
         results[compile_after] = train_pack([Member(cfg) for cfg in cfgs])
@@ -171,4 +181,4 @@ def test_packs_run_in_spans_and_follow_the_step_by_step_pack(composer, compiles,
         assert_same(spans, plain)
         assert spans.blocked_steps > 0 == plain.blocked_steps
     assert [(r.outcome, r.steps) for r in results["0"]] == ends
-    assert len(compiles) >= 2  # the pack shrank, and was compiled again
+    assert len(compiles) == sizes == counters["stats"]["unique_graphs"] - graphs  # no recompilation at a size

@@ -185,8 +185,8 @@ class Step:
         """(params, state, batch losses (steps, members)) after the steps at the batches `idx` (steps, members, B)
         in one compiled call. The first call of a span compiles it: its seconds are kept (COMPILED.seconds)."""
         n, rows, key = len(idx), self.rows(len(pack.live)), self._key(len(pack.live))
-        padded = torch.cat([idx, idx[-1:].expand(rows - n, *idx.shape[1:])]) if n < rows else idx
-        x, y, f0 = self.batches(pack.f0_train, padded)
+        padded = torch.cat([idx, idx[-1:].expand(rows - n, *idx.shape[1:])]) if n < rows else idx.contiguous()
+        x, y, f0 = self.batches(pack.f0_train, padded)  # contiguous, as compiled
         fresh = key not in COMPILED.spans
         eager, compiled = COMPILED.get(key, self._build)
         args = (pack.alpha, pack.lr, pack.params, pack.state, torch.tensor(n, device=x.device), x, y, f0)
