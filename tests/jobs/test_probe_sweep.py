@@ -72,12 +72,17 @@ def test_adding_an_end_probe_to_a_finished_sweep_runs_only_the_probes(sweeps_dir
     again = run_sgdlab("sweep", "probed", cwd=tmp_path)
     assert "nothing to run" in again.stderr
 
-    measured = run_sgdlab("probe", trains[0].info.run_id, "probe.top_k=4", "probe.slq_starts=2", cwd=tmp_path)
+    measured = run_sgdlab("probe", trains[0].info.run_id, "probe.top_k=4", "probe.slq_starts=2", "probe.noise=true",
+                          cwd=tmp_path)
     assert measured.returncode == 0, measured.stderr
-    assert "hessian_top_k/4" in measured.stdout
+    assert "hessian_top_k/4" in measured.stdout and "noise_scale" in measured.stdout
     _, probes = mlflow_runs(tmp_path / "mlflow.db", "probed", kind="probe")
     newest = max(probes, key=lambda r: r.info.start_time)
     assert newest.data.params["probe.top_k"] == "4"
+    m = newest.data.metrics
+    assert m["noise_scale"] == pytest.approx(m["noise_trace"] / m["grad_norm_sq"], rel=1e-6)
+    assert m["curvature_ratio"] == pytest.approx(m["hessian_trace"] / m["sharpness"], rel=1e-6)
+    assert 0 < m["noise_top_share"] < 1
     assert sorted(a.path for a in client.list_artifacts(newest.info.run_id, "spectrum")) == [
         "spectrum/density.csv", "spectrum/slq.json"]
     refused = run_sgdlab("probe", trains[0].info.run_id, "model.alpha=2", cwd=tmp_path)

@@ -14,6 +14,8 @@ from sgdlab.probes.blocks import block_probes
 from sgdlab.probes.density import density_on_grid, moments, slq
 from sgdlab.probes.hvp import CurvatureOperator, ParamLayout
 from sgdlab.probes.lanczos import top_eigenpairs
+from sgdlab.probes import noise as noise_module
+from sgdlab.probes.noise import gradient_noise
 from sgdlab.probes.reference import dense_curvature
 from sgdlab.probes.trace import hutch_plus_plus, hutchinson
 
@@ -40,7 +42,8 @@ class Problem:
     def loss(self, F, batch):
         if self.loss_name == "cross_entropy":
             return nn.functional.cross_entropy(F, batch[1])
-        return 0.5 * ((F - nn.functional.one_hot(batch[1], F.shape[1])) ** 2).sum(dim=1).mean()
+        onehot = batch[1][:, None] == torch.arange(F.shape[1])  # one_hot without .item(): vmap can take it
+        return 0.5 * ((F - onehot.to(F.dtype)) ** 2).sum(dim=1).mean()
 
     def operator(self, **kwargs) -> CurvatureOperator:
         return CurvatureOperator(self.predict, self.loss, self.params, self.batches, **kwargs)
@@ -410,6 +413,49 @@ def test_batch_sharpness_alone_matches_dense_on_the_same_batches(problem):
     full = minibatch_curvature(problem.predict, problem.loss, problem.params, data, batch_size=12, n_batches=4,
                                tol=1e-10, seed=7)
     assert full.batch_sharpness_mean == pytest.approx(mean, rel=1e-8)
+
+
+# ---------------------------------------------------------------- gradient noise
+
+
+def test_gradient_noise_matches_dense_per_example_gradients(problem):
+    """tr(Sigma), |g|^2, B_noise and the share of tr(Sigma) in the top-3 Hessian eigenspace, against per-example
+    gradients taken one example at a time and a dense covariance, away from initialization."""
+    torch.manual_seed(5)
+    params = {k: v + 0.3 * torch.randn_like(v) for k, v in problem.params.items()}
+    layout, (x, y, f0) = ParamLayout.of(params), problem.data
+    w = layout.flatten(params)
+    rows = []
+    for i in range(len(x)):
+        example = (x[i:i + 1], y[i:i + 1], f0[i:i + 1])
+        rows.append(torch.func.grad(lambda flat: problem.loss(problem.predict(layout.unflatten(flat), example),
+                                                              example))(w))
+    grads = torch.stack(rows)
+    mean = grads.mean(0)
+    sigma = (grads - mean).T @ (grads - mean) / len(grads)
+    hessian = dense_curvature(problem.predict, problem.loss, params, problem.batches)
+    top = torch.linalg.eigh(hessian).eigenvectors[:, -3:]
+    noise = gradient_noise(problem.predict, problem.loss, params, problem.batches, directions=top)
+    assert noise.n_examples == len(x)
+    assert noise.grad_norm_sq == pytest.approx(float(mean @ mean), rel=1e-10)
+    assert noise.trace == pytest.approx(float(torch.trace(sigma)), rel=1e-10)
+    assert noise.scale == pytest.approx(float(torch.trace(sigma) / (mean @ mean)), rel=1e-10)
+    assert noise.top_share == pytest.approx(float(torch.trace(top.T @ sigma @ top) / torch.trace(sigma)), rel=1e-9)
+    # the mean of the per-example gradients is the objective's gradient over the unequal batches
+    op = CurvatureOperator(problem.predict, problem.loss, params, problem.batches)
+    torch.testing.assert_close(mean, op.gradient(), rtol=1e-10, atol=1e-12)
+    # with Lanczos' Ritz vectors in place of the dense eigenvectors
+    ritz = top_eigenpairs(op, k=3, tol=1e-10, return_vectors=True).vectors
+    assert gradient_noise(problem.predict, problem.loss, params, problem.batches, ritz).top_share == pytest.approx(
+        noise.top_share, rel=1e-6)
+
+
+def test_gradient_noise_splits_batches_whose_gradients_exceed_its_memory(mlp_problem, monkeypatch):
+    whole = gradient_noise(mlp_problem.predict, mlp_problem.loss, mlp_problem.params, mlp_problem.batches)
+    monkeypatch.setattr(noise_module, "CHUNK_BYTES", 3 * 8 * ParamLayout.of(mlp_problem.params).dim)  # 3 examples
+    split = gradient_noise(mlp_problem.predict, mlp_problem.loss, mlp_problem.params, mlp_problem.batches)
+    assert (split.n_examples, split.trace, split.grad_norm_sq) == pytest.approx(
+        (whole.n_examples, whole.trace, whole.grad_norm_sq), rel=1e-12)
 
 
 # ---------------------------------------------------------------- curvlinops

@@ -82,6 +82,10 @@ def digest(folder: Path) -> dict[str, str]:
      "data.n_train: mnist_parity has 60000 training examples, got P = 70000"),
     (("status", "tiny", "tracking.timeout_s=0"), "tracking.timeout_s: must be > 0"),
     (("sweep", "tiny", "train.compile_after=-1"), "train.compile_after: must be >= 0, got -1"),
+    (("sweep", "tiny", "probe.noise=true", "probe.trace_samples=0"),
+     "probe.noise: the curvature ratio tr(H) / lambda_max(H) needs probe.trace_samples >= 1, got 0"),
+    (("sweep", "tiny", "probe.noise=true", "resources.workers_per_trial=2"),
+     "probe.noise: per-example gradients are taken on one worker; resources.workers_per_trial must be 1, got 2"),
     (("sweep", "refined", "refine.tolerance=0"), "refine.tolerance: must be > 0, got 0"),
     (("sweep", "refined", "refine.axis=optim.lr"), "refine.axis: 'optim.lr' is not an axis of the sweep; axes: "
                                                    "model.alpha, seed"),

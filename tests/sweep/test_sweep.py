@@ -8,7 +8,7 @@ import pytest
 from sgdlab.config.schema import ConfigError
 from sgdlab.sweep import spec
 from sgdlab.sweep.expand import expand
-from sgdlab.sweep.identity import trial_id
+from sgdlab.sweep.identity import probe_id, trial_id
 
 from conftest import run_sgdlab
 
@@ -68,6 +68,17 @@ def test_trial_id_is_stable_across_processes():
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert other == trial_id(config) and len(other) == 12
     assert trial_id({**config, "tracking": {"uri": "y"}}) == trial_id(config)
+
+
+def test_an_end_probe_s_id_counts_probe_noise_only_when_set(sweeps_dir):
+    """Probes recorded before probe.noise existed keep their ids; a noise probe is another probe."""
+    (sweeps_dir / "tiny.yaml").write_text(TINY)
+    (trial,) = expand(spec.load("tiny").override_strings() + ["seed=0", "model.alpha=1"])
+    before = {**trial.config, "probe": {k: v for k, v in trial.config["probe"].items() if k != "noise"}}
+    noisy = {**trial.config, "probe": {**trial.config["probe"], "noise": True}}
+    assert trial.config["probe"]["noise"] is False
+    assert probe_id(trial.config, trial.trial_id) == probe_id(before, trial.trial_id) != probe_id(noisy,
+                                                                                                  trial.trial_id)
 
 
 @pytest.mark.parametrize("name, message", [

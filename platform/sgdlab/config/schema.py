@@ -184,6 +184,7 @@ class Probe:
     dtype: Literal["float32", "float64"]
     seed: int
     at_start: bool = False
+    noise: bool = False
 
 
 @dataclass

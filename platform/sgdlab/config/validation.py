@@ -126,6 +126,12 @@ def validate(raw: dict) -> dict:
     for key in ("trace_samples", "slq_starts"):
         if probe[key] < 0:
             raise ConfigError(f"probe.{key}: must be >= 0, got {probe[key]}")
+    if probe["noise"] and probe["trace_samples"] < 1:
+        raise ConfigError("probe.noise: the curvature ratio tr(H) / lambda_max(H) needs probe.trace_samples >= 1, "
+                          "got 0")
+    if probe["noise"] and cfg["resources"]["workers_per_trial"] > 1:
+        raise ConfigError("probe.noise: per-example gradients are taken on one worker; resources.workers_per_trial "
+                          f"must be 1, got {cfg['resources']['workers_per_trial']}")
     if not 0 < probe["tol"] < 1:
         raise ConfigError(f"probe.tol: must be in (0, 1), got {probe['tol']}")
     bad_b = [b for b in probe["batch_sizes"] if not 1 <= b <= data["n_train"]]

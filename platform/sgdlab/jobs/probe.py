@@ -7,7 +7,8 @@ points, in batches of probe.chunk_size, size-weighted. Every probe run records t
 - run_probe: the end-of-training probe, its own MLflow run (kind probe) under the sweep run, on the parameters
   in the train run's `checkpoint/final.pt` (loaded with weights_only=True): sharpness and hessian_top_k/i
   (Lanczos), hessian_trace (Hutchinson, with its standard error), optionally the SLQ spectral density, the
-  mini-batch vs full comparison for probe.batch_sizes and per-layer traces and top eigenvalues.
+  mini-batch vs full comparison for probe.batch_sizes, per-layer traces and top eigenvalues, and with
+  probe.noise the gradient noise scale (noise_metrics).
 - trajectory_hook: the in-training probe (probe.every, probe.at_start), logging sharpness (and hessian_trace,
   the batch sharpness, and at step 0 lambda_max(H_B)) along training.
 """
@@ -26,7 +27,8 @@ from sgdlab.probes.blocks import block_probes
 from sgdlab.probes.density import density_on_grid, slq
 from sgdlab.probes.distributed import DistributedCurvatureOperator, shard_data
 from sgdlab.probes.hvp import CurvatureOperator
-from sgdlab.probes.lanczos import top_eigenpairs
+from sgdlab.probes.lanczos import Eigenpairs, top_eigenpairs
+from sgdlab.probes.noise import gradient_noise
 from sgdlab.probes.trace import hutchinson
 from sgdlab.sweep.identity import probe_id
 from sgdlab.tracking import tags
@@ -69,21 +71,36 @@ def trajectory_hook(problem: Problem, pcfg: dict, log, make_operator=operator) -
     hessian_trace, and batch_sharpness/B<b> for each b in probe.batch_sizes; at step 0 with probe.at_start, the
     batch sharpness and batch_lambda_max/B<b> (E[lambda_max(H_B)] over probe.n_batches batches, with its standard
     error and its ratio to lambda_max(H)), the point from which the largest stable lr 2 / E[lambda_max(H_B)] is
-    predicted. The batches are the same at every step (seeded by probe.seed). make_operator(problem, params, pcfg):
-    the full-data curvature operator (`operator`, or `distributed_operator` on W data-parallel workers)."""
+    predicted; with probe.noise, the gradient noise (noise_metrics) wherever it is called. The batches are the
+    same at every step (seeded by probe.seed). make_operator(problem, params, pcfg): the full-data curvature
+    operator (`operator`, or `distributed_operator` on W data-parallel workers)."""
 
     def hook(step: int, params: dict) -> None:
         metrics = {}
-        if pcfg["every"]:
+        if pcfg["every"] or pcfg["noise"]:
             op = make_operator(problem, params, pcfg)
-            metrics["sharpness"] = float(top_eigenpairs(op, k=1, tol=pcfg["tol"], seed=pcfg["seed"]).eigenvalues[0])
-            if pcfg["trace_every"] and pcfg["trace_samples"]:
+            top = top_eigenpairs(op, k=pcfg["top_k"] if pcfg["noise"] else 1, tol=pcfg["tol"], seed=pcfg["seed"],
+                                 return_vectors=pcfg["noise"])
+            metrics["sharpness"] = float(top.eigenvalues[0])
+            if (pcfg["trace_every"] or pcfg["noise"]) and pcfg["trace_samples"]:
                 metrics["hessian_trace"] = hutchinson(op, pcfg["trace_samples"], seed=pcfg["seed"]).mean
+            if pcfg["noise"]:
+                metrics.update(noise_metrics(op, top, metrics["hessian_trace"]))
         if pcfg["batch_sizes"]:
             metrics.update(batch_metrics(problem, params, pcfg, lambda_max=step == 0 and pcfg["at_start"]))
         log(step, metrics)
 
     return hook
+
+
+def noise_metrics(op: CurvatureOperator, top: Eigenpairs, hessian_trace: float) -> dict[str, float]:
+    """The gradient noise on the operator's probe data (probes/noise.py): noise_trace = tr(Sigma),
+    grad_norm_sq = |g|^2, noise_scale = tr(Sigma) / |g|^2, noise_top_share = the share of tr(Sigma) in the span
+    of top's eigenvectors, and curvature_ratio = tr(H) / lambda_max(H) (the Hutchinson trace over the top
+    eigenvalue)."""
+    noise = gradient_noise(op.predict, op.loss, op.params, op.batches, directions=top.vectors)
+    return {"noise_trace": noise.trace, "grad_norm_sq": noise.grad_norm_sq, "noise_scale": noise.scale,
+            "noise_top_share": noise.top_share, "curvature_ratio": hessian_trace / float(top.eigenvalues[0])}
 
 
 def batch_metrics(problem: Problem, params: dict, pcfg: dict, lambda_max: bool) -> dict[str, float]:
@@ -112,7 +129,7 @@ def measure(problem: Problem, params: dict, pcfg: dict, run: TrialRun) -> tuple[
     """All end-of-training measurements; spectra go to run artifacts. Returns (metrics, all converged)."""
     op = operator(problem, params, pcfg)
     run.flush(description_tags(op))
-    top = top_eigenpairs(op, k=pcfg["top_k"], tol=pcfg["tol"], seed=pcfg["seed"])
+    top = top_eigenpairs(op, k=pcfg["top_k"], tol=pcfg["tol"], seed=pcfg["seed"], return_vectors=pcfg["noise"])
     metrics = {"sharpness": float(top.eigenvalues[0]), "lanczos_products": float(top.n_products),
                "lanczos_residual": float(top.residuals[0])}
     metrics.update({f"hessian_top_k/{i + 1}": float(v) for i, v in enumerate(top.eigenvalues)})
@@ -120,6 +137,8 @@ def measure(problem: Problem, params: dict, pcfg: dict, run: TrialRun) -> tuple[
     if pcfg["trace_samples"]:
         trace = hutchinson(op, pcfg["trace_samples"], seed=pcfg["seed"])
         metrics.update({"hessian_trace": trace.mean, "hessian_trace_se": trace.stderr})
+    if pcfg["noise"]:
+        metrics.update(noise_metrics(op, top, metrics["hessian_trace"]))
     if pcfg["slq_starts"]:
         quad = slq(op, pcfg["slq_starts"], pcfg["slq_steps"], seed=pcfg["seed"])
         lo = min(float(n.min()) for n in quad.nodes)

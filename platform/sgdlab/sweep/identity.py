@@ -33,7 +33,10 @@ PROBE_MEASURE_KEYS = ("matrix", "n_examples", "top_k", "tol", "trace_samples", "
 
 
 def probe_id(config: dict, trial: str) -> str:
-    """Identity of an end probe: its trial and what it measures (not when or on which resources)."""
+    """Identity of an end probe: its trial and what it measures (not when or on which resources). probe.noise
+    counts only when set, so that the ids of probes recorded before it existed stay."""
     measured = {k: config["probe"][k] for k in PROBE_MEASURE_KEYS}
+    if config["probe"].get("noise"):
+        measured["noise"] = True
     canonical = json.dumps({"trial": trial, "probe": measured}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
