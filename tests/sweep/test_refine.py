@@ -125,6 +125,14 @@ def run_to_the_end_with(r: Refinement, loss_of) -> tuple[dict, int]:
       {"outcome": "max_steps", "train_loss": 0.5, "initial:train_loss": 1.0}], True),
     ("final train_loss > initial train_loss", "any",
      [{"outcome": "max_steps", "train_loss": 0.9, "initial:train_loss": 1.0}], False),
+    # the spike criterion: the largest logged loss against k times the first
+    ("max train_loss > 1.5 x initial train_loss", "any",
+     [{"outcome": "max_steps", "train_loss": 0.5, "max:train_loss": 1.6, "initial:train_loss": 1.0}], True),
+    ("max train_loss > 1.5 x initial train_loss", "any",
+     [{"outcome": "max_steps", "train_loss": 0.5, "max:train_loss": 1.4, "initial:train_loss": 1.0}], False),
+    ("max train_loss > 1.5 x initial train_loss", "any",  # a diverged run's largest loss counts as +inf
+     [{"outcome": "diverged", "train_loss": 0.5, "max:train_loss": 1.0, "initial:train_loss": 1.0}], True),
+    ("2 x test_error > train_error", "all", [{"outcome": "", "test_error": 0.2, "train_error": 0.3}], True),
     ("weight_change > 2 x plateau", "any", [{"outcome": "", "weight_change": 0.3}], True),  # plateau 0.1
     ("weight_change > 2 x plateau", "any", [{"outcome": "", "weight_change": 0.15}], False),
 ])
@@ -136,6 +144,9 @@ def test_criteria_and_seed_rules(text, seeds, points, expected):
     ({"axis": "optim.lr", "criterion": "test_eror > 0.1"}, "refine.criterion: unknown metric 'test_eror'"),
     ({"axis": "optim.lr", "criterion": "outcome > diverged"}, "compare the outcome as `outcome == NAME`"),
     ({"axis": "optim.lr", "criterion": "test_error"}, "is not LEFT OP RIGHT"),
+    ({"axis": "optim.lr", "criterion": "max train_loss > 1e999 x initial train_loss"}, "'1e999' is not a finite"),
+    ({"axis": "optim.lr", "criterion": "max train_loss > 1.5 x first train_loss"}, "cannot read '1.5 x first "
+                                                                                    "train_loss'"),
     ({"axis": "optim.lr", "criterion": "0.1 < test_error"}, "the left side must be a metric"),
     ({"axis": "optim.lr", "criterion": "outcome == diverged", "tolerance": 0}, "refine.tolerance: must be > 0"),
     ({"axis": "optim.lr", "criterion": "outcome == diverged", "tolerance": -1}, "refine.tolerance: must be > 0"),
@@ -158,3 +169,12 @@ def test_the_refine_axis_must_be_an_axis_with_a_bracket(axes, message):
     spec = parse_refine({"axis": "optim.lr", "criterion": "outcome == diverged"}, "test")
     with pytest.raises(ConfigError, match=message):
         check_axis(spec, BASE + axes)
+
+
+def test_history_values_are_the_first_or_the_largest_logged():
+    from sgdlab.orchestration.refinement import history_value
+
+    assert history_value("initial", [1.0, 3.0, 2.0]) == 1.0
+    assert history_value("max", [1.0, 3.0, 2.0]) == 3.0
+    assert history_value("max", [1.0, float("nan"), 2.0]) == math.inf  # a blow-up logged on the way
+    assert math.isnan(history_value("max", []))

@@ -24,21 +24,32 @@ COLUMNS = ("lower", "upper", "estimate", "rounds", "trials", "added", "status")
 
 def trial_values(uri: str, records: list[RunRecord], refinement: Refinement, stale_after_s: float,
                  now: float) -> dict[str, dict]:
-    """{trial_id: {'outcome', final metrics, 'initial:NAME' (first logged values the criterion needs)}} of the
-    trials with a FINISHED run of the current numerics version."""
+    """{trial_id: {'outcome', final metrics, 'initial:NAME' and 'max:NAME' (the first and largest logged values
+    the criterion needs)}} of the trials with a FINISHED run of the current numerics version."""
     finished = {}
     for trial_id, runs in by_trial([r for r in records if r.kind == "train"]).items():
         if trial_state(runs, stale_after_s, now) == "finished":
             finished[trial_id] = finished_run(runs)
-    initial = refinement.predicate.initial_metrics
-    histories = metric_histories(uri, [r.run_id for r in finished.values()], initial) if initial else {}
+    wanted = refinement.predicate.history_metrics
+    names = sorted({name for _, name in wanted})
+    histories = metric_histories(uri, [r.run_id for r in finished.values()], names) if wanted else {}
     values = {}
     for trial_id, run in finished.items():
         values[trial_id] = {"outcome": run.outcome, **run.metrics}
-        for key in initial:
-            points = histories.get(run.run_id, {}).get(key, [])
-            values[trial_id][f"initial:{key}"] = points[0][1] if points else math.nan
+        for when, key in wanted:
+            logged = [value for _, value in histories.get(run.run_id, {}).get(key, [])]
+            values[trial_id][f"{when}:{key}"] = history_value(when, logged)
     return values
+
+
+def history_value(when: str, logged: list[float]) -> float:
+    """The first (`initial`) or largest (`max`; +inf if any is not finite) of a metric's logged values, NaN if
+    none was logged."""
+    if not logged:
+        return math.nan
+    if when == "initial":
+        return logged[0]
+    return max(logged) if all(math.isfinite(v) for v in logged) else math.inf
 
 
 class Rounds:

@@ -4,6 +4,9 @@
     test_error > 0.1                     a final metric against a number
     final train_loss > initial train_loss   the last logged value against the first (step 0); a diverged
                                          trial's final loss counts as +inf
+    max train_loss > 1.5 x initial train_loss   the largest logged value (every train.log_every steps: log
+                                         every step to see every spike) against k times another term; a
+                                         diverged trial's largest loss counts as +inf
     weight_change > 2 x plateau          against k times the plateau: the metric's seed mean averaged over the
                                          lowest `plateau_points` points of the axis (of the same combination)
 
@@ -31,18 +34,20 @@ OPERATORS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": opera
              "<=": operator.le}
 SEED_RULES = ("any", "all", "mean")
 PATTERN = re.compile(r"^\s*(?P<left>.+?)\s*(?P<op>==|!=|>=|<=|>|<)\s*(?P<right>.+?)\s*$")
-TERM = re.compile(r"^(?:(?P<when>final|initial)\s+)?(?P<metric>[a-z_]+)$")
+TERM = re.compile(r"^(?:(?P<k>[0-9.eE+-]+)\s*x\s*)?(?:(?P<when>final|initial|max)\s+)?(?P<metric>[a-z_]+)$")
+HISTORY = ("initial", "max")  # values read from a metric's logged history, not its final value
 PLATEAU = re.compile(r"^(?:(?P<k>[0-9.eE+-]+)\s*x\s*)?plateau$")
 
 
 @dataclass(frozen=True)
 class Term:
-    """One side: a number, an outcome name, `outcome`, a metric (final or initial value), or k x plateau."""
+    """One side: a number, an outcome name, `outcome`, k x a metric (its final, initial or largest logged value),
+    or k x plateau."""
 
     kind: str  # number | outcome | outcome_name | metric | plateau
-    value: float = 0.0
+    value: float = 1.0  # the number, or the factor k of a metric or the plateau
     name: str = ""
-    initial: bool = False
+    when: str = "final"  # of a metric: final | initial | max
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,10 @@ class Criterion:
     seeds: str = "any"
 
     @property
-    def initial_metrics(self) -> list[str]:
-        """Metrics whose first logged value is needed (`initial NAME`)."""
-        return [t.name for t in (self.left, self.right) if t.kind == "metric" and t.initial]
+    def history_metrics(self) -> list[tuple[str, str]]:
+        """(when, metric) of the values read from logged histories: `initial NAME` (the first) and `max NAME`
+        (the largest)."""
+        return [(t.when, t.name) for t in (self.left, self.right) if t.kind == "metric" and t.when in HISTORY]
 
     @property
     def plateau_metric(self) -> str | None:
@@ -65,7 +71,7 @@ class Criterion:
 
     def holds(self, seeds: list[dict], plateau: float | None = None) -> bool:
         """Whether the criterion holds at one point, from its seeds' values: each a dict with 'outcome', the final
-        metrics and 'initial:NAME' for the initial ones."""
+        metrics, and 'initial:NAME' and 'max:NAME' for the values read from histories."""
         compare = OPERATORS[self.op]
         if self.left.kind == "outcome":
             hits = [compare(s["outcome"], self.right.name) for s in seeds]
@@ -76,9 +82,9 @@ class Criterion:
                 return term.value
             if term.kind == "plateau":
                 return term.value * plateau
-            if not term.initial and term.name in BLOWN_UP and seed.get("outcome") == "diverged":
+            if term.when != "initial" and term.name in BLOWN_UP and seed.get("outcome") == "diverged":
                 return math.inf
-            return float(seed[f"initial:{term.name}" if term.initial else term.name])
+            return term.value * float(seed[term.name if term.when == "final" else f"{term.when}:{term.name}"])
 
         hits = [bool(compare(value(self.left, s), value(self.right, s))) for s in seeds]
         mean = lambda term: float(np.mean([value(term, s) for s in seeds]))  # noqa: E731
@@ -115,11 +121,14 @@ def _term(text: str, where: str) -> Term:
         return Term("number", value=number)
     term = TERM.match(text)
     if not term:
-        raise ConfigError(f"{where}: cannot read {text!r} (a number, an outcome, [final|initial] METRIC or "
-                          f"k x plateau)")
+        raise ConfigError(f"{where}: cannot read {text!r} (a number, an outcome, [k x] [final|initial|max] METRIC "
+                          f"or k x plateau)")
     if term.group("metric") not in METRICS:
         raise ConfigError(f"{where}: unknown metric {term.group('metric')!r}; allowed: {', '.join(METRICS)}")
-    return Term("metric", name=term.group("metric"), initial=term.group("when") == "initial")
+    k = _finite(term.group("k"), where) if term.group("k") else 1.0
+    if k is None:
+        raise ConfigError(f"{where}: cannot read the factor of {text!r} (k x METRIC, k a number)")
+    return Term("metric", value=k, name=term.group("metric"), when=term.group("when") or "final")
 
 
 def parse(text: str, seeds: str = "any", where: str = "refine.criterion") -> Criterion:
