@@ -82,6 +82,31 @@ def test_lr_max_from_a_refinement_beside_the_step0_prediction(tmp_path):
     assert "lr_max is the lower end of the refinement's bracket" in report.markdown
 
 
+def test_lr_max_is_fitted_again_below_the_noise_scale(tmp_path):
+    """lr_max = B / 100 up to B = 16 and ~ B^1/2 above; the step-0 probe measured B_noise = 64 (so B_noise / 4 =
+    16): the fit over B <= 16 is the linear law, the fit over all B is flatter, and the table gives B_noise."""
+    batches = (1, 2, 4, 8, 16, 64, 256)
+    lr_max = {B: B / 100 if B <= 16 else 0.16 * (B / 16) ** 0.5 for B in batches}
+    records = [train(lr, B, seed, P=1024, outcome="max_steps",
+                     metrics={f"batch_lambda_max/B{B}": 0.1, f"batch_lambda_max_ratio/B{B}": 2.0,
+                              "noise_scale": 60.0 + 8 * seed, "train_loss": 0.1})
+               for B in batches for lr in (0.01, 1.0) for seed in (0, 1)]
+    brackets = pd.DataFrame([{"optim": "sgd", "data.batch_size": str(B), "lower": lr_max[B], "upper": 1.1 * lr_max[B],
+                              "estimate": lr_max[B], "rounds": 3, "trials": 10, "added": 6, "status": "located"}
+                             for B in batches])
+    report = build_report(records, "lr_noise", tmp_path, refinement=(brackets, "optim.lr", "max train_loss > 1.5 x "
+                                                                                        "initial train_loss"))
+    numbers = report.numbers
+    assert numbers["summary/noise_scale_at_start"] == pytest.approx(64.0)
+    assert numbers["summary/lr_max_exponent_noise_regime/SGD"] == pytest.approx(1.0)
+    assert numbers["summary/lr_max_exponent/SGD"] < 0.85
+    fits = pd.read_csv(tmp_path / "lr_max_fits.csv").set_index(["line", "range"])
+    assert fits.loc[("SGD", "B <= B_noise / 4"), "n_points"] == 5
+    assert fits.loc[("SGD", "all B"), "n_points"] == 7
+    assert "~ B^1.00 ± 0.00 for SGD over B <= B_noise / 4 = 16" in report.markdown
+    assert "| SGD | 4 | 0.04 | 0.044 | 10 | 20 | 64 |" in report.markdown
+
+
 def test_largest_stable_lr_criterion_by_hand():
     records = [
         # B = 8: lr 0.1, 0.2 stable; 0.4 one seed diverged; 0.8 stable again (above the first unstable: ignored)

@@ -129,9 +129,10 @@ def refined_stable_lr(brackets: pd.DataFrame, columns: dict[str, str]) -> pd.Dat
 def predicted_stable_lr(frame: pd.DataFrame) -> pd.DataFrame:
     """Per B: the prediction lr = 2 / E[lambda_max(H_B)] from the step-0 probe (probe.at_start), each trial's
     batch_lambda_max/B<its B> averaged over the trials at that B (the start does not depend on lr or the
-    optimizer), and the full-batch limit 2 / lambda_max(H) (from batch_lambda_max_ratio); columns B, lambda_B,
-    lambda_B_se (over seeds), lr_predicted, lr_full_batch, n. Empty without those metrics."""
-    columns = ["B", "lambda_B", "lambda_B_se", "lr_predicted", "lr_full_batch", "n"]
+    optimizer), the full-batch limit 2 / lambda_max(H) (from batch_lambda_max_ratio) and, where the probe measured
+    it (probe.noise), the gradient noise scale B_noise = tr(Sigma) / |g|^2 at step 0; columns B, lambda_B,
+    lambda_B_se (over seeds), lr_predicted, lr_full_batch, n, B_noise. Empty without those metrics."""
+    columns = ["B", "lambda_B", "lambda_B_se", "lr_predicted", "lr_full_batch", "n", "B_noise"]
     rows = []
     for b, part in frame[frame["status"] == "finished"].groupby("B"):
         column, ratio = f"batch_lambda_max/B{batch_text(b)}", f"batch_lambda_max_ratio/B{batch_text(b)}"
@@ -142,8 +143,10 @@ def predicted_stable_lr(frame: pd.DataFrame) -> pd.DataFrame:
             continue
         lam = per_seed[column]
         se = float(lam.sem())  # NaN for one seed
+        noise = part.groupby("seed")["noise_scale"].mean().mean() if "noise_scale" in part else np.nan
         rows.append({"B": b, "lambda_B": float(lam.mean()), "lambda_B_se": se, "lr_predicted": 2 / float(lam.mean()),
-                     "lr_full_batch": 2 / float((lam / per_seed[ratio]).mean()), "n": len(lam)})
+                     "lr_full_batch": 2 / float((lam / per_seed[ratio]).mean()), "n": len(lam),
+                     "B_noise": float(noise)})
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -6,7 +6,9 @@ e.g. the training loss after K steps above its start; stability.refined_stable_l
 diverged seed (stability.largest_stable_lr). lr_max_vs_B.png: lr_max against B per optimizer, a bar up to the
 first unstable lr, the fitted power law and the reference slope (1 SGD, 1/2 Adam); where the trials measured
 E[lambda_max(H_B)] at step 0 (probe.at_start), the prediction 2 / E[lambda_max(H_B)] beside them, with its own
-fit. lr_max.csv, lr_max_fits.csv and lr_predicted.csv.
+fit; where they measured the gradient noise scale B_noise at step 0 (probe.noise), the fits again over
+B <= B_noise / 4, where the linear law of SGD is about (its line on the figure). lr_max.csv, lr_max_fits.csv
+and lr_predicted.csv.
 """
 
 from __future__ import annotations
@@ -34,6 +36,20 @@ def _optimizer_text(name) -> str:
     return OPTIMIZER_NAMES.get(str(name).lower(), str(name))
 
 
+def noise_regime_edge(predicted: pd.DataFrame) -> float | None:
+    """B_noise / 4, the largest B of the regime where a batch's gradient noise dominates its signal, from the
+    gradient noise scale measured at step 0 (mean over the batch sizes' trials); None where not measured."""
+    known = predicted["B_noise"].dropna() if "B_noise" in predicted else predicted[:0]
+    return float(known.mean()) / 4 if len(known) else None
+
+
+def fit_row(line: str, where: str, fit, reference) -> dict:
+    """A row of lr_max_fits.csv: one line's power law over a range of B."""
+    return {"line": line, "range": where, "exponent": fit.exponent if fit else np.nan,
+            "exponent_se": fit.stderr if fit else np.nan, "prefactor": fit.prefactor if fit else np.nan,
+            "n_points": fit.n if fit else 0, "reference": reference if reference is not None else np.nan}
+
+
 def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers,
               brackets: pd.DataFrame | None = None) -> tuple[list[str], Files, Files]:
     """(lines, figure, tables) of lr_max against B; the fitted exponents, each lr_max and the prediction go into
@@ -59,6 +75,7 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers,
                         f"at least {MIN_LRS} learning rates and a stable lr below a diverged one)."], [], []
         return [], [], []
     sentences, fit_rows = [], []
+    noise_edge = noise_regime_edge(predicted)
     with plots.styled():
         fig, (ax,) = plots.new_figure(extra_width=LEGEND_WIDTH)
         handles = []
@@ -91,10 +108,18 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers,
                                  f"lr_max (a fit needs {MIN_FIT_POINTS})")
             numbers.update({number_key("lr_max", label, f"B {plots.number(r.B)}"): r.lr_max
                             for r in bounded.itertuples()})
-            fit_rows.append({"line": label, "exponent": fit.exponent if fit else np.nan,
-                             "exponent_se": fit.stderr if fit else np.nan,
-                             "prefactor": fit.prefactor if fit else np.nan,
-                             "n_points": fit.n if fit else 0, "reference": ref if ref is not None else np.nan})
+            fit_rows.append(fit_row(label, "all B", fit, ref))
+            if noise_edge is not None:  # the same fit where the batch noise dominates: B <= B_noise / 4
+                regime = stable_lr_fit(part[part["B"].astype(float) <= noise_edge])
+                fit_rows.append(fit_row(label, "B <= B_noise / 4", regime, ref))
+                if regime is not None:
+                    below = np.geomspace(bounded["B"].min(), noise_edge, 20)
+                    handles += ax.plot(below, regime(below), "-", color=colour, lw=2, alpha=0.5,
+                                       label=f"fit B <= B_noise / 4: {regime.exponent_text()}")
+                    sentences.append(f"~ B^{regime.exponent:.2f} ± {regime.stderr:.2f} for {label} over "
+                                     f"B <= B_noise / 4 = {plots.number(noise_edge)}")
+                    numbers.update({number_key("lr_max_exponent_noise_regime", label): regime.exponent,
+                                    number_key("lr_max_exponent_noise_regime_se", label): regime.stderr})
         if len(predicted):
             handles += ax.plot(predicted["B"], predicted["lr_predicted"], "D-", color="k", ms=4, lw=1,
                                label="2 / E[lambda_max(H_B)] at step 0")
@@ -106,6 +131,16 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers,
                 sentences.append(f"~ B^{fit.exponent:.2f} ± {fit.stderr:.2f} for the prediction 2 / E[lambda_max(H_B)]")
                 numbers.update({number_key("lr_predicted_exponent"): fit.exponent,
                                 number_key("lr_predicted_exponent_se"): fit.stderr})
+            below = predicted[predicted["B"].astype(float) <= noise_edge] if noise_edge is not None else predicted[:0]
+            if below["B"].nunique() >= MIN_FIT_POINTS:
+                fit = fit_power_law(below["B"], below["lr_predicted"])
+                sentences.append(f"~ B^{fit.exponent:.2f} ± {fit.stderr:.2f} for the prediction over B <= B_noise / 4")
+                numbers.update({number_key("lr_predicted_exponent_noise_regime"): fit.exponent,
+                                number_key("lr_predicted_exponent_noise_regime_se"): fit.stderr})
+        if noise_edge is not None:
+            handles.append(ax.axvline(noise_edge, color="0.3", ls="-.", lw=1,
+                                      label=f"B_noise / 4 at step 0 ({plots.number(noise_edge)})"))
+            numbers[number_key("noise_scale_at_start")] = 4 * noise_edge
             numbers.update({number_key("lr_predicted", f"B {plots.number(r.B)}"): r.lr_predicted
                             for r in predicted.itertuples()})
         batch_axis(ax, table["B"])
@@ -118,7 +153,7 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers,
     fits_csv = out_dir / "lr_max_fits.csv"
     pd.DataFrame(fit_rows).to_csv(fits_csv, index=False)
     tables = [(csv, "largest stable lr per optimizer and B (criterion in summary.md)"),
-              (fits_csv, "fitted exponents of lr_max ~ B^b per optimizer, with the reference")]
+              (fits_csv, "fitted exponents of lr_max ~ B^b per optimizer and range of B, with the reference")]
     if len(predicted):
         predicted_csv = out_dir / "lr_predicted.csv"
         predicted.to_csv(predicted_csv, index=False)
@@ -137,12 +172,15 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers,
                  else "- largest stable lr ~ B^b: not computed (no line has a bracketed lr_max).")
     lines.append("")
     prediction = dict(zip(predicted["B"], predicted["lr_predicted"]))
+    noise = dict(zip(predicted["B"], predicted["B_noise"])) if noise_edge is not None else {}
     rows = [[*(_optimizer_text(r[c]) if c == "optimizer" else plots.number(r[c]) for c in by),
              plots.number(r["lr_max"]) + (" (lower bound)" if r["censored"] else ""),
              plots.number(r["lr_unstable"]) if np.isfinite(r["lr_unstable"]) else "-",
              str(r["n_lr"]) if refined else f"{r['n_stable']}/{r['n_unstable']}/{r['n_lr']}",
-             plots.number(prediction[r["B"]]) if r["B"] in prediction else "-"] for _, r in table.iterrows()]
+             plots.number(prediction[r["B"]]) if r["B"] in prediction else "-",
+             *([plots.number(noise[r["B"]]) if r["B"] in noise else "-"] if noise else [])]
+            for _, r in table.iterrows()]
     lines += markdown_table([*by, "lr_max", "first unstable lr", "trials" if refined else "lrs stable/unstable/grid",
-                             "2 / E[lambda_max(H_B)]"], rows)
+                             "2 / E[lambda_max(H_B)]", *(["B_noise at step 0"] if noise else [])], rows)
     return lines, [(path, "largest stable lr against B per optimizer, fitted slopes, reference slopes and the "
                           "prediction 2 / E[lambda_max(H_B)]")], tables
