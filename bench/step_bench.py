@@ -15,7 +15,8 @@ on them, the hinge loss mean(relu(1 - y F)) / alpha, its gradient, and w -= lr g
   numpy       (perceptron) the same in numpy, with the gradient written by hand.
   limit       (MLP) its FLOPs per step, 6 B (64 x 128 + 128 x 128 + 128 x 1) (forward, and twice that
               backward), over the rate of a 1024 x 1024 float32 matmul measured in the same run: the arithmetic
-              bound of one thread.
+              bound of one thread; and the MLP step's matmuls alone at their shapes (mlp_matmuls_rate), the
+              most any code calling the BLAS for them reaches.
 Every sgdlab rate is timed from its log at step 1024 (after set-up, the first span's compilation and first
 calls) to its last, logs every 1024 steps.
 Packed: train_pack() on M MLP members against a plain loop of torch.func.vmap(grad) over the same M members
@@ -87,6 +88,30 @@ def matmul_rate() -> float:
         a @ b
         best = min(best, time.perf_counter() - started)
     return 2 * 1024**3 / best
+
+
+def mlp_matmuls_rate(cfg: dict, steps: int) -> float:
+    """Steps/s of the MLP step's matmuls alone at their shapes (B x 64 x 128, B x 128 x 128, B x 128 x 1 forward;
+    the weight and input gradients backward), each torch.mm into a preallocated output: the most that any code
+    calling the BLAS for them can reach, whatever it fuses around them."""
+    b, widths = cfg["data"]["batch_size"], [64, *[cfg["model"]["width"]] * cfg["model"]["depth"], 1]
+    acts = [torch.randn(b, w) for w in widths]  # inputs of each layer, and the output
+    weights = [torch.randn(i, o) for i, o in zip(widths, widths[1:])]
+    calls = []
+    for layer, w in enumerate(weights):
+        x, y = acts[layer], acts[layer + 1]
+        calls.append((x, w, torch.empty_like(y)))  # forward: x W
+        calls.append((x.T, y, torch.empty_like(w)))  # weight gradient: x^T delta
+        if layer:
+            calls.append((y, w.T, torch.empty_like(x)))  # input gradient: delta W^T
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(steps):
+            for a, c, out in calls:
+                torch.mm(a, c, out=out)
+        best = min(best, time.perf_counter() - started)
+    return steps / best
 
 
 def snapshot_at(cfg: dict, step: int) -> dict:
@@ -233,6 +258,10 @@ def main() -> None:
               f"{r['torch']:>7.0f}{r['numpy']:>7.0f}{r['limit']:>8.0f}{r['spans'] / r['torch']:>10.2f}"
               f"{r['spans_on'] / r['numpy']:>9.2f}{r['spans'] / r['limit']:>10.2f}{compile_s:>7.1f}s",
               flush=True)
+    mlp, limit = trial("mlp", args.steps, False), matmul_rate() / mlp_flops(trial("mlp", args.steps, False))
+    matmuls = mlp_matmuls_rate(mlp, args.steps)
+    print(f"the MLP step's {3 * mlp['model']['depth'] + 2} matmuls alone at their shapes: {matmuls:.0f} steps/s = "
+          f"{matmuls / limit:.2f} x its limit line ({limit:.0f})", flush=True)
     print(f"\npacked MLP members, {args.packed_steps} steps (trial-steps/s; step: one by one, spans: compiled "
           "spans; ratio = sgdlab / plain vmap)")
     print(f"{'members':<12}{'step':>10}{'spans':>10}{'vmap':>10}{'step/vmap':>10}{'spans/vmap':>11}")
