@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,13 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 SGDLAB = [sys.executable, "-m", "sgdlab.cli"]
 RAY_SOFT_LIMIT = 6  # idle workers the head keeps (test_sweep_miniatures runs 3 sweeps at a time)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -14,13 +14,7 @@ import pytest
 
 from sgdlab.training import checkpoint
 
-from conftest import REPO, SGDLAB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import REPO, SGDLAB, free_port
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -13,7 +13,7 @@ import torch
 from sgdlab.config.compose import Composer
 from sgdlab.config.schema import ConfigError
 
-from conftest import mlflow_runs, run_sgdlab
+from conftest import free_port, mlflow_runs, run_sgdlab
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def stopping_config(overrides: list[str]) -> dict:
                        "train.max_steps=3000", "train.log_every=7", "train.dtype=float64", *overrides])
 
 
-def _train_as_rank(rank: int, init_file: str, out: str) -> None:
+def _train_as_rank(rank: int, init_method: str, out: str) -> None:
     """One of 2 gloo ranks: every STOPPING case as a pack of 2 members (seeds 0 and 1) on the same loop."""
     import torch.distributed as dist
 
@@ -88,7 +88,7 @@ def _train_as_rank(rank: int, init_file: str, out: str) -> None:
     from sgdlab.training.loop import Member, train_pack
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
     try:
         results = {}
         for case, overrides in STOPPING.items():
@@ -110,7 +110,14 @@ def test_two_gloo_workers_stop_like_one_process(tmp_path, one_thread):
     from sgdlab.training.loop import Member, train_pack
 
     out = tmp_path / "ranks.pt"
-    mp.spawn(_train_as_rank, args=(str(tmp_path / "init"), str(out)), nprocs=2)
+    try:
+        mp.spawn(_train_as_rank, args=(f"tcp://127.0.0.1:{free_port()}", str(out)), nprocs=2)
+    except mp.ProcessExitedException as exc:
+        # About 1 run in 10 on this machine a rank aborts inside torch's gloo threads ("terminate called without
+        # an active exception", no Python frame; seen at the code of 2026-12-07 too): a second try, not a third.
+        if exc.signal_name != "SIGABRT":
+            raise
+        mp.spawn(_train_as_rank, args=(f"tcp://127.0.0.1:{free_port()}", str(out)), nprocs=2)
     ranks = torch.load(out, weights_only=True)
     for case, overrides in STOPPING.items():
         cfg = stopping_config(overrides)

@@ -44,6 +44,7 @@ def compiles(monkeypatch) -> list:
     """The functions passed to torch.compile (which still compiles them), from an empty cache of compiled
     spans."""
     seen, real = [], torch.compile
+    torch.compiler.reset()  # dynamo's own cache too: its recompile limit counts the earlier tests' spans
     monkeypatch.setattr(step_module, "COMPILED", step_module.Compiled())
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(fn) or real(fn, **kw))
     return seen

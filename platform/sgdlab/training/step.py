@@ -48,12 +48,13 @@ REPAY = 3  # a span is compiled where the steps left, step by step, would take t
 
 class Compiled:
     """This process's compiled spans, {(shape, rows, members, divergence_loss): (span in Python, compiled span)},
-    at most `kept` (then compiled code is dropped, so that no limit on recompilations is ever reached), and the
-    seconds its last compilation took (before any: `seconds`, about what this 2-core machine takes)."""
+    at most `kept` (then all compiled code is dropped, so that dynamo's limit on recompilations is never reached),
+    and the seconds its last compilation took (before any: `seconds`, about what this 2-core machine takes)."""
 
-    def __init__(self, kept: int = 8, seconds: float = 10.0):
+    def __init__(self, kept: int | None = None, seconds: float = 10.0):
         self.spans: dict[tuple, tuple[Callable, Callable]] = {}
-        self.kept, self.seconds = kept, seconds
+        # dynamo compiles a function at most recompile_limit times (then runs it uncompiled): as many are kept
+        self.kept, self.seconds = kept or torch._dynamo.config.recompile_limit, seconds
 
     def get(self, key: tuple, build: Callable[[], tuple[Callable, Callable]]) -> tuple[Callable, Callable]:
         if key not in self.spans:
