@@ -113,7 +113,8 @@ def stable_lr(frame: pd.DataFrame, out_dir: Path, numbers: Numbers,
                 regime = stable_lr_fit(part[part["B"].astype(float) <= noise_edge])
                 fit_rows.append(fit_row(label, "B <= B_noise / 4", regime, ref))
                 if regime is not None:
-                    below = np.geomspace(bounded["B"].min(), noise_edge, 20)
+                    fitted = bounded["B"][bounded["B"].astype(float) <= noise_edge].astype(float)
+                    below = np.geomspace(fitted.min(), fitted.max(), 20)  # over the points it fits, no further
                     handles += ax.plot(below, regime(below), "-", color=colour, lw=2, alpha=0.5,
                                        label=f"fit B <= B_noise / 4: {regime.exponent_text()}")
                     sentences.append(f"~ B^{regime.exponent:.2f} ± {regime.stderr:.2f} for {label} over "
