@@ -191,20 +191,17 @@ class Step:
         fresh = key not in COMPILED.spans
         eager, compiled = COMPILED.get(key, self._build)
         args = (pack.alpha, pack.lr, pack.params, pack.state, torch.tensor(n, device=x.device), x, y, f0)
-        if self.compile_after is None:  # compiling failed before
+        try:
+            started = time.perf_counter()
+            params, state, losses = compiled(*args)
+            if fresh:
+                COMPILED.seconds = time.perf_counter() - started
+        except Exception as exc:  # torch.compile's failures are those of its toolchain (e.g. no C++ compiler)
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            warnings.warn(f"train.compile_after: torch.compile failed ({type(exc).__name__}: {first_line}); "
+                          "the trial goes on uncompiled")
+            self.compile_after = None  # span_steps: no more spans for this trial
             params, state, losses = eager(*args)
-        else:
-            try:
-                started = time.perf_counter()
-                params, state, losses = compiled(*args)
-                if fresh:
-                    COMPILED.seconds = time.perf_counter() - started
-            except Exception as exc:  # torch.compile's failures are those of its toolchain (e.g. no C++ compiler)
-                first_line = str(exc).splitlines()[0] if str(exc) else ""
-                warnings.warn(f"train.compile_after: torch.compile failed ({type(exc).__name__}: {first_line}); "
-                              "the trial goes on uncompiled")
-                self.compile_after = None
-                params, state, losses = eager(*args)
         return params, state, losses[:n]
 
     def compiles(self, members: int, steps_done: int, steps_left: int, seconds_per_step: float) -> bool:
